@@ -1,0 +1,254 @@
+"""The ``jaxedit`` command line: convert, info, sample.
+
+Every error the user can cause is one line on stderr (``jaxedit: error: ...``, exit 2);
+set ``JAXEDIT_DEBUG=1`` for the full traceback. Compiled programs are cached in
+``$JAXEDIT_CACHE`` (default ``~/.cache/jaxedit/xla``) so repeated runs skip compilation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class UsageError(ValueError):
+    """A bad argument or input file; printed as one line."""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
+                seeds.extend(range(int(lo), int(hi) + 1))
+            elif part:
+                seeds.append(int(part))
+    except ValueError:
+        raise UsageError(f"--seeds: cannot parse {text!r} (expected e.g. 0-15 or 1,5,9-12)") from None
+    if not seeds or any(s < 0 or s >= 2 ** 32 for s in seeds):
+        raise UsageError(f"--seeds: {text!r} gives no seeds in [0, 2**32)")
+    return seeds
+
+
+def _setup_jax() -> None:
+    import jax
+
+    cache = os.environ.get("JAXEDIT_CACHE", str(Path.home() / ".cache" / "jaxedit" / "xla"))
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _load_npy(path: str, what: str, shape: tuple[int | None, ...]) -> np.ndarray:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{what} {path}: cannot read as .npy ({e})") from None
+    if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
+        want = "[" + ", ".join("N" if s is None else str(s) for s in shape) + "]"
+        raise UsageError(f"{what} {path}: shape {list(a.shape)}, expected {want}")
+    return a.astype(np.float32)
+
+
+# ------------------------------------------------------------------------- commands
+
+
+def cmd_convert(args) -> None:
+    from jaxedit import checkpoint
+
+    if args.kind != "stylegan2":
+        raise UsageError(f"convert: unknown kind {args.kind!r} (supported: stylegan2)")
+    src = Path(args.src)
+    if not src.is_file():
+        raise UsageError(f"convert: {src} does not exist or is not a file")
+    checkpoint.check_writable(args.dst, args.force)
+    t0 = time.perf_counter()
+    from converters import stylegan2 as conv
+    from jaxedit.models.stylegan2 import StyleGAN2
+
+    cfg, params, info = conv.convert(src, key=args.key)
+    source = {"file": src.name, "sha256": conv.sha256(src), "converter": conv.CONVERTER_VERSION, **info}
+    dst = checkpoint.save(args.dst, kind="stylegan2", model=cfg.to_dict(), params=params, source=source,
+                          force=args.force)
+    G = StyleGAN2(cfg)
+    max_diff = _verify_roundtrip(G, params, dst)
+    n_params = sum(int(np.size(a)) for a in __import__("jax").tree.leaves(params))
+    print(f"converted {src.name} ({info['format']}, network {info.get('network')}) -> {dst}")
+    print(f"  resolution {cfg.img_resolution}, num_ws {cfg.num_ws}, z {cfg.z_dim}, w {cfg.w_dim}, c {cfg.c_dim}, "
+          f"{cfg.architecture}, channels {list(cfg.block_channels.values())}, conv_clamp {cfg.conv_clamp}")
+    print(f"  {n_params:,} parameter elements; reload check max |diff| {max_diff:.1e}; "
+          f"{time.perf_counter() - t0:.1f} s")
+
+
+def _verify_roundtrip(G, params, dst: Path) -> float:
+    """Reload the written checkpoint and compare a forward pass on a fixed seed."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxedit import checkpoint
+
+    _, reloaded = checkpoint.load_stylegan2(dst)
+    z = jax.random.normal(jax.random.key(0), (2, G.cfg.z_dim))
+    c = jax.nn.one_hot(jnp.arange(2) % max(G.cfg.c_dim, 1), G.cfg.c_dim) if G.cfg.c_dim else None
+    f = jax.jit(lambda p: G(p, z, c))
+    diff = float(np.max(np.abs(np.asarray(f(params)) - np.asarray(f(reloaded)))))
+    if not diff <= 1e-6:
+        raise checkpoint.CheckpointError(f"{dst}: reloaded checkpoint differs from the converted model "
+                                         f"(max |diff| {diff})")
+    return diff
+
+
+def cmd_info(args) -> None:
+    from jaxedit import checkpoint
+
+    meta = checkpoint.read_meta(args.ckpt)
+    if args.json:
+        print(json.dumps(meta, indent=2, sort_keys=True))
+        return
+    print(f"{args.ckpt}: {meta['kind']} checkpoint (jaxedit format v{meta['version']})")
+    for k, v in meta.get("model", {}).items():
+        print(f"  model.{k} = {v}")
+    for k, v in meta.get("source", {}).items():
+        print(f"  source.{k} = {v}")
+    if meta["kind"] == "stylegan2":
+        from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
+
+        import jax
+
+        G = StyleGAN2(StyleGAN2Config.from_dict(meta["model"]))
+        n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(G.param_shapes()))
+        print(f"  num_ws = {G.cfg.num_ws}; parameter elements = {n:,}")
+        print(f"  modulated layers (StyleSpace, weight deltas): {', '.join(G.cfg.layer_ws())}")
+
+
+def cmd_sample(args) -> None:
+    _setup_jax()
+    import jax
+
+    from jaxedit import checkpoint, parallel
+    from jaxedit.data import images as imio
+
+    if not (args.out or args.save_images or args.save_w):
+        raise UsageError("sample: nothing to write; give --out grid.png and/or --save-images / --save-w")
+    G, params = checkpoint.load_stylegan2(args.ckpt)
+    cfg = G.cfg
+    if args.z:
+        z = _load_npy(args.z, "--z", (None, cfg.z_dim))
+        seeds = list(range(len(z)))
+    else:
+        seeds = parse_seeds(args.seeds)
+        # the reference's generate.py convention, so seeds give the same z as NVIDIA's tools
+        z = np.stack([np.random.RandomState(s).randn(cfg.z_dim) for s in seeds]).astype(np.float32)
+    n = len(z)
+    if cfg.c_dim:
+        if args.c:
+            c = _load_npy(args.c, "--c", (n, cfg.c_dim))
+        elif args.class_idx is not None:
+            if not 0 <= args.class_idx < cfg.c_dim:
+                raise UsageError(f"--class {args.class_idx} out of range [0, {cfg.c_dim})")
+            c = np.eye(cfg.c_dim, dtype=np.float32)[np.full(n, args.class_idx)]
+        else:
+            raise UsageError(f"this generator is conditional (c_dim {cfg.c_dim}): give --class K or --c c.npy")
+    else:
+        if args.c or args.class_idx is not None:
+            raise UsageError("--c/--class given but the generator is unconditional")
+        c = np.zeros((n, 0), np.float32)
+    if args.cutoff is not None and not 0 < args.cutoff <= cfg.num_ws:
+        raise UsageError(f"--cutoff must be in [1, {cfg.num_ws}]")
+    noise_keys = np.asarray(jax.random.key_data(jax.vmap(
+        lambda s: jax.random.fold_in(jax.random.key(args.noise_seed), s))(np.asarray(seeds, np.uint32))))
+
+    mesh = parallel.data_mesh()
+    params = parallel.replicate(params, mesh)
+    cutoff, noise_mode = args.cutoff, args.noise
+
+    @jax.jit
+    def run(batch):
+        ws = G.mapping(params, batch["z"], batch["c"] if cfg.c_dim else None, args.psi, cutoff)
+        return {"ws": ws, "img": G.synthesis(params, ws, noise_mode, key=batch["key"])}
+
+    t0 = time.perf_counter()
+    outs = list(parallel.map_batches(run, {"z": z, "c": c, "key": noise_keys}, args.batch_size, mesh))
+    imgs = np.concatenate([o["img"] for o in outs])
+    ws = np.concatenate([o["ws"] for o in outs])
+    dt = time.perf_counter() - t0
+    if args.out:
+        imio.save_grid(imgs, args.out, cols=args.cols)
+    if args.save_images:
+        np.save(args.save_images, imgs.astype(np.float32))
+    if args.save_w:
+        np.save(args.save_w, ws.astype(np.float32))
+    written = ", ".join(p for p in (args.out, args.save_images, args.save_w) if p)
+    print(f"sampled {n} images {cfg.img_resolution}x{cfg.img_resolution} in {dt:.2f} s "
+          f"on {mesh.size} {jax.devices()[0].platform} device(s) -> {written}")
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxedit", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert a PyTorch checkpoint to a jaxedit checkpoint (no torch needed)")
+    c.add_argument("kind", help="what the file holds: stylegan2 (NVIDIA .pkl or rosinality .pt)")
+    c.add_argument("src", help="source file")
+    c.add_argument("dst", help="destination checkpoint directory")
+    c.add_argument("--key", default=None, help="network inside the file (NVIDIA: G_ema (default), G; rosinality: g_ema, g)")
+    c.add_argument("--force", action="store_true", help="overwrite an existing jaxedit checkpoint at DST")
+    c.set_defaults(fn=cmd_convert)
+
+    i = sub.add_parser("info", help="describe a jaxedit checkpoint")
+    i.add_argument("ckpt")
+    i.add_argument("--json", action="store_true", help="print jaxedit.json as is")
+    i.set_defaults(fn=cmd_info)
+
+    s = sub.add_parser("sample", help="sample images from a generator into a PNG grid")
+    s.add_argument("ckpt", help="jaxedit StyleGAN2 checkpoint directory")
+    s.add_argument("--seeds", default="0-15", help="seeds, e.g. 0-15 or 1,5,9-12 (z as NVIDIA's generate.py)")
+    s.add_argument("--z", help="z vectors from a .npy file [N, z_dim] instead of seeds")
+    s.add_argument("--c", help="labels from a .npy file [N, c_dim] (conditional generators)")
+    s.add_argument("--class", dest="class_idx", type=int, help="class index for every sample (conditional)")
+    s.add_argument("--psi", type=float, default=1.0, help="truncation psi (default 1: none)")
+    s.add_argument("--cutoff", type=int, help="truncate only the first N ws")
+    s.add_argument("--noise", choices=("const", "random", "none"), default="const")
+    s.add_argument("--noise-seed", type=int, default=0, help="seed of random noise (per image: seed ^ image seed)")
+    s.add_argument("--batch-size", type=int, default=32, help="images per device batch chunk")
+    s.add_argument("--cols", type=int, help="grid columns")
+    s.add_argument("--out", help="PNG grid to write")
+    s.add_argument("--save-images", help="write raw float32 NHWC images (unclipped) to this .npy")
+    s.add_argument("--save-w", help="write ws [N, num_ws, w_dim] to this .npy")
+    s.set_defaults(fn=cmd_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except KeyboardInterrupt:
+        print("jaxedit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one clear line for anything the user can cause
+        if os.environ.get("JAXEDIT_DEBUG"):
+            raise
+        if not isinstance(e, (ValueError, OSError, KeyError)):
+            msg = f"internal error: {type(e).__name__}: {e} (set JAXEDIT_DEBUG=1 for the traceback)"
+        else:
+            msg = str(e)
+        print(f"jaxedit: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
