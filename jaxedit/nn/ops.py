@@ -5,10 +5,13 @@ Layouts: activations NHWC ``[B, H, W, C]``, conv kernels HWIO ``[kh, kw, Cin, Co
 Resampling uses the StyleGAN FIR filter ``[1, 3, 3, 1]`` (outer product, normalized to
 sum 1, gain ``up**2`` on up-sampling). Instead of the reference's zero insertion plus a
 depthwise FIR pass (a grouped conv, pathological on XLA:CPU), up-sampling is written in
-polyphase form: each output phase is a short weighted sum of shifted inputs, and an
-up-sampling 3x3 conv folds the transposed conv and the FIR into four ordinary 3x3 convs
-computed as one conv with ``4 * Cout`` output channels plus a depth-to-space reshape.
-Both are exactly the reference's linear maps (same taps, same zero padding).
+polyphase form: each output phase is a short weighted sum of shifted inputs, which XLA
+fuses into neighbouring element-wise work. Both are exactly the reference's linear maps
+(same taps, same zero padding).
+
+Measured here (experiments/bench_generator.py, 2-core Zen 5): folding the transposed conv
+and the FIR into one 3x3 polyphase kernel with 4x the output channels costs 1.6-2x the
+reference's conv FLOPs and was 2-4x slower per layer than the exact-tap phases used below.
 """
 
 from __future__ import annotations
@@ -77,49 +80,44 @@ def upsample2d(x: jax.Array) -> jax.Array:
     return _upsample_axis(_upsample_axis(x, 1), 2)
 
 
-def _phase_matrix() -> np.ndarray:
-    """Q[a, u, k]: weight of 3x3-kernel tap k in output phase a at input offset u-1.
+def _fir_phases(even: jax.Array, odd: jax.Array, axis: int) -> jax.Array:
+    """FIR (taps [1,3,3,1]/4, zero padding 1) of a signal given by its phases, interleaved.
 
-    The reference up-sampling conv is ``conv_transpose(stride 2, pad 0)`` (out[2i+k] +=
-    x[i] W[k], length 2H+1) followed by the FIR with padding (1, 1) and per-axis gain 2.
-    Combined, ``out[2j+a] = sum_u x[j+u-1] * sum_k Q[a,u,k] W[k]``.
+    ``even[m] = y[2m]`` and ``odd[m] = y[2m+1]`` for m in 0..n (``odd[n]`` is the zero just past
+    the signal's end); returns ``z`` of length 2n along ``axis`` with ``z[p] = sum_t y[p+t-1] g[t]``.
     """
-    g = np.asarray(FIR_TAPS) / np.sum(FIR_TAPS) * 2.0  # per-axis taps with the up**2 gain split
-    m = np.zeros((6, 3))  # combined kernel K[r + 2] = sum_{k - t + 1 = r} W[k] g[t], r in [-2, 3]
-    for k in range(3):
-        for t in range(4):
-            m[k - t + 3, k] += g[t]
-    q = np.zeros((2, 3, 3))
-    for a in range(2):
-        for u in range(3):
-            q[a, u] = m[a - 2 * u + 4]
-    return q
+    g0, g1, g2, g3 = (t / 4.0 for t in FIR_TAPS)
+    n = even.shape[axis] - 1
+    sl = lambda a, lo, hi: jax.lax.slice_in_dim(a, lo, hi, axis=axis)
+    o_prev = jnp.concatenate([jnp.zeros_like(sl(odd, 0, 1)), sl(odd, 0, n - 1)], axis=axis)
+    e0, e1, o0, o1 = sl(even, 0, n), sl(even, 1, n + 1), sl(odd, 0, n), sl(odd, 1, n + 1)
+    z_even = g0 * o_prev + g1 * e0 + g2 * o0 + g3 * e1
+    z_odd = g0 * e0 + g1 * o0 + g2 * e1 + g3 * o1
+    shape = list(z_even.shape)
+    shape[axis] *= 2
+    return jnp.stack([z_even, z_odd], axis=axis + 1).reshape(shape)
 
 
-_PHASES = _phase_matrix()
-
-
-def up_conv_kernel(w: jax.Array) -> jax.Array:
-    """Fold a 3x3 kernel of the reference up-sampling conv into a polyphase kernel.
-
-    Args: w ``[3, 3, Cin, Cout]``. Returns ``[3, 3, Cin, 4 * Cout]`` whose output channels
-    are ordered (row phase, column phase, Cout) for :func:`depth_to_space`.
-    """
-    if w.shape[:2] != (3, 3):
-        raise ValueError(f"up-sampling conv expects a 3x3 kernel, got {w.shape}")
-    q = jnp.asarray(_PHASES, w.dtype)
-    k = jnp.einsum("auk,bvl,klio->uviabo", q, q, w)
-    return k.reshape(3, 3, w.shape[2], 4 * w.shape[3])
-
-
-def depth_to_space(x: jax.Array) -> jax.Array:
-    """[B, H, W, (2, 2, C)] -> [B, 2H, 2W, C] (inverse of the polyphase split)."""
-    b, h, w, c4 = x.shape
-    c = c4 // 4
-    x = x.reshape(b, h, w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, 2 * h, 2 * w, c)
+def _conv(x: jax.Array, w: jax.Array, padding) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def up_conv2d(x: jax.Array, w: jax.Array) -> jax.Array:
-    """The reference up-sampling 3x3 conv (transposed conv stride 2 + FIR): [B,H,W,I] -> [B,2H,2W,O]."""
-    return depth_to_space(conv2d(x, up_conv_kernel(w)))
+    """The reference up-sampling 3x3 conv: transposed conv (stride 2) then the FIR, [B,H,W,I] -> [B,2H,2W,O].
+
+    The transposed conv ``y[2i+k] += x[i] W[k]`` (length 2H+1 per axis) is computed per
+    output phase with exactly its 9 taps: even rows/cols see ``x[m-1] W[2] + x[m] W[0]``, odd
+    ones ``x[m] W[1]``, i.e. four small ordinary convs (2x2, 2x1, 1x2, 1x1 kernels) over the
+    low-resolution input. The FIR (padding 1, gain 4) is then applied to the phases and
+    interleaves them. Same FLOPs as the reference's transposed conv, no zero insertion, no
+    grouped/depthwise conv (both slow on XLA:CPU).
+    """
+    if w.shape[:2] != (3, 3):
+        raise ValueError(f"up-sampling conv expects a 3x3 kernel, got {w.shape}")
+    both, last = ((1, 1), (1, 1)), ((0, 1), (0, 1))
+    taps2 = lambda v: jnp.stack([v[2], v[0]])  # correlation window (x[m-1], x[m]) <- (W[2], W[0])
+    ee = _conv(x, jnp.stack([taps2(w[2]), taps2(w[0])]), both)
+    eo = _conv(x, taps2(w[:, 1])[:, None], (both[0], last[1]))
+    oe = _conv(x, taps2(w[1])[None], (last[0], both[1]))
+    oo = _conv(x, w[1:2, 1:2], last)
+    return _fir_phases(_fir_phases(ee, oe, 1), _fir_phases(eo, oo, 1), 2)
