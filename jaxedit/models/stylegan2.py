@@ -351,11 +351,11 @@ class StyleGAN2:
 
     def init(self, key: jax.Array) -> Params:
         """Random parameters with the reference initialization (a plain nested dict)."""
-        return nnx.split(Generator(self.cfg, rngs=nnx.Rngs(key)))[1].to_pure_dict()
+        return nnx.to_pure_dict(nnx.split(Generator(self.cfg, rngs=nnx.Rngs(key)))[1])
 
     def param_shapes(self) -> Params:
         """The expected ``{name: ShapeDtypeStruct}`` tree (checks and abstract restore)."""
-        return nnx.split(nnx.eval_shape(lambda: Generator(self.cfg, rngs=nnx.Rngs(0))))[1].to_pure_dict()
+        return nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: Generator(self.cfg, rngs=nnx.Rngs(0))))[1])
 
     # -- mapping
     def mapping(self, params: Params, z: jax.Array | None, c: jax.Array | None = None,
