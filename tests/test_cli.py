@@ -1,0 +1,130 @@
+"""The real ``jaxedit`` console script: convert, info, sample, and its one-line errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import fixture, max_abs, ref
+
+JAXEDIT = shutil.which("jaxedit", path=str(Path(sys.executable).parent)) or shutil.which("jaxedit")
+
+
+def run(*args, env=None, ok=True):
+    if JAXEDIT is None:
+        pytest.fail("the jaxedit console script is not installed (pip install -e .)")
+    out = subprocess.run([JAXEDIT, *map(str, args)], capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, **(env or {})))
+    if ok:
+        assert out.returncode == 0, f"jaxedit {args} failed:\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+def one_line_error(out, *needles):
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxedit: error: "), out.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    dst = tmp_path_factory.mktemp("ck") / "tiny32"
+    out = run("convert", "stylegan2", fixture("nvidia_tiny32.pkl"), dst)
+    assert "resolution 32, num_ws 8" in out.stdout and "reload check" in out.stdout
+    return dst
+
+
+def test_convert_writes_checkpoint_with_provenance(ckpt):
+    meta = json.loads((ckpt / "jaxedit.json").read_text())
+    assert meta["kind"] == "stylegan2" and meta["model"]["img_resolution"] == 32
+    assert meta["source"]["file"] == "nvidia_tiny32.pkl" and meta["source"]["network"] == "G_ema"
+    manifest = json.loads(fixture("manifest.json").read_text())
+    assert meta["source"]["sha256"] == manifest["nvidia_tiny32"]["sha256"]
+    assert meta["source"]["converter"]
+
+
+def test_convert_refuses_to_overwrite(ckpt, tmp_path):
+    one_line_error(run("convert", "stylegan2", fixture("nvidia_tiny32.pkl"), ckpt, ok=False), "already exists", "--force")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    out = run("convert", "stylegan2", fixture("nvidia_tiny32.pkl"), mine, "--force", ok=False)
+    one_line_error(out, "not a jaxedit checkpoint")
+    assert (mine / "notes.txt").read_text() == "precious"
+
+
+def test_convert_force_overwrites_checkpoint(tmp_path):
+    dst = tmp_path / "ck"
+    run("convert", "stylegan2", fixture("nvidia_tiny32.pkl"), dst)
+    run("convert", "stylegan2", fixture("nvidia_tiny32_cond.pkl"), dst, "--force")
+    assert json.loads((dst / "jaxedit.json").read_text())["model"]["c_dim"] == 5
+
+
+def test_info(ckpt):
+    out = run("info", ckpt)
+    assert "stylegan2" in out.stdout and "num_ws = 8" in out.stdout and "b32.torgb" in out.stdout
+    assert json.loads(run("info", ckpt, "--json").stdout)["model"]["w_dim"] == 64
+
+
+def test_sample_matches_reference_images(ckpt, tmp_path):
+    r = ref("nvidia_tiny32_ref.npz")
+    np.save(tmp_path / "z.npy", r["z"])
+    run("sample", ckpt, "--z", tmp_path / "z.npy", "--save-images", tmp_path / "img.npy",
+        "--save-w", tmp_path / "w.npy", "--out", tmp_path / "grid.png", "--batch-size", 3)
+    assert max_abs(np.load(tmp_path / "img.npy"), r["img_const"]) <= 1e-4
+    assert max_abs(np.load(tmp_path / "w.npy"), r["w"]) <= 1e-4
+    from PIL import Image
+
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert grid.ndim == 3 and grid.shape[2] == 3 and grid.std() > 10  # a real picture, not blank
+
+
+def test_sample_seeds_truncation_and_conditional(ckpt, tmp_path):
+    run("sample", ckpt, "--seeds", "0-5", "--psi", "0.7", "--cutoff", "4", "--out", tmp_path / "g.png",
+        "--save-w", tmp_path / "w.npy")
+    ws = np.load(tmp_path / "w.npy")
+    assert ws.shape == (6, 8, 64)
+    from converters import stylegan2 as conv
+    from jaxedit.models.stylegan2 import StyleGAN2
+
+    cfg, params, _ = conv.convert(fixture("nvidia_tiny32.pkl"))
+    z5 = np.random.RandomState(5).randn(1, 64).astype(np.float32)  # seeds follow NVIDIA's generate.py
+    assert max_abs(ws[5:], StyleGAN2(cfg).mapping(params, z5, psi=0.7, cutoff=4)) <= 1e-5
+    cond = tmp_path / "cond"
+    run("convert", "stylegan2", fixture("nvidia_tiny32_cond.pkl"), cond)
+    r = ref("nvidia_tiny32_cond_ref.npz")
+    np.save(tmp_path / "z.npy", r["z"])
+    np.save(tmp_path / "c.npy", r["c"])
+    run("sample", cond, "--z", tmp_path / "z.npy", "--c", tmp_path / "c.npy", "--save-images", tmp_path / "i.npy")
+    assert max_abs(np.load(tmp_path / "i.npy"), r["img_const"]) <= 1e-4
+    one_line_error(run("sample", cond, "--seeds", "0-1", "--out", tmp_path / "x.png", ok=False), "conditional")
+
+
+def test_errors_are_one_line(tmp_path):
+    one_line_error(run("convert", "stylegan2", tmp_path / "missing.pkl", tmp_path / "o", ok=False), "missing.pkl")
+    bad = tmp_path / "broken.pkl"
+    bad.write_bytes(fixture("nvidia_tiny32.pkl").read_bytes()[:100_000])
+    one_line_error(run("convert", "stylegan2", bad, tmp_path / "o", ok=False), "broken.pkl")
+    one_line_error(run("info", tmp_path, ok=False), "not a jaxedit checkpoint")
+    one_line_error(run("sample", tmp_path / "nope", "--out", tmp_path / "g.png", ok=False), "nope")
+    assert not (tmp_path / "o").exists()
+
+
+def test_convert_without_torch(tmp_path):
+    """Conversion works where ``import torch`` fails."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from jaxedit.cli import main\n"
+            f"rc = main(['convert', 'stylegan2', {str(fixture('rosinality_tiny64.pt'))!r}, {str(tmp_path / 'r')!r}])\n"
+            "import importlib.util\n"
+            "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
+            "sys.exit(rc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "rosinality-pt" in out.stdout

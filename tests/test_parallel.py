@@ -1,0 +1,43 @@
+"""The generator sharded over 4 simulated CPU devices gives the images of one device."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from jaxedit import parallel
+    from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
+
+    assert jax.device_count() == 4, jax.devices()
+    G = StyleGAN2(StyleGAN2Config(z_dim=16, w_dim=16, img_resolution=16, mapping_layers=2, channels=(32, 16, 8)))
+    params = G.init(jax.random.key(0))
+    z = np.asarray(jax.random.normal(jax.random.key(1), (10, 16)))
+    keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(2), 10)))
+
+    def images(mesh):
+        p = parallel.replicate(params, mesh)
+        run = jax.jit(lambda b: G.synthesis(p, G.mapping(p, b["z"]), "random", key=b["key"]))
+        shardings = []
+        def traced(b):
+            out = run(b)
+            shardings.append(len(out.sharding.device_set))
+            return out
+        out = np.concatenate(list(parallel.map_batches(traced, {"z": z, "key": keys}, 8, mesh)))
+        return out, shardings
+
+    four, s4 = images(parallel.data_mesh())
+    one, s1 = images(parallel.data_mesh(jax.devices()[:1]))
+    assert four.shape == (10, 16, 16, 3), four.shape
+    assert set(s4) == {4} and set(s1) == {1}, (s4, s1)
+    print("MAXDIFF", float(np.max(np.abs(four - one))))
+""")
+
+
+def test_four_devices_match_one():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    diff = float(out.stdout.split("MAXDIFF")[1])
+    assert diff <= 1e-5
