@@ -138,9 +138,10 @@ class Shift(NamedTuple):
 
 
 def _modulated_conv(x, s, w, *, up: bool, demodulate: bool, delta):
-    """Modulated conv in non-grouped form. x [B,H,W,I], s [B,I], w [kh,kw,I,O] -> [B,H',W',O].
+    """Modulated (and demodulated) conv in non-grouped form. x [B,H,W,I], s [B,I], w [kh,kw,I,O].
 
-    Returns ``(y, d)`` where ``d`` [B,O] are the demodulation coefficients (or None).
+    Returns ``[B, H', W', O]``. With a batch of one the style and demodulation are folded
+    into the (then per-sample) kernel, saving two passes over the activations.
     """
     direction = scale = None
     if isinstance(delta, Shift):
@@ -148,25 +149,27 @@ def _modulated_conv(x, s, w, *, up: bool, demodulate: bool, delta):
     elif delta is not None:
         w = w + delta
     conv = ops.up_conv2d if up else ops.conv2d
-    xs = x * s[:, None, None, :].astype(x.dtype)
     s2 = jnp.square(s)
     if direction is None:
-        y = conv(xs, w)
         d = jax.lax.rsqrt(s2 @ jnp.sum(jnp.square(w), axis=(0, 1)) + 1e-8) if demodulate else None
-        return y, d
+        if x.shape[0] == 1:
+            w1 = w * s[0][None, None, :, None]
+            return conv(x, w1 if d is None else w1 * d[0])
+        y = conv(x * s[:, None, None, :], w)
+        return y if d is None else y * d[:, None, None, :]
     if direction.shape != w.shape:
         raise ValueError(f"Shift direction has shape {direction.shape}, the layer weight {w.shape}")
     o = w.shape[-1]
     k = jnp.broadcast_to(jnp.asarray(scale, x.dtype), (x.shape[0],))
-    yy = conv(xs, jnp.concatenate([w, direction], axis=-1))
+    yy = conv(x * s[:, None, None, :], jnp.concatenate([w, direction], axis=-1))
     y = yy[..., :o] + k[:, None, None, None] * yy[..., o:]
-    d = None
-    if demodulate:
-        ww = s2 @ jnp.sum(jnp.square(w), axis=(0, 1))
-        wx = s2 @ jnp.sum(w * direction, axis=(0, 1))
-        xx = s2 @ jnp.sum(jnp.square(direction), axis=(0, 1))
-        d = jax.lax.rsqrt(ww + 2 * k[:, None] * wx + jnp.square(k)[:, None] * xx + 1e-8)
-    return y, d
+    if not demodulate:
+        return y
+    ww = s2 @ jnp.sum(jnp.square(w), axis=(0, 1))
+    wx = s2 @ jnp.sum(w * direction, axis=(0, 1))
+    xx = s2 @ jnp.sum(jnp.square(direction), axis=(0, 1))
+    d = jax.lax.rsqrt(ww + 2 * k[:, None] * wx + jnp.square(k)[:, None] * xx + 1e-8)
+    return y * d[:, None, None, :]
 
 
 class SynthesisLayer(nnx.Module):
@@ -184,8 +187,7 @@ class SynthesisLayer(nnx.Module):
         self.noise_const = Buffer(jax.random.normal(rngs.params(), (resolution, resolution)))
 
     def __call__(self, x, s, *, noise_mode: str, key, delta, gain: float = 1.0):
-        y, d = _modulated_conv(x, s, self.weight[...], up=self.up, demodulate=True, delta=delta)
-        y = y * d[:, None, None, :]
+        y = _modulated_conv(x, s, self.weight[...], up=self.up, demodulate=True, delta=delta)
         if noise_mode == "const":
             y = y + (self.noise_const[...] * self.noise_strength[...])[None, :, :, None]
         elif noise_mode == "random":
@@ -210,7 +212,7 @@ class ToRGB(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_ch,), jnp.float32))
 
     def __call__(self, x, s, *, delta):
-        y, _ = _modulated_conv(x, s * self.weight_gain, self.weight[...], up=False, demodulate=False, delta=delta)
+        y = _modulated_conv(x, s * self.weight_gain, self.weight[...], up=False, demodulate=False, delta=delta)
         return ops.bias_act(y, self.bias[...], "linear", 1.0, self.conv_clamp)
 
 
