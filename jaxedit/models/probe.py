@@ -1,0 +1,145 @@
+"""The shapes-world probe: a small CNN that reads every factor and the label map off an image.
+
+It is this world's attribute classifier: later work labels samples with it (InterFaceGAN),
+scores edits (attribute change, disentanglement, commutativity) and computes Frechet
+distances in its feature space. A U-Net: an encoder to 4x4, a pooled embedding
+(``features``, the Frechet space) feeding the shape and factor heads, and a decoder with skip
+connections for the per-pixel labels {0 background, 1 body, 2 spot}.
+
+Pure interface, like the generator: ``P = Probe(cfg)``, ``params = P.init(key)``,
+``out = P(params, images)`` with images ``[B, H, W, 3]`` in [-1, 1]::
+
+    out["shape_logits"] [B, 3]     circle / square / triangle
+    out["factors"]      [B, F]     jaxedit.data.shapes.FACTOR_NAMES, each in [0, 1]
+    out["label_logits"] [B, H, W, 3]
+    out["features"]     [B, feature_dim]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxedit.data.shapes import FACTOR_NAMES
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    resolution: int = 32
+    widths: tuple[int, ...] = (16, 32, 64)  # encoder stages; each halves the resolution after it
+    decoder_widths: tuple[int, ...] = (16, 24, 32)  # decoder stage i works at the resolution of encoder stage i
+    feature_dim: int = 256
+    num_factors: int = len(FACTOR_NAMES)
+    num_shapes: int = 3
+    num_labels: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["widths"], d["decoder_widths"] = list(self.widths), list(self.decoder_widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ProbeConfig":
+        return cls(**{**d, "widths": tuple(d["widths"]), "decoder_widths": tuple(d["decoder_widths"])})
+
+
+def _conv(cin, cout, rngs, k=3):
+    return nnx.Conv(cin, cout, (k, k), padding="SAME", rngs=rngs)
+
+
+class _Stage(nnx.Module):
+    def __init__(self, cin, cout, rngs):
+        self.c1 = _conv(cin, cout, rngs)
+        self.c2 = _conv(cout, cout, rngs)
+
+    def __call__(self, x):
+        return jax.nn.gelu(self.c2(jax.nn.gelu(self.c1(x))))
+
+
+def _pool(x):
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def _up(x):
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class ProbeNet(nnx.Module):
+    """Input: the image plus two coordinate channels (positions are read to sub-pixel accuracy)."""
+
+    def __init__(self, cfg: ProbeConfig, *, rngs: nnx.Rngs):
+        w, dw = cfg.widths, cfg.decoder_widths
+        self.n = len(w)
+        chans = [5, *w]
+        for i in range(self.n):
+            setattr(self, f"enc{i}", _Stage(chans[i], chans[i + 1], rngs))
+        self.mid = _Stage(w[-1], w[-1], rngs)
+        bottom = cfg.resolution // 2 ** self.n
+        self.embed = nnx.Linear(bottom * bottom * w[-1], cfg.feature_dim, rngs=rngs)
+        self.shape_head = nnx.Linear(cfg.feature_dim, cfg.num_shapes, rngs=rngs)
+        self.factor_head = nnx.Linear(cfg.feature_dim, cfg.num_factors, rngs=rngs)
+        for i in reversed(range(self.n)):
+            cin = (dw[i + 1] if i + 1 < self.n else w[-1]) + w[i]
+            setattr(self, f"dec{i}", _Stage(cin, dw[i], rngs))
+        self.label_head = _conv(dw[0], cfg.num_labels, rngs, k=1)
+
+    def __call__(self, img):
+        b, h, w, _ = img.shape
+        yy, xx = jnp.meshgrid(jnp.linspace(-1, 1, h), jnp.linspace(-1, 1, w), indexing="ij")
+        coords = jnp.broadcast_to(jnp.stack([xx, yy], -1)[None], (b, h, w, 2)).astype(img.dtype)
+        skips, x = [], jnp.concatenate([img, coords], axis=-1)
+        for i in range(self.n):
+            x = getattr(self, f"enc{i}")(x)
+            skips.append(x)
+            x = _pool(x)
+        x = self.mid(x)
+        feats = jax.nn.gelu(self.embed(x.reshape(b, -1)))
+        for i in reversed(range(self.n)):
+            x = getattr(self, f"dec{i}")(jnp.concatenate([_up(x), skips[i]], axis=-1))
+        return {"shape_logits": self.shape_head(feats), "factors": jax.nn.sigmoid(self.factor_head(feats)),
+                "label_logits": self.label_head(x), "features": feats}
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """Hashable handle: pure functions of ``params`` for one :class:`ProbeConfig`."""
+
+    cfg: ProbeConfig = ProbeConfig()
+
+    @functools.cached_property
+    def graphdef(self):
+        return nnx.split(nnx.eval_shape(lambda: ProbeNet(self.cfg, rngs=nnx.Rngs(0))))[0]
+
+    def init(self, key: jax.Array) -> dict:
+        return nnx.to_pure_dict(nnx.split(ProbeNet(self.cfg, rngs=nnx.Rngs(key)))[1])
+
+    def param_shapes(self) -> dict:
+        return nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: ProbeNet(self.cfg, rngs=nnx.Rngs(0))))[1])
+
+    def __call__(self, params: dict, images: jax.Array) -> dict[str, jax.Array]:
+        r = self.cfg.resolution
+        if images.ndim != 4 or images.shape[1:] != (r, r, 3):
+            raise ValueError(f"probe expects images [B, {r}, {r}, 3], got {list(images.shape)}")
+        return nnx.merge(self.graphdef, params)(images)
+
+    def predict(self, params: dict, images: jax.Array) -> dict[str, jax.Array]:
+        """Decoded predictions: ``shape`` [B] int, ``factors`` [B, F], ``labels`` [B, H, W] int, ``features``."""
+        out = self(params, images)
+        return {"shape": jnp.argmax(out["shape_logits"], -1), "factors": out["factors"],
+                "labels": jnp.argmax(out["label_logits"], -1), "features": out["features"]}
+
+
+def load(path) -> tuple[Probe, dict]:
+    """A probe checkpoint written by ``jaxedit train-probe`` -> ``(Probe handle, params)``."""
+    from jaxedit import checkpoint
+
+    ck = checkpoint.load(path, expected_kind="probe")
+    P = Probe(ProbeConfig.from_dict(ck.model))
+    checkpoint.check_tree(P.param_shapes(), ck.params, str(ck.path))
+    return P, ck.params
