@@ -152,6 +152,9 @@ def _modulated_conv(x, s, w, *, up: bool, demodulate: bool, delta):
     s2 = jnp.square(s)
     if direction is None:
         d = jax.lax.rsqrt(s2 @ jnp.sum(jnp.square(w), axis=(0, 1)) + 1e-8) if demodulate else None
+        if w.shape[:2] == (1, 1) and not up:  # per-sample 1x1 kernels as one batched matmul
+            wb = s[:, :, None] * w[0, 0]
+            return jnp.einsum("bhwi,bio->bhwo", x, wb if d is None else wb * d[:, None, :])
         if x.shape[0] == 1:
             w1 = w * s[0][None, None, :, None]
             return conv(x, w1 if d is None else w1 * d[0])
