@@ -1,0 +1,34 @@
+"""The embedded default models in checkpoints/ load and do what their model cards say."""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxedit.data import shapes
+
+CKPTS = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+def test_probe_reads_fresh_renders():
+    from jaxedit.models import probe
+
+    P, params = probe.load(CKPTS / "shapes32-probe")
+    batch = shapes.sample(jax.random.key(123456), 256, shapes.ShapesConfig())
+    pred = jax.jit(P.predict)(params, batch["image"])
+    assert float(np.mean(pred["shape"] == batch["factors"]["shape"])) >= 0.99
+    mae = np.abs(np.asarray(pred["factors"]) - np.asarray(batch["vector"])).mean(0)
+    names = shapes.FACTOR_NAMES
+    for name, err in zip(names, mae):
+        limit = 0.08 if name.startswith("spot") else 0.03  # spots: see the model card
+        assert err <= limit, (name, err)
+    labels, plabels = np.asarray(batch["labels"]), np.asarray(pred["labels"])
+    iou = [np.sum((labels == c) & (plabels == c)) / np.sum((labels == c) | (plabels == c)) for c in range(3)]
+    assert np.mean(iou) >= 0.9, iou
+    # the embedding separates shapes: same-shape images are closer on average
+    f = np.asarray(pred["features"])
+    s = np.asarray(batch["factors"]["shape"])
+    d = ((f[:, None] - f[None]) ** 2).sum(-1)
+    same, diff = d[s[:, None] == s[None]].mean(), d[s[:, None] != s[None]].mean()
+    assert same < diff
