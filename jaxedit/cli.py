@@ -1,4 +1,4 @@
-"""The ``jaxedit`` command line: convert, info, sample, train-probe.
+"""The ``jaxedit`` command line: convert, info, sample, train-gan, train-probe.
 
 Every error the user can cause is one line on stderr (``jaxedit: error: ...``, exit 2);
 set ``JAXEDIT_DEBUG=1`` for the full traceback. Compiled programs are cached in
@@ -263,8 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-w", help="write ws [N, num_ws, w_dim] to this .npy")
     s.set_defaults(fn=cmd_sample)
 
+    from jaxedit.train import gan as train_gan
     from jaxedit.train import probe as train_probe
 
+    train_gan.register_cli(sub)
     train_probe.register_cli(sub)
     return p
 

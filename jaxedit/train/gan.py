@@ -1,0 +1,872 @@
+"""StyleGAN2 training (the stylegan2-ada-pytorch recipe without ADA), resumable, one jitted program per phase.
+
+Recipe (NVlabs/stylegan2-ada-pytorch ``training/loss.py``, ``training/training_loop.py``):
+
+- Non-saturating logistic loss: ``L_G = softplus(-D(G(z)))``,
+  ``L_D = softplus(D(G(z))) + softplus(-D(x))``; fakes and reals go through D in separate
+  forward passes (separate minibatch-stddev groups), as in the reference.
+- Lazy R1 on reals: every ``D_reg_interval`` (16) iterations an extra Adam step of the same
+  D optimizer on ``mean(|grad_x D(x)|^2) * r1_gamma / 2 * D_reg_interval``, with the same
+  real batch as that iteration's main D step, evaluated after it. With
+  ``D_reg_interval=None`` the penalty (gain 1) is added to every D step instead.
+- Optional path-length regularization (``pl_weight > 0``; off by default, it costs a
+  double backward through G): every ``G_reg_interval`` iterations, on ``batch //
+  pl_batch_shrink`` samples, ``(|J_w^T y| - a)^2 * pl_weight * G_reg_interval`` with ``a``
+  the EMA (decay 0.01) of the path lengths.
+- Adam with ``b1=0, b2=0.99, eps=1e-8``; lazy regularization scales the learning rate by
+  ``r = I / (I + 1)`` and the betas to ``beta ** r`` (I the reg interval), as the reference.
+  Like the reference, the G adjustment applies whenever ``G_reg_interval`` is set, even with
+  ``pl_weight=0`` (its train.py keeps ``G_reg_interval=4`` for every config); set
+  ``G_reg_interval=None`` for the plain Adam settings.
+- Style mixing with probability ``style_mixing_prob``: one cutoff in ``[1, num_ws)`` per
+  batch, layers past it take the w of a second z (its mapping does not update ``w_avg``).
+- ``w_avg`` (a buffer of G) tracks the mean mapped w: ``w_avg <- lerp(mean(w), w_avg, 0.995)``
+  at every G forward on the phase's main z (G step, PL step, D step), so truncation works
+  in the exported model. ``noise_const`` and ``w_avg`` are excluded from the optimizer.
+- EMA of G after every iteration: ``beta = 0.5 ** (batch / ema_nimg)``,
+  ``ema_nimg = min(ema_kimg * 1000, cur_nimg * ema_rampup)``; buffers are copied.
+- Training noise is ``noise_mode='random'``; sample grids use G_ema with ``'const'`` noise.
+
+Engineering:
+
+- One jitted program per phase: ``G`` (or ``G+PL``) and ``D`` (or ``D+R1``); the EMA and
+  the ``w_avg`` update ride in the D program (the end of an iteration). Real data is
+  rendered on the fly inside the D program (``jaxedit.data.shapes.sample``), never read from disk.
+- All randomness of iteration ``s`` comes from ``fold_in(key, s)`` with the run's key
+  saved in every checkpoint, so a resumed run reproduces an uninterrupted one bit for bit
+  (same machine, same XLA build).
+- Parameters replicated, generated batches sharded over the ``'data'`` mesh axis
+  (:mod:`jaxedit.parallel`); on one device this is a no-op.
+- The host never waits on the device except to keep at most two iterations in flight and
+  to fetch the logged scalars about once a second.
+- Orbax ``CheckpointManager`` (async, keep the last 2) in ``RUN_DIR/checkpoints``; a run
+  killed at any moment (even SIGKILL during a save) resumes from the last finalized
+  checkpoint. SIGINT/SIGTERM save a checkpoint and exit cleanly.
+- ``RUN_DIR/config.json`` (the full config), ``log.jsonl`` (metrics), ``samples/*.png``
+  (fixed-z G_ema grids), and at the end ``RUN_DIR/G_ema`` (or ``--export DST``): a jaxedit
+  StyleGAN2 checkpoint that ``jaxedit sample`` reads.
+
+API::
+
+    cfg = load_config("experiments/train_shapes32.py")       # or a preset name, or GANConfig(...)
+    train(cfg, "runs/shapes32")                               # resumes if runs/shapes32 has checkpoints
+    export("runs/shapes32", "checkpoints/shapes32-stylegan2")  # G_ema of the latest checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import importlib.util
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxedit import parallel
+from jaxedit.models.discriminator import Discriminator, DiscriminatorConfig
+from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
+from jaxedit.nn.layers import Buffer
+
+Params = dict[str, Any]
+CONFIG_FILE = "config.json"
+LOG_FILE = "log.jsonl"
+CKPT_DIR = "checkpoints"
+SAMPLES_DIR = "samples"
+EXPORT_DIR = "G_ema"
+
+# fold_in tags: one independent stream per phase of an iteration
+_PHASE_G, _PHASE_PL, _PHASE_D = 0, 1, 2
+
+
+# ---------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class GANConfig:
+    """A training run. Intervals given in kimg are converted to iterations (one G + one D step).
+
+    ``data`` selects the real-image source: ``{"kind": "shapes", **ShapesConfig kwargs}`` (the
+    shapes world, rendered on the fly) or ``{"kind": "toy"}`` (coloured squares, for tests).
+    """
+
+    G: StyleGAN2Config
+    D: DiscriminatorConfig
+    data: dict = dataclasses.field(default_factory=lambda: {"kind": "shapes"})
+    name: str = ""
+    batch: int = 32
+    kimg: float = 1000.0
+    seed: int = 0
+    prng_impl: str = "rbg"  # XLA RngBitGenerator: 3-5x faster to compile (and faster to run) than threefry on CPU
+    lr_G: float = 0.0025
+    lr_D: float = 0.0025
+    betas: tuple[float, float] = (0.0, 0.99)
+    eps: float = 1e-8
+    r1_gamma: float = 0.1
+    D_reg_interval: int | None = 16
+    pl_weight: float = 0.0
+    G_reg_interval: int | None = 4
+    pl_batch_shrink: int = 2
+    pl_decay: float = 0.01
+    style_mixing_prob: float = 0.9
+    ema_kimg: float = 10.0
+    ema_rampup: float | None = 0.05
+    w_avg_beta: float = 0.995
+    ckpt_kimg: float | None = 20.0
+    ckpt_steps: int | None = None  # overrides ckpt_kimg
+    sample_kimg: float | None = 50.0
+    sample_steps: int | None = None  # overrides sample_kimg
+    grid_size: int = 64
+    log_seconds: float = 30.0  # period of log.jsonl rows (and of progress lines when not on a TTY)
+
+    def __post_init__(self):
+        G, D = self.G, self.D
+        if isinstance(G, dict):
+            object.__setattr__(self, "G", G := StyleGAN2Config.from_dict(G))
+        if isinstance(D, dict):
+            object.__setattr__(self, "D", D := DiscriminatorConfig.from_dict(D))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "data", dict(self.data))
+        if G.img_resolution != D.img_resolution or G.img_channels != D.img_channels:
+            raise ValueError(f"G makes {G.img_resolution}px x {G.img_channels} images but D reads "
+                             f"{D.img_resolution}px x {D.img_channels}")
+        if G.c_dim or D.c_dim:
+            raise NotImplementedError("conditional GAN training is not supported yet (c_dim must be 0)")
+        if self.batch < 1 or self.batch % max(1, min(D.mbstd_group_size or self.batch, self.batch)):
+            raise ValueError(f"batch {self.batch} must be a positive multiple of the minibatch-stddev group "
+                             f"size {D.mbstd_group_size}")
+        if self.pl_weight and self.G_reg_interval is None:
+            raise ValueError("path-length regularization needs G_reg_interval (non-lazy PL is not supported)")
+        if "kind" not in self.data:
+            raise ValueError("data needs a 'kind' ('shapes' or 'toy')")
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, math.ceil(self.kimg * 1000 / self.batch))
+
+    def steps(self, kimg: float | None, steps: int | None) -> int | None:
+        if steps is not None:
+            return max(1, int(steps))
+        return None if kimg is None else max(1, math.ceil(kimg * 1000 / self.batch))
+
+    @property
+    def ckpt_every(self) -> int | None:
+        return self.steps(self.ckpt_kimg, self.ckpt_steps)
+
+    @property
+    def sample_every(self) -> int | None:
+        return self.steps(self.sample_kimg, self.sample_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["G"], d["D"] = self.G.to_dict(), self.D.to_dict()
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GANConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown GAN config keys: {unknown}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "GANConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# Fields that may differ between the stored config of a run and the one given on resume.
+RESUMABLE_CHANGES = {"kimg", "ckpt_kimg", "ckpt_steps", "sample_kimg", "sample_steps", "log_seconds", "name"}
+
+
+def tiny_config(resolution: int = 16, **changes) -> GANConfig:
+    """A few-second smoke-test configuration (toy data, few channels)."""
+    n = int(math.log2(resolution)) - 1
+    chans = tuple([16] * (n - 1) + [8])
+    cfg = GANConfig(
+        name="tiny",
+        G=StyleGAN2Config(z_dim=16, w_dim=16, img_resolution=resolution, mapping_layers=2, channels=chans),
+        D=DiscriminatorConfig(img_resolution=resolution, channels=chans),
+        data={"kind": "toy"}, batch=8, kimg=0.08, lr_G=0.002, lr_D=0.002, r1_gamma=0.1, ema_kimg=0.05,
+        ckpt_steps=5, sample_steps=5, grid_size=16, log_seconds=5.0)
+    return cfg.replace(**changes)
+
+
+def _repo_experiments() -> Path:
+    return Path(__file__).resolve().parents[2] / "experiments"
+
+
+PRESETS: dict[str, Callable[[], GANConfig] | str] = {
+    "tiny": tiny_config,
+    # The default model's recipe lives, spelled out, in the experiments/ launcher.
+    "shapes32-stylegan2": "train_shapes32.py",
+}
+
+
+def load_config(spec: str | GANConfig | dict) -> GANConfig:
+    """A preset name, ``path/to/config.py`` (big_vision style ``get_config(arg)``; ``path.py:arg``
+    passes ``arg``), a ``config.json`` path, a dict, or a :class:`GANConfig`."""
+    if isinstance(spec, GANConfig):
+        return spec
+    if isinstance(spec, dict):
+        return GANConfig.from_dict(spec)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"get_config() must return a GANConfig or a dict, got {type(spec).__name__}")
+    spec = str(spec)
+    if spec in PRESETS:
+        preset = PRESETS[spec]
+        if callable(preset):
+            return preset()
+        path = _repo_experiments() / preset
+        if not path.is_file():
+            raise FileNotFoundError(f"preset {spec!r} is defined by {path}, which is missing (a source "
+                                    f"checkout has it; or pass --config path/to/{preset})")
+        spec = str(path)
+    path_part, _, arg = spec.partition(":") if spec.count(":") == 1 and not os.path.exists(spec) else (spec, "", "")
+    path = Path(path_part)
+    if not path.is_file():
+        raise FileNotFoundError(f"config {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+    if path.suffix == ".json":
+        return GANConfig.from_dict(json.loads(path.read_text()))
+    mod_spec = importlib.util.spec_from_file_location(f"_jaxedit_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path} defines no get_config()")
+    cfg = module.get_config(arg) if arg else module.get_config()
+    return load_config(cfg)
+
+
+def apply_overrides(cfg: GANConfig, sets: list[str]) -> GANConfig:
+    """``["lr_G=0.002", "G.z_dim=64", "data.resolution=32"]`` -> new config (values parsed as JSON)."""
+    d = cfg.to_dict()
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        node = d
+        *parents, leaf = key.split(".")
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                raise ValueError(f"--set {item!r}: {p!r} is not a config section")
+            node = node[p]
+        if node is not d["data"] and leaf not in node:
+            raise ValueError(f"--set {item!r}: unknown key {key!r}")
+        node[leaf] = value
+    return GANConfig.from_dict(d)
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def toy_images(key: jax.Array, batch: int, resolution: int) -> jax.Array:
+    """Jittable toy data: a coloured axis-aligned square on a coloured background, in [-1, 1]."""
+    kc, kb, kp, ks = jax.random.split(key, 4)
+    fg = jax.random.uniform(kc, (batch, 1, 1, 3), minval=-1, maxval=1)
+    bg = jax.random.uniform(kb, (batch, 1, 1, 3), minval=-1, maxval=1)
+    size = jax.random.uniform(ks, (batch, 1, 1), minval=0.25, maxval=0.5)
+    pos = jax.random.uniform(kp, (batch, 2), minval=0.0, maxval=1.0) * (1 - size[:, 0])
+    coords = (jnp.arange(resolution) + 0.5) / resolution
+    inside_y = (coords[None, :, None] >= pos[:, 0, None, None]) & (coords[None, :, None] < pos[:, 0, None, None] + size)
+    inside_x = (coords[None, None, :] >= pos[:, 1, None, None]) & (coords[None, None, :] < pos[:, 1, None, None] + size)
+    mask = (inside_y & inside_x)[..., None]
+    return jnp.where(mask, fg, bg)
+
+
+def make_source(data: dict, resolution: int) -> Callable[[jax.Array, int], jax.Array]:
+    """``data`` config -> jittable ``images(key, batch) -> [B, H, W, 3]`` in [-1, 1]."""
+    kwargs = dict(data)
+    kind = kwargs.pop("kind")
+    if kind == "toy":
+        return lambda key, batch: toy_images(key, batch, resolution)
+    if kind == "shapes":
+        from jaxedit.data import shapes
+
+        kwargs.setdefault("resolution", resolution)
+        scfg = shapes.ShapesConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+        return lambda key, batch: shapes.sample(key, batch, scfg)["image"]
+    raise ValueError(f"unknown data kind {kind!r} (expected 'shapes' or 'toy')")
+
+
+# ----------------------------------------------------------------- pure helpers
+
+
+def param_labels(handle) -> Params:
+    """``'train'`` for trainable leaves, ``'buffer'`` for Buffer leaves (``w_avg``, ``noise_const``)."""
+    if isinstance(handle, StyleGAN2):
+        from jaxedit.models.stylegan2 import Generator as cls
+    else:
+        from jaxedit.models.discriminator import DiscriminatorModule as cls
+    abstract = nnx.eval_shape(lambda: cls(handle.cfg, rngs=nnx.Rngs(0)))
+    _, buffers, _ = nnx.split(abstract, Buffer, ...)
+    buffer_paths = {tuple(p) for p, _ in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(buffers))[0]}
+    shapes = handle.param_shapes()
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: "buffer" if tuple(p) in buffer_paths else "train", shapes)
+
+
+def adam(lr: float, betas: tuple[float, float], eps: float, reg_interval: int | None, labels: Params):
+    """Adam (buffers frozen) with the reference's lazy-regularization adjustment of lr and betas."""
+    b1, b2 = betas
+    if reg_interval:
+        ratio = reg_interval / (reg_interval + 1)
+        lr, b1, b2 = lr * ratio, b1 ** ratio, b2 ** ratio
+    return optax.multi_transform({"train": optax.adam(lr, b1=b1, b2=b2, eps=eps), "buffer": optax.set_to_zero()},
+                                 labels)
+
+
+def ema_beta(cur_nimg, batch: int, ema_kimg: float, ema_rampup: float | None):
+    """The reference's G_ema decay for the iteration that starts at ``cur_nimg`` images."""
+    ema_nimg = ema_kimg * 1000
+    if ema_rampup is not None:
+        ema_nimg = jnp.minimum(ema_nimg, cur_nimg * ema_rampup)
+    return 0.5 ** (batch / jnp.maximum(ema_nimg, 1e-8))
+
+
+def ema_update(ema: Params, params: Params, beta, labels: Params) -> Params:
+    """``lerp(params, ema, beta)`` on trainable leaves; buffers are copied from ``params``."""
+    return jax.tree.map(lambda e, p, lab: p if lab == "buffer" else p + (e - p) * beta, ema, params, labels)
+
+
+def r1_penalty(D: Discriminator, d_params: Params, real: jax.Array) -> jax.Array:
+    """Per-sample ``|d sum(D(x)) / d x_i|^2`` ``[B]`` (the reference differentiates the batch sum)."""
+    g = jax.grad(lambda x: jnp.sum(D(d_params, x)))(real)
+    return jnp.sum(jnp.square(g), axis=tuple(range(1, g.ndim)))
+
+
+def _set_w_avg(g_params: Params, w_avg: jax.Array) -> Params:
+    mapping = dict(g_params["mapping"], w_avg=w_avg)
+    return dict(g_params, mapping=mapping)
+
+
+# ------------------------------------------------------------------------- trainer
+
+
+class GANTrainer:
+    """The jitted phases of one config; pure functions of a state dict.
+
+    ``state = {G, G_ema, D, opt_G, opt_D, pl_mean, key}`` (key: raw uint32 key data). Each
+    step returns ``(state, metrics)`` with ``metrics`` a dict of scalars for logging.
+    """
+
+    def __init__(self, cfg: GANConfig, mesh=None, compiler_options: dict[str, Any] | None = None):
+        """``compiler_options``: XLA options for the phase programs, e.g.
+        ``{"xla_backend_optimization_level": 0}`` halves compile time for smoke tests."""
+        self.cfg = cfg
+        self.compiler_options = compiler_options
+        self._compiled: dict[str, Any] = {}
+        self.G = StyleGAN2(cfg.G)
+        self.D = Discriminator(cfg.D)
+        self.mesh = mesh if mesh is not None else parallel.data_mesh()
+        if cfg.batch % self.mesh.size:
+            raise ValueError(f"batch {cfg.batch} does not split over {self.mesh.size} devices")
+        self.source = make_source(cfg.data, cfg.G.img_resolution)
+        self.g_labels = param_labels(self.G)
+        self.d_labels = param_labels(self.D)
+        self.opt_G = adam(cfg.lr_G, cfg.betas, cfg.eps, cfg.G_reg_interval, self.g_labels)
+        self.opt_D = adam(cfg.lr_D, cfg.betas, cfg.eps, cfg.D_reg_interval, self.d_labels)
+        self._batch_sharding = parallel.batch_sharded(self.mesh)
+        self._replicated = parallel.replicated(self.mesh)
+        self._g_step = jax.jit(functools.partial(self._g_step_impl, pl=False), donate_argnums=0)
+        self._g_pl_step = jax.jit(functools.partial(self._g_step_impl, pl=True), donate_argnums=0)
+        self._d_step = jax.jit(functools.partial(self._d_step_impl, r1=False), donate_argnums=0)
+        self._d_r1_step = jax.jit(functools.partial(self._d_step_impl, r1=True), donate_argnums=0)
+        self._sample = jax.jit(lambda p, z: self.G.synthesis(p, self.G.mapping(p, z), noise_mode="const"))
+        self._reals = jax.jit(self.source, static_argnums=1)
+
+    # ------------------------------------------------------------ state
+    def init_state(self, seed: int | None = None) -> dict[str, Any]:
+        """Fresh G, G_ema (= G), D, optimizer states and the run's PRNG key from ``seed``."""
+        seed = self.cfg.seed if seed is None else seed
+        return parallel.replicate(self._init(seed), self.mesh)
+
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def _init(self, seed: int):
+        kg, kd, kt = jax.random.split(jax.random.key(seed, impl=self.cfg.prng_impl), 3)
+        g = self.G.init(kg)
+        d = self.D.init(kd)
+        return {"G": g, "G_ema": jax.tree.map(jnp.copy, g), "D": d,
+                "opt_G": self.opt_G.init(g), "opt_D": self.opt_D.init(d),
+                "pl_mean": jnp.zeros((), jnp.float32), "key": jax.random.key_data(kt)}
+
+    def abstract_state(self) -> dict[str, Any]:
+        return jax.eval_shape(lambda: self._init(self.cfg.seed))
+
+    # ------------------------------------------------------------ pieces
+    def _shard(self, x):
+        return jax.lax.with_sharding_constraint(x, self._batch_sharding)
+
+    def _keys(self, state, step, phase: int, n: int):
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state["key"], impl=self.cfg.prng_impl), step), phase)
+        return jax.random.split(key, n)
+
+    def _mapping(self, g, key, batch):
+        """Main-z ws (style-mixed) and the batch mean of the main w (for ``w_avg``)."""
+        cfg = self.cfg
+        kz, kz2, kc, kp = jax.random.split(key, 4)
+        z = self._shard(jax.random.normal(kz, (batch, cfg.G.z_dim)))
+        ws = self.G.mapping(g, z)
+        w_mean = jax.lax.stop_gradient(jnp.mean(ws[:, 0], axis=0))
+        if cfg.style_mixing_prob > 0:
+            num_ws = cfg.G.num_ws
+            cutoff = jax.random.randint(kc, (), 1, num_ws)
+            cutoff = jnp.where(jax.random.uniform(kp, ()) < cfg.style_mixing_prob, cutoff, num_ws)
+            z2 = self._shard(jax.random.normal(kz2, z.shape))
+            ws2 = self.G.mapping(g, z2)
+            ws = jnp.where(jnp.arange(num_ws)[None, :, None] < cutoff, ws, ws2)
+        return ws, w_mean
+
+    def _synthesis(self, g, ws, key):
+        return self._shard(self.G.synthesis(g, ws, noise_mode="random", key=key))
+
+    def _update_w_avg(self, g, w_mean):
+        beta = self.cfg.w_avg_beta
+        return _set_w_avg(g, w_mean + (g["mapping"]["w_avg"] - w_mean) * beta)
+
+    def _replicate(self, tree):
+        return jax.lax.with_sharding_constraint(tree, self._replicated)
+
+    # ------------------------------------------------------------ phases
+    def _g_step_impl(self, state, step, *, pl: bool):
+        cfg = self.cfg
+        km, kn = self._keys(state, step, _PHASE_G, 2)
+        d = state["D"]
+
+        def loss_fn(g):
+            ws, w_mean = self._mapping(g, km, cfg.batch)
+            img = self._synthesis(g, ws, kn)
+            logits = self.D(d, img)
+            return jnp.mean(jax.nn.softplus(-logits)), (w_mean, jnp.mean(logits))
+
+        (loss, (w_mean, fake_score)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["G"])
+        updates, opt_g = self.opt_G.update(grads, state["opt_G"], state["G"])
+        g = self._update_w_avg(optax.apply_updates(state["G"], updates), w_mean)
+        metrics = {"loss_G": loss, "D_fake_G": fake_score}
+        pl_mean = state["pl_mean"]
+        if pl:
+            g, opt_g, pl_mean, pl_metrics = self._pl_phase(g, opt_g, pl_mean, self._keys(state, step, _PHASE_PL, 3))
+            metrics.update(pl_metrics)
+        new = dict(state, G=self._replicate(g), opt_G=self._replicate(opt_g), pl_mean=pl_mean)
+        return new, metrics
+
+    def _pl_phase(self, g, opt_g, pl_mean, keys):
+        cfg = self.cfg
+        km, kn, ky = keys
+        batch = max(1, cfg.batch // cfg.pl_batch_shrink)
+
+        def loss_fn(g):
+            ws, w_mean = self._mapping(g, km, batch)
+            img, vjp = jax.vjp(lambda w: self._synthesis(g, w, kn), ws)
+            res = img.shape[1] * img.shape[2]
+            y = jax.random.normal(ky, img.shape) / math.sqrt(res)
+            (pl_grads,) = vjp(y)
+            lengths = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(pl_grads), axis=2), axis=1))
+            new_mean = pl_mean + (jnp.mean(lengths) - pl_mean) * cfg.pl_decay
+            new_mean = jax.lax.stop_gradient(new_mean)
+            penalty = jnp.square(lengths - new_mean)
+            return jnp.mean(penalty) * cfg.pl_weight * cfg.G_reg_interval, (w_mean, new_mean, jnp.mean(penalty))
+
+        (_, (w_mean, new_mean, penalty)), grads = jax.value_and_grad(loss_fn, has_aux=True)(g)
+        updates, opt_g = self.opt_G.update(grads, opt_g, g)
+        g = self._update_w_avg(optax.apply_updates(g, updates), w_mean)
+        return g, opt_g, new_mean, {"pl_penalty": penalty, "pl_mean": new_mean}
+
+    def _d_step_impl(self, state, step, *, r1: bool):
+        cfg = self.cfg
+        km, kn, kr = self._keys(state, step, _PHASE_D, 3)
+        g = state["G"]
+        ws, w_mean = self._mapping(g, km, cfg.batch)
+        fake = jax.lax.stop_gradient(self._synthesis(g, ws, kn))
+        real = self._shard(self.source(kr, cfg.batch).astype(jnp.float32))
+        lazy = cfg.D_reg_interval is not None
+        every_step_r1 = cfg.r1_gamma > 0 and not lazy
+
+        def main_loss(d):
+            lf, lr = self.D(d, fake), self.D(d, real)
+            loss = jnp.mean(jax.nn.softplus(lf)) + jnp.mean(jax.nn.softplus(-lr))
+            aux = {"loss_D": loss, "D_real": jnp.mean(lr), "D_fake": jnp.mean(lf)}
+            if every_step_r1:
+                pen = jnp.mean(r1_penalty(self.D, d, real))
+                loss = loss + pen * (cfg.r1_gamma / 2)
+                aux["r1_penalty"] = pen
+            return loss, aux
+
+        (_, metrics), grads = jax.value_and_grad(main_loss, has_aux=True)(state["D"])
+        updates, opt_d = self.opt_D.update(grads, state["opt_D"], state["D"])
+        d = optax.apply_updates(state["D"], updates)
+        if r1 and lazy and cfg.r1_gamma > 0:
+            def reg_loss(d):
+                pen = jnp.mean(r1_penalty(self.D, d, real))
+                return pen * (cfg.r1_gamma / 2) * cfg.D_reg_interval, pen
+
+            (_, pen), grads = jax.value_and_grad(reg_loss, has_aux=True)(d)
+            updates, opt_d = self.opt_D.update(grads, opt_d, d)
+            d = optax.apply_updates(d, updates)
+            metrics["r1_penalty"] = pen
+        g = self._update_w_avg(g, w_mean)
+        beta = ema_beta(jnp.asarray(step, jnp.float32) * cfg.batch, cfg.batch, cfg.ema_kimg, cfg.ema_rampup)
+        g_ema = ema_update(state["G_ema"], g, beta, self.g_labels)
+        new = dict(state, G=self._replicate(g), G_ema=self._replicate(g_ema), D=self._replicate(d),
+                   opt_D=self._replicate(opt_d))
+        return new, metrics
+
+    # ------------------------------------------------------------ public steps
+    def _run(self, name: str, state, step: int):
+        fn = {"G": self._g_step, "G+PL": self._g_pl_step, "D": self._d_step, "D+R1": self._d_r1_step}[name]
+        step = np.uint32(step)
+        if self.compiler_options is None:
+            return fn(state, step)
+        if name not in self._compiled:
+            self._compiled[name] = fn.lower(state, step).compile(compiler_options=self.compiler_options)
+        return self._compiled[name](state, step)
+
+    def g_step(self, state, step: int):
+        """The G phase of iteration ``step`` (with the PL phase on its interval) -> (state, metrics)."""
+        cfg = self.cfg
+        pl = cfg.pl_weight > 0 and step % cfg.G_reg_interval == 0
+        return self._run("G+PL" if pl else "G", state, step)
+
+    def d_step(self, state, step: int):
+        """The D phase (with lazy R1 on its interval), w_avg and EMA updates -> (state, metrics)."""
+        cfg = self.cfg
+        r1 = cfg.r1_gamma > 0 and cfg.D_reg_interval is not None and step % cfg.D_reg_interval == 0
+        return self._run("D+R1" if r1 else "D", state, step)
+
+    def programs(self, step: int) -> set[str]:
+        """Names of the jitted phases iteration ``step`` runs (``{'G' or 'G+PL', 'D' or 'D+R1'}``)."""
+        cfg = self.cfg
+        pl = cfg.pl_weight > 0 and step % cfg.G_reg_interval == 0
+        r1 = cfg.r1_gamma > 0 and cfg.D_reg_interval is not None and step % cfg.D_reg_interval == 0
+        return {"G+PL" if pl else "G", "D+R1" if r1 else "D"}
+
+    def iteration(self, state, step: int):
+        """One training iteration (G phase, then D phase + w_avg + EMA) -> (state, metrics)."""
+        state, mg = self.g_step(state, step)
+        state, md = self.d_step(state, step)
+        return state, {**mg, **md}
+
+    def sample(self, g_params, z) -> np.ndarray:
+        return np.asarray(self._sample(g_params, z))
+
+    def grid_z(self) -> jax.Array:
+        return jax.random.normal(jax.random.key(self.cfg.seed + 123457), (self.cfg.grid_size, self.cfg.G.z_dim))
+
+
+# ------------------------------------------------------------------- checkpoints
+
+
+def _manager(run_dir: Path, max_to_keep: int = 2, read_only: bool = False):
+    import orbax.checkpoint as ocp
+
+    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+                                        cleanup_tmp_directories=not read_only,
+                                        enable_async_checkpointing=not read_only)
+    return ocp.CheckpointManager((run_dir / CKPT_DIR).absolute(), options=opts,
+                                 item_names=("state", "meta"))
+
+
+def _save(mngr, step: int, state, meta: dict[str, Any]) -> None:
+    import orbax.checkpoint as ocp
+
+    host = jax.tree.map(lambda a: np.array(a, copy=True), state)  # safe against donation of the device buffers
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)),
+              force=True)
+
+
+def _restore(mngr, step: int, abstract_state):
+    import orbax.checkpoint as ocp
+
+    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_state)
+    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                     meta=ocp.args.JsonRestore()))
+    return out["state"], out["meta"]
+
+
+def load_state(run_dir: str | os.PathLike, step: int | None = None):
+    """-> ``(config, state, step)`` of a run's latest (or given) checkpoint, as numpy arrays."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    trainer = GANTrainer(cfg)
+    mngr = _manager(run_dir, read_only=True)
+    try:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{run_dir}: no checkpoint in {run_dir / CKPT_DIR}")
+        state, _ = _restore(mngr, step, trainer.abstract_state())
+    finally:
+        mngr.close()
+    return cfg, state, step
+
+
+def load_run_config(run_dir: str | os.PathLike) -> GANConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a GAN run directory (no {CONFIG_FILE})")
+    return GANConfig.from_dict(json.loads(path.read_text()))
+
+
+def export(run_dir: str | os.PathLike, dst: str | os.PathLike | None = None, *, step: int | None = None,
+           force: bool = False) -> Path:
+    """Write G_ema of the run's latest checkpoint as a jaxedit StyleGAN2 checkpoint (default ``RUN_DIR/G_ema``)."""
+    run_dir = Path(run_dir)
+    cfg, state, step = load_state(run_dir, step)
+    return _export_params(cfg, state["G_ema"], step, run_dir, dst, force)
+
+
+def _export_params(cfg: GANConfig, g_ema, step: int, run_dir: Path, dst, force: bool) -> Path:
+    from jaxedit import checkpoint
+
+    if dst is None:
+        dst, force = run_dir / EXPORT_DIR, True  # the run's own export is always refreshed
+    source = {"trainer": "jaxedit.train.gan", "run_dir": str(run_dir.absolute()), "step": int(step),
+              "kimg": round(step * cfg.batch / 1000, 3), "config_name": cfg.name,
+              "train_config": cfg.to_dict()}
+    return checkpoint.save(dst, kind="stylegan2", model=cfg.G.to_dict(), params=jax.tree.map(np.asarray, g_ema),
+                           source=source, force=force)
+
+
+# ------------------------------------------------------------------------- training
+
+
+def _resolve_run_config(config: GANConfig | None, run_dir: Path, kimg: float | None) -> GANConfig:
+    """The run's config: ``config`` for a new run (stored), the stored one on resume.
+
+    On resume ``config`` may be None; if given it must equal the stored one up to
+    :data:`RESUMABLE_CHANGES` (length, intervals, logging). ``kimg`` extends or shortens the
+    run; the changes are written back so a plain resume later uses them.
+    """
+    path = run_dir / CONFIG_FILE
+    stored = GANConfig.from_dict(json.loads(path.read_text())) if path.is_file() else None
+    if config is None:
+        if stored is None:
+            raise FileNotFoundError(f"{run_dir} has no {CONFIG_FILE}: give a config to start a new run")
+        config = stored
+    if kimg is not None:
+        config = config.replace(kimg=float(kimg))
+    if stored is not None:
+        a, b = stored.to_dict(), config.to_dict()
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+        if diff:
+            raise ValueError(f"{run_dir} was started with a different config (differs in {', '.join(diff)}); "
+                             f"use a new run directory, or resume without --config")
+        if a == b:
+            return config
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    tmp.replace(path)
+    return config
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM -> finish the current iteration, save, exit (a second signal aborts)."""
+
+    def __init__(self):
+        self.requested = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading_main():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def train(config: GANConfig | str | dict | None, run_dir: str | os.PathLike, *, kimg: float | None = None,
+          steps: int | None = None, export_to: str | os.PathLike | None = None, force_export: bool = False,
+          progress: bool = True, stream=None) -> dict[str, Any]:
+    """Train (or resume) the run in ``run_dir``; returns a summary dict.
+
+    ``config`` may be None to resume with the stored ``config.json``. ``kimg`` (stored) or
+    ``steps`` (this call only) set the total length of the run, counted from its start. At the
+    end G_ema is exported to ``RUN_DIR/G_ema`` and, if given, to ``export_to``.
+    """
+    from jaxedit.data import images as imio
+    from jaxedit.progress import Progress
+
+    run_dir = Path(run_dir)
+    cfg = _resolve_run_config(None if config is None else load_config(config), run_dir, kimg)
+    total = int(steps) if steps is not None else cfg.total_steps
+    stream = stream if stream is not None else sys.stderr
+    kimg_of = lambda s: s * cfg.batch / 1000
+
+    trainer = GANTrainer(cfg)
+    mngr = _manager(run_dir)
+    start = mngr.latest_step() or 0
+    if start:
+        state, _ = _restore(mngr, start, trainer.abstract_state())
+        state = parallel.replicate(state, trainer.mesh)
+        print(f"train-gan: resumed {run_dir} from step {start} ({kimg_of(start):g} kimg) of {total}",
+              file=stream, flush=True)
+    else:
+        state = trainer.init_state()
+        print(f"train-gan: new run {run_dir} ({cfg.name or 'unnamed config'}): {total} iterations of batch "
+              f"{cfg.batch} ({kimg_of(total):g} kimg) on {trainer.mesh.size} {jax.devices()[0].platform} "
+              f"device(s)", file=stream, flush=True)
+    samples = run_dir / SAMPLES_DIR
+    ckpt_every, sample_every = cfg.ckpt_every, cfg.sample_every
+    grid_z = trainer.grid_z()
+    if sample_every and not (samples / "reals.png").exists():
+        reals = trainer._reals(jax.random.key(cfg.seed + 7, impl=cfg.prng_impl), cfg.grid_size)
+        imio.save_grid(np.asarray(reals), samples / "reals.png")
+
+    bar = Progress(kimg_of(total), unit="kimg", desc="train-gan", stream=stream,
+                   interval=None if progress else math.inf, initial=kimg_of(start))
+    pending: list[dict[str, Any]] = []  # device scalars not fetched yet
+    window: dict[str, list[float]] = {}  # fetched scalars for the next log row
+    in_flight: list[jax.Array] = []
+    seen_programs: set[str] = set()
+    t_start = time.perf_counter()
+    t_fetch = t_log = t_start
+    compile_seconds = 0.0
+    step, stop_reason = start, None
+
+    def fetch():
+        nonlocal pending
+        for m in jax.device_get(pending):
+            for k, v in m.items():
+                window.setdefault(k, []).append(float(v))
+        pending = []
+
+    def save(step):
+        meta = {"step": step, "nimg": step * cfg.batch, "time": time.time(), "config_name": cfg.name}
+        _save(mngr, step, state, meta)
+
+    with _StopRequest() as stop:
+        while step < total:
+            programs = trainer.programs(step)
+            t0 = time.perf_counter()
+            state, metrics = trainer.iteration(state, step)
+            step += 1
+            pending.append(metrics)
+            if not programs <= seen_programs:  # a phase ran for the first time: exclude its compile from the rate
+                jax.block_until_ready(metrics)
+                seen_programs |= programs
+                compile_seconds += time.perf_counter() - t0
+                bar.restart_rate(kimg_of(step))
+            in_flight.append(metrics["loss_D"])
+            if len(in_flight) > 2:  # bounded look-ahead: at most two iterations queued on the device
+                in_flight.pop(0).block_until_ready()
+            now = time.perf_counter()
+            last = step == total
+            if now - t_fetch >= 1.0 or last:
+                fetch()
+                t_fetch = now
+                shown = {k: window[k][-1] for k in ("loss_G", "loss_D", "r1_penalty", "pl_penalty") if k in window}
+                bar.update(kimg_of(step), **shown)
+            if now - t_log >= cfg.log_seconds or last:
+                fetch()
+                row = {"step": step, "kimg": kimg_of(step), "time": time.time(), "kimg_per_s": bar.rate(),
+                       **{k: float(np.mean(v)) for k, v in window.items()}}
+                with open(run_dir / LOG_FILE, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                window = {}
+                t_log = now
+            if sample_every and (step % sample_every == 0 or last):
+                imio.save_grid(trainer.sample(state["G_ema"], grid_z), samples / f"fakes{step:08d}.png")
+            saved = bool(ckpt_every and step % ckpt_every == 0) or last
+            if saved:
+                save(step)
+            if stop.requested:
+                stop_reason = stop.requested
+                if not saved:
+                    save(step)
+                break
+        bar.close()
+        mngr.wait_until_finished()
+        mngr.close()
+    elapsed = time.perf_counter() - t_start
+    rate = kimg_of(step - start) / max(elapsed - compile_seconds, 1e-9)
+    summary = {"run_dir": str(run_dir), "start_step": start, "step": step, "kimg": kimg_of(step),
+               "seconds": elapsed, "compile_seconds": compile_seconds, "kimg_per_s": rate, "stopped": stop_reason}
+    if stop_reason:
+        print(f"train-gan: {stop_reason}: saved step {step}; rerun the same command to resume", file=stream, flush=True)
+        return summary
+    exported = [str(_export_params(cfg, state["G_ema"], step, run_dir, None, True))]
+    if export_to is not None:
+        exported.append(str(_export_params(cfg, state["G_ema"], step, run_dir, export_to, force_export)))
+    summary["exported"] = exported
+    print(f"train-gan: done at step {step} ({kimg_of(step):g} kimg, {rate:.3g} kimg/s after compile); "
+          f"G_ema -> {', '.join(exported)}", file=stream, flush=True)
+    return summary
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _setup_compilation_cache() -> None:
+    cache = os.environ.get("JAXEDIT_CACHE", str(Path.home() / ".cache" / "jaxedit" / "xla"))
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def cmd_train_gan(args) -> None:
+    _setup_compilation_cache()
+    run_dir = Path(args.run_dir)
+    if args.export_only:
+        print(f"exported {export(run_dir, args.export, force=args.force)}")
+        return
+    resuming = (run_dir / CONFIG_FILE).is_file()
+    if args.config is None and not resuming:
+        args.config = "shapes32-stylegan2"
+    cfg = None if args.config is None else load_config(args.config)
+    if cfg is None and (args.set or args.batch or args.seed is not None):
+        cfg = load_run_config(run_dir)
+    if cfg is not None:
+        changes = {k: v for k, v in (("batch", args.batch), ("seed", args.seed)) if v is not None}
+        cfg = apply_overrides(cfg.replace(**changes), args.set or [])
+    train(cfg, run_dir, kimg=args.kimg, steps=args.steps, export_to=args.export, force_export=args.force)
+
+
+def register_cli(subparsers) -> argparse.ArgumentParser:
+    """Add the ``train-gan`` subcommand to a ``jaxedit`` argparse subparsers object."""
+    p = subparsers.add_parser(
+        "train-gan", help="train a StyleGAN2 (resumable; rerun the same command to resume)",
+        description="Train a StyleGAN2 on data rendered on the fly. Rerunning with the same RUN_DIR resumes "
+                    "from its last checkpoint (the stored config.json is used; --kimg may extend the run).")
+    p.add_argument("run_dir", help="run directory (config.json, checkpoints/, samples/, log.jsonl, G_ema/)")
+    p.add_argument("--config", help=f"preset ({', '.join(PRESETS)}), path/to/config.py[:arg] or config.json; "
+                                    "default: the stored config when resuming, else shapes32-stylegan2")
+    p.add_argument("--kimg", type=float, help="total length of the run in thousands of real images")
+    p.add_argument("--steps", type=int, help="total length in iterations (overrides --kimg)")
+    p.add_argument("--batch", type=int, help="batch size (new runs only)")
+    p.add_argument("--seed", type=int, help="random seed (new runs only)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set r1_gamma=0.2 --set G.z_dim=64 (repeatable)")
+    p.add_argument("--export", metavar="DST", help="also write G_ema as a jaxedit checkpoint to DST at the end")
+    p.add_argument("--export-only", action="store_true",
+                   help="do not train: export G_ema of the latest checkpoint (to --export DST or RUN_DIR/G_ema)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing jaxedit checkpoint at --export DST")
+    p.set_defaults(fn=cmd_train_gan)
+    return p
