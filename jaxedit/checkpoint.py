@@ -49,6 +49,17 @@ def _orbax():
     return ocp
 
 
+def default_path(name: str) -> Path:
+    """Where an embedded default model lives: ``$JAXEDIT_CHECKPOINTS/<name>`` or the repo's ``checkpoints/<name>``."""
+    root = os.environ.get("JAXEDIT_CHECKPOINTS")
+    base = Path(root) if root else Path(__file__).resolve().parents[1] / "checkpoints"
+    path = base / name
+    if not is_checkpoint(path):
+        raise CheckpointError(f"default model {name!r} not found at {path} (set JAXEDIT_CHECKPOINTS to the "
+                              "folder holding jaxedit's checkpoints/, or pass a checkpoint path)")
+    return path
+
+
 def is_checkpoint(path: str | os.PathLike) -> bool:
     return (Path(path) / META_FILE).is_file()
 

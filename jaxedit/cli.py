@@ -1,4 +1,4 @@
-"""The ``jaxedit`` command line: convert, info, sample, train-gan, train-probe.
+"""The ``jaxedit`` command line: convert, info, sample, demo, train-gan, train-probe.
 
 Every error the user can cause is one line on stderr (``jaxedit: error: ...``, exit 2);
 set ``JAXEDIT_DEBUG=1`` for the full traceback. Compiled programs are cached in
@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+DEFAULT_GENERATOR = "shapes32-stylegan2"
 
 
 class UsageError(ValueError):
@@ -170,7 +173,7 @@ def cmd_sample(args) -> None:
 
     if not (args.out or args.save_images or args.save_w):
         raise UsageError("sample: nothing to write; give --out grid.png and/or --save-images / --save-w")
-    G, params = checkpoint.load_stylegan2(args.ckpt)
+    G, params = checkpoint.load_stylegan2(args.ckpt or checkpoint.default_path(DEFAULT_GENERATOR))
     cfg = G.cfg
     if args.z:
         z = _load_npy(args.z, "--z", (None, cfg.z_dim))
@@ -223,6 +226,41 @@ def cmd_sample(args) -> None:
           f"on {mesh.size} {jax.devices()[0].platform} device(s) -> {written}")
 
 
+def cmd_demo(args) -> None:
+    """A look at the default model: samples, a truncation sweep, style mixing, renders for comparison."""
+    _setup_jax()
+    import jax
+    import jax.numpy as jnp
+
+    from jaxedit import checkpoint
+    from jaxedit.data import images as imio
+    from jaxedit.data import shapes
+
+    G, params = checkpoint.load_stylegan2(args.ckpt or checkpoint.default_path(DEFAULT_GENERATOR))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = 8
+    z = jax.random.normal(jax.random.key(args.seed), (n, G.cfg.z_dim))
+    ws = jax.jit(G.mapping)(params, z)
+    synth = jax.jit(G.synthesis)
+    written = [imio.save_grid(np.asarray(synth(params, ws)), out / "samples.png", cols=n)]
+    psis = jnp.linspace(1.0, 0.0, 6)
+    sweep = jax.vmap(lambda psi: synth(params, G.truncate(params, ws, psi)))(psis)  # [psi, n, H, W, C]
+    written.append(imio.save_grid(np.asarray(sweep.transpose(1, 0, 2, 3, 4).reshape(-1, *sweep.shape[2:])),
+                                  out / "truncation.png", cols=len(psis)))
+    # style mixing: rows take coarse layers (4x4-8x8) from row sources, fine layers from column sources
+    cut = 4
+    mix = [ws[:4, None, :cut].repeat(4, 1), ws[None, 4:, cut:].repeat(4, 0)]
+    mixed = jnp.concatenate([mix[0], mix[1]], axis=2).reshape(16, G.cfg.num_ws, G.cfg.w_dim)
+    written.append(imio.save_grid(np.asarray(synth(params, mixed)), out / "style_mixing.png", cols=4))
+    if G.cfg.img_resolution in (32, 64, 128):
+        real = shapes.sample(jax.random.key(args.seed), 16, shapes.ShapesConfig(resolution=G.cfg.img_resolution))
+        written.append(imio.save_grid(np.asarray(real["image"]), out / "renders.png", cols=n))
+    print("wrote " + ", ".join(str(p) for p in written))
+    print("samples.png: 8 samples; truncation.png: rows = samples, columns = psi 1.0 -> 0.0 (toward w_avg); "
+          "style_mixing.png: coarse styles of 4 samples x fine styles of 4 others; renders.png: real data")
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -247,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(fn=cmd_info)
 
     s = sub.add_parser("sample", help="sample images from a generator into a PNG grid")
-    s.add_argument("ckpt", help="jaxedit StyleGAN2 checkpoint directory")
+    s.add_argument("ckpt", nargs="?", help=f"jaxedit StyleGAN2 checkpoint directory (default: {DEFAULT_GENERATOR})")
     s.add_argument("--seeds", default="0-15", help="seeds, e.g. 0-15 or 1,5,9-12 (z as NVIDIA's generate.py)")
     s.add_argument("--z", help="z vectors from a .npy file [N, z_dim] instead of seeds")
     s.add_argument("--c", help="labels from a .npy file [N, c_dim] (conditional generators)")
@@ -262,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-images", help="write raw float32 NHWC images (unclipped) to this .npy")
     s.add_argument("--save-w", help="write ws [N, num_ws, w_dim] to this .npy")
     s.set_defaults(fn=cmd_sample)
+
+    d = sub.add_parser("demo", help="write a look at the default model (samples, truncation, style mixing) as PNGs")
+    d.add_argument("ckpt", nargs="?", help=f"jaxedit StyleGAN2 checkpoint (default: {DEFAULT_GENERATOR})")
+    d.add_argument("--out", default="jaxedit-demo", help="output folder")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(fn=cmd_demo)
 
     from jaxedit.train import gan as train_gan
     from jaxedit.train import probe as train_probe

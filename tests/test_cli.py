@@ -128,3 +128,11 @@ def test_convert_without_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "rosinality-pt" in out.stdout
+
+
+def test_demo_and_default_model_errors(ckpt, tmp_path):
+    out = run("demo", ckpt, "--out", tmp_path / "demo")
+    for name in ("samples", "truncation", "style_mixing", "renders"):
+        assert (tmp_path / "demo" / f"{name}.png").is_file(), out.stdout
+    missing = run("sample", "--out", tmp_path / "g.png", env={"JAXEDIT_CHECKPOINTS": str(tmp_path)}, ok=False)
+    one_line_error(missing, "default model 'shapes32-stylegan2' not found")
