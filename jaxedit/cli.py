@@ -42,15 +42,6 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _setup_jax() -> None:
-    import jax
-
-    cache = os.environ.get("JAXEDIT_CACHE", str(Path.home() / ".cache" / "jaxedit" / "xla"))
-    if cache:
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def _load_npy(path: str, what: str, shape: tuple[int | None, ...]) -> np.ndarray:
     try:
         a = np.load(path, allow_pickle=False)
@@ -165,7 +156,9 @@ def cmd_info(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    _setup_jax()
+    from jaxedit.config import enable_compilation_cache
+
+    enable_compilation_cache()
     import jax
 
     from jaxedit import checkpoint, parallel
@@ -228,7 +221,9 @@ def cmd_sample(args) -> None:
 
 def cmd_demo(args) -> None:
     """A look at the default model: samples, a truncation sweep, style mixing, renders for comparison."""
-    _setup_jax()
+    from jaxedit.config import enable_compilation_cache
+
+    enable_compilation_cache()
     import jax
     import jax.numpy as jnp
 

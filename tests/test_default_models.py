@@ -4,7 +4,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import pytest
 
 from jaxedit.data import shapes
 

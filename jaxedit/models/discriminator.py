@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxedit.config import JSONConfig
 from jaxedit.nn import ops
 from jaxedit.nn.layers import Dense
 
@@ -53,7 +54,7 @@ _FIR = (1.0 / 8, 3.0 / 8, 3.0 / 8, 1.0 / 8)  # [1,3,3,1] normalized per axis (2-
 
 
 @dataclasses.dataclass(frozen=True)
-class DiscriminatorConfig:
+class DiscriminatorConfig(JSONConfig):
     """Everything needed to rebuild a discriminator.
 
     ``channels`` lists the channels for resolutions 4, 8, ..., img_resolution (same
@@ -100,22 +101,6 @@ class DiscriminatorConfig:
         if self.channels:
             return dict(zip(self.resolutions, self.channels))
         return {r: min(self.channel_base // r, self.channel_max) for r in self.resolutions}
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["channels"] = list(self.channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DiscriminatorConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown discriminator config keys: {unknown}")
-        d = dict(d)
-        if "channels" in d:
-            d["channels"] = tuple(d["channels"])
-        return cls(**d)
 
 
 # ------------------------------------------------------------------------------ ops

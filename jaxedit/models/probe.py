@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxedit.config import JSONConfig
 from jaxedit.data.shapes import FACTOR_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
-class ProbeConfig:
+class ProbeConfig(JSONConfig):
     resolution: int = 32
     widths: tuple[int, ...] = (16, 32, 64)  # encoder stages; each halves the resolution after it
     decoder_widths: tuple[int, ...] = (16, 24, 32)  # decoder stage i works at the resolution of encoder stage i
@@ -37,15 +37,6 @@ class ProbeConfig:
     num_factors: int = len(FACTOR_NAMES)
     num_shapes: int = 3
     num_labels: int = 3
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["widths"], d["decoder_widths"] = list(self.widths), list(self.decoder_widths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ProbeConfig":
-        return cls(**{**d, "widths": tuple(d["widths"]), "decoder_widths": tuple(d["decoder_widths"])})
 
 
 def _conv(cin, cout, rngs, k=3):

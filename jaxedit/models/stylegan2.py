@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxedit.config import JSONConfig
 from jaxedit.nn import ops
 from jaxedit.nn.layers import Buffer, Conv2d, Dense
 
@@ -49,7 +50,7 @@ ARCHITECTURES = ("skip", "resnet")
 
 
 @dataclasses.dataclass(frozen=True)
-class StyleGAN2Config:
+class StyleGAN2Config(JSONConfig):
     """Everything needed to rebuild a generator (the ``model`` field of ``jaxedit.json``).
 
     ``channels`` is the per-block channel table for resolutions 4, 8, ..., img_resolution;
@@ -109,22 +110,6 @@ class StyleGAN2Config:
                 out[f"b{res}.torgb"] = idx + len(names)
             idx += len(names)
         return out
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["channels"] = list(self.channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StyleGAN2Config":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown StyleGAN2 config keys: {unknown}")
-        d = dict(d)
-        if "channels" in d:
-            d["channels"] = tuple(d["channels"])
-        return cls(**d)
 
 
 class Shift(NamedTuple):

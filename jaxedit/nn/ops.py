@@ -20,7 +20,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 SQRT2 = math.sqrt(2.0)
 FIR_TAPS = (1.0, 3.0, 3.0, 1.0)

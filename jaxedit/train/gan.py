@@ -75,6 +75,7 @@ import optax
 from flax import nnx
 
 from jaxedit import parallel
+from jaxedit.config import JSONConfig, enable_compilation_cache
 from jaxedit.models.discriminator import Discriminator, DiscriminatorConfig
 from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
 from jaxedit.nn.layers import Buffer
@@ -94,7 +95,7 @@ _PHASE_G, _PHASE_PL, _PHASE_D = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
-class GANConfig:
+class GANConfig(JSONConfig):
     """A training run. Intervals given in kimg are converted to iterations (one G + one D step).
 
     ``data`` selects the real-image source: ``{"kind": "shapes", **ShapesConfig kwargs}`` (the
@@ -167,20 +168,6 @@ class GANConfig:
     @property
     def sample_every(self) -> int | None:
         return self.steps(self.sample_kimg, self.sample_steps)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["G"], d["D"] = self.G.to_dict(), self.D.to_dict()
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GANConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown GAN config keys: {unknown}")
-        return cls(**d)
 
     def replace(self, **changes) -> "GANConfig":
         return dataclasses.replace(self, **changes)
@@ -824,15 +811,8 @@ def train(config: GANConfig | str | dict | None, run_dir: str | os.PathLike, *, 
 # ----------------------------------------------------------------------------- CLI
 
 
-def _setup_compilation_cache() -> None:
-    cache = os.environ.get("JAXEDIT_CACHE", str(Path.home() / ".cache" / "jaxedit" / "xla"))
-    if cache:
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def cmd_train_gan(args) -> None:
-    _setup_compilation_cache()
+    enable_compilation_cache()
     run_dir = Path(args.run_dir)
     if args.export_only:
         print(f"exported {export(run_dir, args.export, force=args.force)}")
