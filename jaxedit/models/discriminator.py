@@ -36,7 +36,6 @@ nested parameter dict (keys mirror the reference names: ``b32.conv0.weight``,
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -46,6 +45,7 @@ from flax import nnx
 
 from jaxedit.config import JSONConfig
 from jaxedit.nn import ops
+from jaxedit.nn.handle import ModelHandle
 from jaxedit.nn.layers import Dense
 
 Params = dict[str, Any]
@@ -275,30 +275,12 @@ class DiscriminatorModule(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class Discriminator:
+class Discriminator(ModelHandle):
     """Hashable handle: pure functions of ``params`` for one :class:`DiscriminatorConfig`."""
 
     cfg: DiscriminatorConfig
+    module = DiscriminatorModule
 
-    @functools.cached_property
-    def graphdef(self):
-        abstract = nnx.eval_shape(lambda: DiscriminatorModule(self.cfg, rngs=nnx.Rngs(0)))
-        return nnx.split(abstract)[0]
-
-    def init(self, key: jax.Array) -> Params:
-        """Random parameters with the reference initialization (a plain nested dict).
-
-        Runs as one compiled program (eager initialization dispatches one small program per
-        parameter, several seconds for a tiny model).
-        """
-        return self._init(key)
-
-    @functools.cached_property
-    def _init(self):
-        return jax.jit(lambda key: nnx.to_pure_dict(nnx.split(DiscriminatorModule(self.cfg, rngs=nnx.Rngs(key)))[1]))
-
-    def param_shapes(self) -> Params:
-        return nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: DiscriminatorModule(self.cfg, rngs=nnx.Rngs(0))))[1])
 
     def __call__(self, params: Params, img: jax.Array, c: jax.Array | None = None) -> jax.Array:
         """img ``[B, H, W, C]`` (about [-1, 1]) (+ c ``[B, c_dim]``) -> logits ``[B]``."""
@@ -314,4 +296,4 @@ class Discriminator:
             c = None
         if not jnp.issubdtype(img.dtype, jnp.floating):
             img = img.astype(jnp.float32)
-        return nnx.merge(self.graphdef, params)(img, c)
+        return self.model(params)(img, c)

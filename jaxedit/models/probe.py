@@ -18,7 +18,6 @@ Pure interface, like the generator: ``P = Probe(cfg)``, ``params = P.init(key)``
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,7 @@ from flax import nnx
 
 from jaxedit.config import JSONConfig
 from jaxedit.data.shapes import FACTOR_NAMES
+from jaxedit.nn.handle import ModelHandle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,26 +98,18 @@ class ProbeNet(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class Probe:
+class Probe(ModelHandle):
     """Hashable handle: pure functions of ``params`` for one :class:`ProbeConfig`."""
 
     cfg: ProbeConfig = ProbeConfig()
+    module = ProbeNet
 
-    @functools.cached_property
-    def graphdef(self):
-        return nnx.split(nnx.eval_shape(lambda: ProbeNet(self.cfg, rngs=nnx.Rngs(0))))[0]
-
-    def init(self, key: jax.Array) -> dict:
-        return nnx.to_pure_dict(nnx.split(ProbeNet(self.cfg, rngs=nnx.Rngs(key)))[1])
-
-    def param_shapes(self) -> dict:
-        return nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: ProbeNet(self.cfg, rngs=nnx.Rngs(0))))[1])
 
     def __call__(self, params: dict, images: jax.Array) -> dict[str, jax.Array]:
         r = self.cfg.resolution
         if images.ndim != 4 or images.shape[1:] != (r, r, 3):
             raise ValueError(f"probe expects images [B, {r}, {r}, 3], got {list(images.shape)}")
-        return nnx.merge(self.graphdef, params)(images)
+        return self.model(params)(images)
 
     def predict(self, params: dict, images: jax.Array) -> dict[str, jax.Array]:
         """Decoded predictions: ``shape`` [B] int, ``factors`` [B, F], ``labels`` [B, H, W] int, ``features``."""

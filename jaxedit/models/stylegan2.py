@@ -32,7 +32,6 @@ Fully per-sample deltas: ``jax.vmap`` over ``synthesis`` (slower: grouped convs)
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -42,6 +41,7 @@ from flax import nnx
 
 from jaxedit.config import JSONConfig
 from jaxedit.nn import ops
+from jaxedit.nn.handle import ModelHandle
 from jaxedit.nn.layers import Buffer, Conv2d, Dense
 
 Params = dict[str, Any]
@@ -326,26 +326,12 @@ class Generator(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class StyleGAN2:
+class StyleGAN2(ModelHandle):
     """Hashable handle: pure functions of ``params`` for one :class:`StyleGAN2Config`."""
 
     cfg: StyleGAN2Config
+    module = Generator
 
-    @functools.cached_property
-    def graphdef(self):
-        abstract = nnx.eval_shape(lambda: Generator(self.cfg, rngs=nnx.Rngs(0)))
-        return nnx.split(abstract)[0]
-
-    def _model(self, params: Params) -> Generator:
-        return nnx.merge(self.graphdef, params)
-
-    def init(self, key: jax.Array) -> Params:
-        """Random parameters with the reference initialization (a plain nested dict)."""
-        return nnx.to_pure_dict(nnx.split(Generator(self.cfg, rngs=nnx.Rngs(key)))[1])
-
-    def param_shapes(self) -> Params:
-        """The expected ``{name: ShapeDtypeStruct}`` tree (checks and abstract restore)."""
-        return nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: Generator(self.cfg, rngs=nnx.Rngs(0))))[1])
 
     # -- mapping
     def mapping(self, params: Params, z: jax.Array | None, c: jax.Array | None = None,
@@ -361,7 +347,7 @@ class StyleGAN2:
             if c is None:
                 raise ValueError(f"this generator is conditional: pass c of shape [B, {cfg.c_dim}]")
             _check_shape("c", c, (None, cfg.c_dim))
-        return self._model(params).mapping(z, c, psi, cutoff)
+        return self.model(params).mapping(z, c, psi, cutoff)
 
     def truncate(self, params: Params, ws: jax.Array, psi: float | jax.Array, cutoff: int | None = None) -> jax.Array:
         return truncate(ws, params["mapping"]["w_avg"], psi, cutoff)
@@ -370,7 +356,7 @@ class StyleGAN2:
     def ws_to_styles(self, params: Params, ws: jax.Array) -> dict[str, jax.Array]:
         """ws ``[B, num_ws, w_dim]`` -> StyleSpace ``{'b{res}.{layer}': s [B, Cin]}`` in synthesis order."""
         _check_shape("ws", ws, (None, self.cfg.num_ws, self.cfg.w_dim))
-        return self._model(params).synthesis.ws_to_styles(ws)
+        return self.model(params).synthesis.ws_to_styles(ws)
 
     def synthesis_from_styles(self, params: Params, styles: dict[str, jax.Array], noise_mode: str = "const",
                               key: jax.Array | None = None, deltas: dict[str, Any] | None = None,
@@ -393,7 +379,7 @@ class StyleGAN2:
         if unknown:
             raise ValueError(f"deltas name unknown layers {unknown}; modulated layers are {list(layer_ws)}")
         key = _as_typed_key(key if key is not None else jax.random.key(0))
-        return self._model(params).synthesis(styles, noise_mode=noise_mode, key=key, deltas=deltas,
+        return self.model(params).synthesis(styles, noise_mode=noise_mode, key=key, deltas=deltas,
                                              return_features=return_features)
 
     def synthesis(self, params: Params, ws: jax.Array, noise_mode: str = "const", key: jax.Array | None = None,
