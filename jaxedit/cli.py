@@ -302,9 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(fn=cmd_demo)
 
+    from jaxedit.edits import cli as edit_cli
     from jaxedit.train import gan as train_gan
     from jaxedit.train import probe as train_probe
 
+    edit_cli.register_cli(sub)
     train_gan.register_cli(sub)
     train_probe.register_cli(sub)
     return p
