@@ -62,8 +62,10 @@ def direction_factor_matrix(changes: jax.Array, strengths: jax.Array) -> dict[st
     changes ``[K, S, B, A]``, strengths ``[S]`` -> ``slope [K, A]`` (mean over latents of the
     least-squares slope through the origin, signed), ``magnitude [K, A]`` (mean |slope|: what the
     heatmap shows; for the shape column, mean TV / |t|), ``main [K]`` (index of the largest
-    magnitude among the attributes, shape included) and ``leak [K]`` (largest other magnitude /
-    main magnitude; < 1/3 is the issue's "clean edit" bar).
+    magnitude among the continuous attributes), ``leak [K]`` (largest other continuous attribute's
+    magnitude / the main one; < 1/3 is the issue's "clean edit" bar) and ``shape_leak [K]`` (the
+    shape column / the main one, reported apart: on a generator whose shapes are ambiguous the
+    probe's shape probabilities flip under any edit).
     """
     t = jnp.asarray(strengths, jnp.float32)[None, :, None, None]
     per_latent = jnp.sum(t * changes, 1) / jnp.sum(t * t, 1)  # [K, B, A]
@@ -71,10 +73,12 @@ def direction_factor_matrix(changes: jax.Array, strengths: jax.Array) -> dict[st
     per_latent = jnp.concatenate([per_latent[..., :-1], tv_rate], -1)
     slope = np.asarray(jnp.mean(per_latent, 1))
     magnitude = np.asarray(jnp.mean(jnp.abs(per_latent), 1))
-    main = np.argmax(magnitude, 1)
-    top2 = np.sort(magnitude, 1)[:, -2:]
+    cont = magnitude[:, :-1]
+    main = np.argmax(cont, 1)
+    top2 = np.sort(cont, 1)[:, -2:]
     leak = top2[:, 0] / np.maximum(top2[:, 1], 1e-12)
-    return {"slope": slope, "magnitude": magnitude, "main": main, "leak": leak}
+    shape_leak = magnitude[:, -1] / np.maximum(top2[:, 1], 1e-12)
+    return {"slope": slope, "magnitude": magnitude, "main": main, "leak": leak, "shape_leak": shape_leak}
 
 
 def commutativity(score: Score, edit: Edit, latents: jax.Array, a: tuple[int, float], b: tuple[int, float],
