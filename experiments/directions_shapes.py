@@ -56,7 +56,7 @@ def label_samples(G, gp, P, pp, key, n, batch):
     return np.concatenate([o[0] for o in out])[:n], np.concatenate([o[1] for o in out])[:n]
 
 
-def matrix_for(name, G, gp, P, pp, ed, z, strengths, rows, batch):
+def matrix_for(prefix, name, G, gp, P, pp, ed, z, strengths, rows, batch):
     t0 = time.perf_counter()
     lat = ed.prepare(G, gp, z)
     ks = jnp.arange(ed.num_directions)
@@ -64,7 +64,7 @@ def matrix_for(name, G, gp, P, pp, ed, z, strengths, rows, batch):
     m = D.direction_factor_matrix(ch, strengths)
     dt = time.perf_counter() - t0
     frames = int(ed.num_directions * len(strengths) * z.shape[0])
-    D.heatmap_png(m["magnitude"], rows, list(A.CHANGE_NAMES), RESULTS / f"directions_{name}.png",
+    D.heatmap_png(m["magnitude"], rows, list(A.CHANGE_NAMES), RESULTS / f"{prefix}_{name}.png",
                   title=f"{name}: mean |d attribute / d strength|")
     best = {}
     for j, attr in enumerate(A.CHANGE_NAMES[:-1]):
@@ -156,7 +156,7 @@ def main():
             report.setdefault("rca", {})[method] = discovery.evaluate_run(run)
 
     for name, (ed, rows, strengths) in families.items():
-        m = matrix_for(name, G, gp, P, pp, ed, z, strengths, rows, args.batch)
+        m = matrix_for(args.name, name, G, gp, P, pp, ed, z, strengths, rows, args.batch)
         m["commutativity"] = commutativity_for(G, gp, P, pp, ed, m, z, float(strengths[-2]), args.batch)
         report["families"][name] = m
         clean = {a: v["direction"] for a, v in m["best_per_attribute"].items() if v["clean"]}
