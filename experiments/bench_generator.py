@@ -82,7 +82,10 @@ def generator_flops(model: dict, architecture: str = "skip", img_channels: int =
     R = model["img_resolution"]
     w_dim, z_dim, L = model["w_dim"], model["z_dim"], model["mapping_layers"]
     res = [2 ** i for i in range(2, int(math.log2(R)) + 1)]
-    ch = {r: min(model["channel_base"] // r, model["channel_max"]) for r in res}
+    if model.get("channels"):  # an explicit table (4 px first), as in StyleGAN2Config.channels
+        ch = dict(zip(res, model["channels"]))
+    else:
+        ch = {r: min(model["channel_base"] // r, model["channel_max"]) for r in res}
     conv3 = up_conv3 = torgb = skip = affine = 0
     for r in res:
         c = ch[r]
