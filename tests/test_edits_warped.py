@@ -109,3 +109,20 @@ def test_reference_frames():
     np.testing.assert_allclose(frames[:, 2], path[:, 2])
     np.testing.assert_allclose(frames[:, 3], 2 * path[:, 3] - path[:, 2], atol=1e-6)
     np.testing.assert_allclose(frames[:, 0], 2 * path[:, 0] - path[:, 1], atol=1e-6)
+
+
+def test_render_chunks_equal_direct_frames():
+    from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
+
+    G = StyleGAN2(StyleGAN2Config(z_dim=6, w_dim=8, img_resolution=8, mapping_layers=1, channels=(8, 8)))
+    gp = G.init(jax.random.key(0))
+    p = _random_params(jax.random.key(7))
+    path = W.traverse(p, jax.random.normal(jax.random.key(8), (2, 6)), 2, 0.3)  # [3, 5, 2, 6]: 30 frames
+    imgs = np.asarray(W.render(G, gp, path, batch=4, psi=0.7))  # chunks of 4 do not divide 30
+    assert imgs.shape == (3, 5, 2, 8, 8, 3)
+    direct = np.asarray(G(gp, path.reshape(-1, 6), psi=0.7, noise_mode="const")).reshape(imgs.shape)
+    np.testing.assert_allclose(imgs, direct, atol=1e-5)
+    ws = G.mapping(gp, path.reshape(-1, 6))[:, 0].reshape(3, 5, 2, 8)
+    np.testing.assert_allclose(np.asarray(W.render(G, gp, ws, batch=8, space="w")),
+                               np.asarray(G.synthesis(gp, G.mapping(gp, path.reshape(-1, 6)))).reshape(imgs.shape),
+                               atol=1e-5)
