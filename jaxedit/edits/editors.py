@@ -10,7 +10,8 @@ rendered and scored the same way::
     lat = ed.prepare(G, gparams, z)                            # z [B, z_dim] -> Z or W+ latents
     img = ed.render(G, gparams, ed.edit(lat, k, t))            # t [B]
 
-Latents: space ``'z'`` -> ``[B, z_dim]``; space ``'w'`` -> W+ ``[B, num_ws, w_dim]`` (edits act
+Latents: space ``'z'`` -> ``[B, z_dim]``; space ``'w'`` -> W+ ``[B, num_ws, w_dim]`` (single W
+vectors ``[B, w_dim]`` are moved as they are; W+ edits act
 on the layers in ``layers``, all by default; W-space families that move single vectors,
 warped and curvilinear, move every selected layer's vector).
 
@@ -102,9 +103,9 @@ class Editor:
 
     # ---------------------------------------------------------------- the edit
     def edit(self, latents: jax.Array, k: int | jax.Array, t: jax.Array) -> jax.Array:
-        """Move ``latents`` (Z ``[B, d]`` or W+ ``[B, L, d]``) along direction ``k`` by ``t`` ``[B]``."""
+        """Move ``latents`` (Z or W ``[B, d]``, or W+ ``[B, L, d]``) along direction ``k`` by ``t`` ``[B]``."""
         t = jnp.broadcast_to(jnp.asarray(t, latents.dtype), latents.shape[:1])
-        if self.space == "z":
+        if latents.ndim == 2:
             return self._move(latents, k, t)
         B, L, d = latents.shape
         moved = self._move(latents.reshape(B * L, d), k, jnp.repeat(t, L)).reshape(B, L, d)

@@ -355,7 +355,8 @@ def deformator_shift(kind: str, params: dict[str, Any], coords: Array, latent_di
         if params.get("bias") is not None:
             out = out + jnp.asarray(params["bias"])
         if kind == "proj":
-            out = out * (jnp.linalg.norm(coords, axis=-1, keepdims=True) / jnp.linalg.norm(out, axis=-1, keepdims=True))
+            norm = jnp.linalg.norm(out, axis=-1, keepdims=True)
+            out = out * (jnp.linalg.norm(coords, axis=-1, keepdims=True) / jnp.where(norm > 0, norm, 1.0))
     else:
         raise ValueError(f"unknown deformator kind {kind!r}; expected 'ortho', 'linear' or 'proj'")
     return _fit_dim(out, latent_dim)
