@@ -4,6 +4,8 @@
 - GANSpace ``cache/components/*.npz``: ``lat_comp (C, *latent_shape)`` e.g. ``(80, 1, 512)``,
   ``lat_mean``, ``lat_stdev (C,)`` (+ ``var_ratio``) -> ``{'comp': [C, d], 'stdev': [C],
   'mean': [d]}``.
+- GANLatentDiscovery ``models/deformator_*.pt``: ``log_mat_half`` (ortho) or ``linear.{weight,bias}``
+  (linear / proj) -> :func:`load_deformator`.
 - WarpedGANSpace ``models/support_sets.pt``: state dict ``SUPPORT_SETS (K, 2N*d)``,
   ``ALPHAS (K, 2N)``, ``LOGGAMMA (K, 1)`` -> ``{'support_sets': [K, 2N, d], 'alphas': [K, 2N],
   'log_gamma': [K]}``.
@@ -132,3 +134,52 @@ def load_warped(path: str | Path) -> dict[str, np.ndarray]:
     return {"support_sets": _finite(path, "SUPPORT_SETS", ss.reshape(K, M, ss.shape[1] // M)),
             "alphas": _finite(path, "ALPHAS", al),
             "log_gamma": _finite(path, "LOGGAMMA", lg.reshape(K))}
+
+
+def load_deformator(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """GANLatentDiscovery ``models/deformator_*.pt`` -> ``{'kind', 'params'}`` for
+    :func:`jaxedit.edits.linear.directions` / ``deformator_shift``.
+
+    ``log_mat_half (K, K)`` -> kind ``'ortho'``; ``linear.weight (d, K)`` (+ ``linear.bias (d,)``)
+    -> ``'linear'`` or ``'proj'``: the two store the same tensors, so the kind comes from
+    ``kind=`` or the run's ``args.json`` (``deformator``) next to ``models/``; without either it
+    is an error naming the file. Also accepts a training ``checkpoint.pt`` (``{'deformator': ...}``).
+    """
+    import json
+
+    path = Path(path)
+    try:
+        obj: Any = torchfile.load(path)
+    except torchfile.TorchFileError as e:
+        raise _err(path, f"cannot read the torch file ({e})") from e
+    except OSError as e:
+        raise _err(path, f"cannot open ({e})") from e
+    if isinstance(obj, dict) and isinstance(obj.get("deformator"), dict):
+        obj = obj["deformator"]
+    if not isinstance(obj, dict):
+        raise _err(path, f"expected a state dict, got {type(obj).__name__}")
+    if "log_mat_half" in obj:
+        L = np.asarray(obj["log_mat_half"], np.float32)
+        if L.ndim != 2 or L.shape[0] != L.shape[1]:
+            raise _err(path, f"'log_mat_half' must be square (K, K), got {L.shape}")
+        return {"kind": "ortho", "params": {"log_mat_half": _finite(path, "log_mat_half", L)}}
+    if "linear.weight" not in obj:
+        raise _err(path, f"neither 'log_mat_half' (ortho) nor 'linear.weight' (linear/proj) found "
+                         f"(has {sorted(map(str, obj))}); 'fc', 'id' and 'random' deformators are not supported")
+    if kind is None:
+        args = next((p for p in (path.parent / "args.json", path.parent.parent / "args.json") if p.is_file()), None)
+        kind = json.loads(args.read_text()).get("deformator") if args else None
+        if kind is None:
+            raise _err(path, "a linear.weight deformator is 'linear' or 'proj': pass kind= (no args.json found)")
+    if kind not in ("linear", "proj"):
+        raise _err(path, f"deformator kind {kind!r} does not match the file's linear.weight (linear or proj)")
+    W = np.asarray(obj["linear.weight"], np.float32)
+    if W.ndim != 2:
+        raise _err(path, f"'linear.weight' must be (d, K), got {W.shape}")
+    params = {"weight": _finite(path, "linear.weight", W)}
+    if "linear.bias" in obj:
+        b = np.asarray(obj["linear.bias"], np.float32).reshape(-1)
+        if b.shape != (W.shape[0],):
+            raise _err(path, f"'linear.bias' has shape {b.shape}, expected ({W.shape[0]},)")
+        params["bias"] = b
+    return {"kind": kind, "params": params}

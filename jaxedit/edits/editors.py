@@ -159,10 +159,11 @@ def _layers(text: str | None) -> tuple[int, int] | None:
 
 def load(method: str, path: str | Path, *, space: str | None = None, layers: str | None = None,
          eps: float = 0.2) -> Editor:
-    """An :class:`Editor` from a direction file or a jaxedit edit checkpoint.
+    """An :class:`Editor` from a direction file or a ``jaxedit discover`` run directory.
 
-    linear: ``.npy`` ``[K, d]`` (or ``[d]``) directions, rows used as given; or a jaxedit
-    ``discover`` checkpoint. interfacegan: boundary ``.npy`` ``(1, d)`` (normalized), space
+    linear: ``.npy`` ``[K, d]`` (or ``[d]``) directions, rows used as given; a GANLatentDiscovery
+    deformator ``.pt`` (its columns; a ``linear`` deformator's constant bias is not applied, so
+    ``t = 0`` is the identity); or a ``jaxedit discover`` run directory. interfacegan: boundary ``.npy`` ``(1, d)`` (normalized), space
     z by default (the reference's Z edit) or w. ganspace: GANSpace ``.npz`` (space w).
     warped: WarpedGANSpace ``support_sets.pt`` or a jaxedit checkpoint. curvilinear: a
     DeCurvEd flow ``.pt`` or a jaxedit checkpoint.
@@ -179,6 +180,12 @@ def load(method: str, path: str | Path, *, space: str | None = None, layers: str
         if method == "interfacegan":
             n = conv.load_interfacegan(path)
             return Editor("interfacegan", space or "z", {"directions": jnp.asarray(n)[None]}, lay)
+        if method == "linear" and path.suffix in (".pt", ".pth"):
+            dfm = conv.load_deformator(path)
+            dirs = linear.directions(dfm["kind"], dfm["params"])
+            if dfm["kind"] == "proj":
+                dirs = dirs / jnp.linalg.norm(dirs, axis=-1, keepdims=True)
+            return Editor("linear", space or "z", {"directions": dirs}, lay)
         if method == "linear":
             a = np.load(path, allow_pickle=False)
             a = a[None] if a.ndim == 1 else a
