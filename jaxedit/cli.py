@@ -59,12 +59,14 @@ def _load_npy(path: str, what: str, shape: tuple[int | None, ...]) -> np.ndarray
 def cmd_convert(args) -> None:
     from jaxedit import checkpoint
 
-    if args.kind != "stylegan2":
-        raise UsageError(f"convert: unknown kind {args.kind!r} (supported: stylegan2)")
+    if args.kind not in ("stylegan2", "clip"):
+        raise UsageError(f"convert: unknown kind {args.kind!r} (supported: stylegan2, clip)")
     src = Path(args.src)
     if not src.is_file():
         raise UsageError(f"convert: {src} does not exist or is not a file")
     checkpoint.check_writable(args.dst, args.force)
+    if args.kind == "clip":
+        return _convert_clip(src, args)
     t0 = time.perf_counter()
     from converters import stylegan2 as conv
     from jaxedit.models.stylegan2 import StyleGAN2
@@ -86,6 +88,24 @@ def cmd_convert(args) -> None:
 
 
 FORWARD_CHECK_MAX_RESOLUTION = 256
+
+
+def _convert_clip(src: Path, args) -> None:
+    from converters import clip as conv
+
+    t0 = time.perf_counter()
+    cfg, params, info = conv.convert(src)
+    vocab = args.vocab or conv.default_vocab(src)
+    dst, check = conv.save(args.dst, cfg, params, info, vocab=vocab, force=args.force)
+    n_params = sum(int(np.size(a)) for a in __import__("jax").tree.leaves(params))
+    tower = f"ViT/{cfg.vision_patch_size} x{cfg.vision_layers}" if cfg.is_vit else f"ResNet {list(cfg.vision_layers)}"
+    print(f"converted {src.name} ({info.get('format')}) -> {dst}")
+    print(f"  image tower {tower} width {cfg.vision_width} at {cfg.image_resolution} px; text {cfg.transformer_layers} "
+          f"layers width {cfg.transformer_width}, context {cfg.context_length}, vocab {cfg.vocab_size}; "
+          f"embed {cfg.embed_dim}")
+    print(f"  {n_params:,} parameter elements ({info.get('fp16_tensors', 0)} fp16 tensors cast to float32); "
+          f"vocab: {'copied' if vocab else 'none found (pass --vocab FILE to enable text encoding)'}; "
+          f"reload check: {check}; {time.perf_counter() - t0:.1f} s")
 
 
 def _verify_roundtrip(G, params, dst: Path, forward: bool) -> str:
@@ -264,10 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="convert a PyTorch checkpoint to a jaxedit checkpoint (no torch needed)")
-    c.add_argument("kind", help="what the file holds: stylegan2 (NVIDIA .pkl or rosinality .pt)")
+    c.add_argument("kind", help="what the file holds: stylegan2 (NVIDIA .pkl or rosinality .pt), clip (OpenAI "
+                                "TorchScript or state-dict .pt)")
     c.add_argument("src", help="source file")
     c.add_argument("dst", help="destination checkpoint directory")
     c.add_argument("--key", default=None, help="network inside the file (NVIDIA: G_ema (default), G; rosinality: g_ema, g)")
+    c.add_argument("--vocab", help="clip: the BPE merges file (default: bpe_simple_vocab_16e6.txt.gz next to SRC)")
     c.add_argument("--force", action="store_true", help="overwrite an existing jaxedit checkpoint at DST")
     c.add_argument("--check-forward", action="store_true",
                    help=f"also compare a forward pass after reloading above {FORWARD_CHECK_MAX_RESOLUTION} px "

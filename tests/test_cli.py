@@ -136,3 +136,18 @@ def test_demo_and_default_model_errors(ckpt, tmp_path):
         assert (tmp_path / "demo" / f"{name}.png").is_file(), out.stdout
     missing = run("sample", "--out", tmp_path / "g.png", env={"JAXEDIT_CHECKPOINTS": str(tmp_path)}, ok=False)
     one_line_error(missing, "default model 'shapes32-stylegan2' not found")
+
+
+def test_convert_clip_and_vocab_mismatch(tmp_path):
+    src = tmp_path / "vit.pt"
+    src.write_bytes(fixture("clip_tiny_vit_torchscript.pt").read_bytes())
+    out = run("convert", "clip", src, tmp_path / "c")
+    assert "ViT/" in out.stdout and "vocab 1000" in out.stdout and "bit-identical" in out.stdout
+    from jaxedit.models import clip
+
+    C, params = clip.load(tmp_path / "c")
+    r = ref("clip_tiny_vit_ref.npz")
+    feats = np.asarray(C.encode_image(params, r["image"]))
+    assert max_abs(feats, r["image_features_fp16weights"]) < 1e-4 * np.abs(r["image_features_fp16weights"]).max()
+    one_line_error(run("convert", "clip", src, tmp_path / "c2", "--vocab", fixture("bpe_simple_vocab_16e6.txt.gz"),
+                       ok=False), "49408 tokens", "vocab_size 1000")

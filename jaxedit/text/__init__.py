@@ -1,0 +1,1 @@
+"""Text utilities: CLIP's byte-level BPE tokenizer (:mod:`jaxedit.text.tokenizer`)."""
