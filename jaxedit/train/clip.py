@@ -164,8 +164,11 @@ def train(cfg: CLIPTrainConfig, dst: str | Path, force: bool = False, log_every:
         images, factors = render(jax.random.fold_in(key, 1000 + i))
         tokens = tok(shapes.captions(factors, 1000 + i, data), context_length=cfg.context_length, truncate=True)
         params, opt_state, loss, acc = step(params, opt_state, images, tokens)
+        if i == 0:  # the first step compiled: measure the rate from here
+            jax.block_until_ready(loss)
+            bar.restart_rate(1)
         if (i + 1) % log_every == 0 or i + 1 == cfg.steps:
-            bar.update(i + 1 - bar.done, loss=float(loss), batch_acc=float(acc))
+            bar.update(i + 1, loss=float(loss), batch_acc=float(acc))
     bar.close()
     train_s = time.perf_counter() - t0
     report = zero_shot(model, params, tok, jax.random.fold_in(key, EVAL_SALT), cfg.eval_images, data,

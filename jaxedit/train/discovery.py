@@ -273,10 +273,13 @@ def train(cfg: DiscoveryConfig | None, run_dir: str | Path, *, steps: int | None
         while i < total:
             state, m = tr.step(state, i)
             i += 1
+            if i == start + 1:  # the first step compiled: measure the rate from here
+                jax.block_until_ready(m)
+                bar.restart_rate(i)
             window.append(m)
             if i % cfg.log_every == 0 or i == total:
                 mean = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
-                bar.update(i - bar.done, **mean)
+                bar.update(i, **mean)
                 window = []
             if i % cfg.ckpt_every == 0 or i == total or stop.requested:
                 _save(mngr, i, state, {"step": i, "time": time.time()})

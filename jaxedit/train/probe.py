@@ -107,7 +107,7 @@ def train(cfg: ProbeTrainConfig, dst: str | Path | None = None, force: bool = Fa
     for i in range(cfg.steps):
         params, opt_state, m = step(params, opt_state, jax.random.fold_in(key, 1000 + i))
         if (i + 1) % log_every == 0 or i + 1 == cfg.steps:
-            bar.update(i + 1 - bar.done, **{k: float(v) for k, v in m.items()})
+            bar.update(i + 1, **{k: float(v) for k, v in m.items()})
     bar.close()
     train_s = time.perf_counter() - t0
     report = evaluate(P, params, jax.random.fold_in(key, EVAL_SALT), cfg.eval_images, cfg.data)
