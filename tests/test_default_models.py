@@ -31,3 +31,16 @@ def test_probe_reads_fresh_renders():
     d = ((f[:, None] - f[None]) ** 2).sum(-1)
     same, diff = d[s[:, None] == s[None]].mean(), d[s[:, None] != s[None]].mean()
     assert same < diff
+
+
+def test_shapes_clip_matches_colours_and_shapes_above_chance():
+    from jaxedit.models import clip
+    from jaxedit.text.tokenizer import Tokenizer
+    from jaxedit.train import clip as train_clip
+
+    C, params = clip.load(CKPTS / "shapes-clip")
+    tok = Tokenizer.from_file(CKPTS / "shapes-clip")
+    out = train_clip.zero_shot(C, params, tok, jax.random.key(77), 256, shapes.ShapesConfig(), C.cfg.context_length)
+    acc, chance = out["zero_shot_accuracy"], out["chance"]
+    for factor in ("shape", "color", "size", "spot_color"):  # the model card's table, with margin
+        assert acc[factor] > chance[factor] + 0.1, (factor, acc[factor])
