@@ -16,7 +16,6 @@ verifies the reload.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from converters.stylegan2 import sha256
 from jaxedit import torchfile
 from jaxedit.models.clip import CLIP, CLIPConfig
 
@@ -75,14 +75,6 @@ def torch_name(jname: str) -> str:
     n = re.sub(r"\.(mean|var)$", r".running_\1", n)
     n = re.sub(r"^token_embedding\.embedding$", "token_embedding.weight", n)
     return re.sub(r"(resblocks|layer\d|downsample)_(\d+)(?=\.)", r"\1.\2", n)
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def state_dict(path: str | Path) -> tuple[dict[str, np.ndarray], str]:

@@ -38,6 +38,15 @@ def _finite(path, key: str, a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _load_torch(path: Path) -> Any:
+    try:
+        return torchfile.load(path)
+    except torchfile.TorchFileError as e:
+        raise _err(path, f"cannot read the torch file ({e})") from e
+    except OSError as e:
+        raise _err(path, f"cannot open ({e})") from e
+
+
 def load_interfacegan(path: str | Path, normalize: bool = True) -> np.ndarray:
     """InterFaceGAN boundary ``.npy`` ``(1, d)`` (float64 in the releases) -> unit normal ``[d]`` float32."""
     path = Path(path)
@@ -106,12 +115,7 @@ def load_warped(path: str | Path) -> dict[str, np.ndarray]:
     Also accepts a training ``checkpoint.pt`` (``{'support_sets': state_dict, ...}``).
     """
     path = Path(path)
-    try:
-        obj: Any = torchfile.load(path)
-    except torchfile.TorchFileError as e:
-        raise _err(path, f"cannot read the torch file ({e})") from e
-    except OSError as e:
-        raise _err(path, f"cannot open ({e})") from e
+    obj: Any = _load_torch(path)
     if isinstance(obj, dict) and "SUPPORT_SETS" not in obj and isinstance(obj.get("support_sets"), dict):
         obj = obj["support_sets"]
     if not isinstance(obj, dict):
@@ -148,12 +152,7 @@ def load_deformator(path: str | Path, kind: str | None = None) -> dict[str, Any]
     import json
 
     path = Path(path)
-    try:
-        obj: Any = torchfile.load(path)
-    except torchfile.TorchFileError as e:
-        raise _err(path, f"cannot read the torch file ({e})") from e
-    except OSError as e:
-        raise _err(path, f"cannot open ({e})") from e
+    obj: Any = _load_torch(path)
     if isinstance(obj, dict) and isinstance(obj.get("deformator"), dict):
         obj = obj["deformator"]
     if not isinstance(obj, dict):
