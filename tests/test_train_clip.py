@@ -30,3 +30,37 @@ def test_zero_shot_prompts_cover_every_caption_word():
         words = shapes.describe({k: c[i] for k, c in cols.items()})
         for factor, word in words.items():
             assert word in prompts[factor], (factor, word)
+
+
+def test_partial_captions_name_only_true_factors():
+    f = shapes.sample_factors(__import__("jax").random.key(1), 200, shapes.ShapesConfig())
+    caps = shapes.captions(f, 5, partial=1.0)
+    assert caps == shapes.captions(f, 5, partial=1.0)  # deterministic
+    assert len(set(caps)) > 150 and min(len(c.split()) for c in caps) <= 3  # e.g. "a red object"
+    cols = {k: np.asarray(v) for k, v in f.items()}
+    for i, text in enumerate(caps):
+        truth = shapes.describe({k: c[i] for k, c in cols.items()})
+        colours = [w for w in shapes.COLOR_SYNONYMS for syn in shapes.COLOR_SYNONYMS[w] if f" {syn} " in f" {text} "]
+        allowed = {truth["color"], truth["spot_color"], truth["background"]}
+        assert set(colours) <= allowed, (text, truth)
+    assert shapes.captions(f, 5) == shapes.captions(f, 5, partial=0.0)  # full captions unchanged
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path):
+    import shutil
+
+    import jax
+
+    cfg = C.CLIPTrainConfig(steps=4, batch=8, ckpt_every=2, corpus=300, eval_images=8, embed_dim=16,
+                            vision_width=16, vision_layers=1, text_width=16, text_layers=1, heads=2,
+                            resolution=16, context_length=24, partial_captions=0.5)
+    full, _ = C.train(cfg, tmp_path / "a", run_dir=tmp_path / "run-a", log_every=1)
+    shutil.copytree(tmp_path / "run-a", tmp_path / "run-b")
+    shutil.rmtree(tmp_path / "run-b" / "checkpoints" / "4")  # as if killed after step 2's save
+    resumed, report = C.train(cfg, tmp_path / "b", run_dir=tmp_path / "run-b", log_every=1)
+    assert report["resumed_at"] == 2
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    other = C.CLIPTrainConfig(**{**cfg.to_dict(), "lr": 0.5})
+    with __import__("pytest").raises(ValueError, match="config.json"):
+        C.train(other, tmp_path / "c", run_dir=tmp_path / "run-b")

@@ -435,10 +435,49 @@ def caption(f: Mapping, rng: np.random.Generator, cfg: ShapesConfig = ShapesConf
     )
 
 
-def captions(factors: Mapping[str, Sequence], seed: int, cfg: ShapesConfig = ShapesConfig()) -> list[str]:
+#: The parts a partial caption may name (:func:`partial_caption`).
+CAPTION_PARTS: tuple[str, ...] = ("size", "color", "shape", "spot_size", "spot_color", "position", "background")
+
+
+def partial_caption(f: Mapping, rng: np.random.Generator, cfg: ShapesConfig = ShapesConfig(),
+                    keep: float = 0.5) -> str:
+    """A caption naming a random non-empty subset of the factors (each of :data:`CAPTION_PARTS`
+    kept with probability ``keep``), e.g. ``"a red shape"``, ``"a large square on a blue
+    background"``, ``"an object with a small spot at the top"``. Short prompts such as these
+    are what people type; training on them makes a CLIP answer them (the full captions of
+    :func:`caption` always name everything). Deterministic given ``rng``."""
+    w = describe(f, cfg)
+    pick = lambda seq: seq[int(rng.integers(len(seq)))]
+    on = dict(zip(CAPTION_PARTS, rng.random(len(CAPTION_PARTS)) < keep))
+    if not any(on.values()):
+        on[CAPTION_PARTS[int(rng.integers(len(CAPTION_PARTS)))]] = True
+    noun = pick(SHAPE_SYNONYMS[int(f["shape"])]) if on["shape"] else pick(("shape", "object"))
+    head = [pick(SIZE_SYNONYMS[w["size"]])] if on["size"] else []
+    head += [pick(COLOR_SYNONYMS[w["color"]])] if on["color"] else []
+    tail = []
+    if on["spot_size"] or on["spot_color"]:
+        spot = [pick(SIZE_SYNONYMS[w["spot_size"]])] if on["spot_size"] else []
+        spot += [pick(COLOR_SYNONYMS[w["spot_color"]])] if on["spot_color"] else []
+        tail.append("with " + _article(" ".join(spot + [pick(SPOT_WORDS)])))
+    if on["position"]:
+        tail.append(pick(_position_phrases(w["position"])))
+    if on["background"]:
+        tail.append(f"on {_article(pick(COLOR_SYNONYMS[w['background']]))} background")
+    order = rng.permutation(len(tail))
+    return " ".join([_article(" ".join(head + [noun]))] + [tail[i] for i in order])
+
+
+def captions(factors: Mapping[str, Sequence], seed: int, cfg: ShapesConfig = ShapesConfig(),
+             partial: float = 0.0) -> list[str]:
     """Captions of a batch of raw factors (dict of ``[B]`` arrays, jax or numpy); one
-    ``numpy.random.default_rng(seed)`` drives all rows in order."""
+    ``numpy.random.default_rng(seed)`` drives all rows in order. A fraction ``partial`` of the
+    rows (drawn per row) get a :func:`partial_caption` instead of a full one."""
     rng = np.random.default_rng(seed)
     cols = {k: np.asarray(factors[k]) for k in RAW_FACTOR_NAMES}
     n = len(cols["shape"])
-    return [caption({k: c[i] for k, c in cols.items()}, rng, cfg) for i in range(n)]
+    out = []
+    for i in range(n):
+        row = {k: c[i] for k, c in cols.items()}
+        short = partial > 0 and rng.random() < partial
+        out.append(partial_caption(row, rng, cfg) if short else caption(row, rng, cfg))
+    return out

@@ -81,9 +81,9 @@ def write_merges(merges: list[tuple[str, str]], path: str | Path) -> Path:
     return path
 
 
-def caption_corpus(n: int, seed: int, data: shapes.ShapesConfig) -> list[str]:
+def caption_corpus(n: int, seed: int, data: shapes.ShapesConfig, partial: float = 0.0) -> list[str]:
     f = shapes.sample_factors(jax.random.key(seed), n, data)
-    return shapes.captions(f, seed, data)
+    return shapes.captions(f, seed, data, partial=partial)
 
 
 # ------------------------------------------------------------------------------ training
@@ -106,6 +106,8 @@ class CLIPTrainConfig(JSONConfig):
     heads: int = 4
     corpus: int = 20000  # captions the BPE merges are learned from
     eval_images: int = 2048
+    partial_captions: float = 0.0  # fraction of captions naming a random subset of the factors
+    ckpt_every: int = 250  # steps between resumable checkpoints (with a run directory)
 
 
 def model_config(cfg: CLIPTrainConfig, vocab_size: int):
@@ -126,25 +128,49 @@ def clip_loss(model, params, images: jax.Array, tokens: jax.Array) -> tuple[jax.
     return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def train(cfg: CLIPTrainConfig, dst: str | Path, force: bool = False, log_every: int = 50):
-    """Learn the merges, train, evaluate zero-shot and save to ``dst``; returns (params, report)."""
+def train(cfg: CLIPTrainConfig, dst: str | Path, force: bool = False, log_every: int = 50,
+          run_dir: str | Path | None = None):
+    """Learn the merges, train, evaluate zero-shot and save to ``dst``; returns (params, report).
+
+    With ``run_dir`` the training state is saved there every ``cfg.ckpt_every`` steps (orbax; also
+    on SIGINT/SIGTERM) and a second call with the same config resumes where it stopped: every
+    step's batch is a function of the seed and the step index, so a resumed run equals an
+    uninterrupted one. ``run_dir`` keeps the config it was started with; another config is an error.
+    """
+    import json
+
     from jaxedit import checkpoint
     from jaxedit.models.clip import CLIP
     from jaxedit.progress import Progress
     from jaxedit.text.tokenizer import Tokenizer
+    from jaxedit.train.gan import _manager, _restore, _save, _StopRequest
 
     dst = checkpoint.check_writable(dst, force)
     data = shapes.ShapesConfig(resolution=cfg.resolution)
     t0 = time.perf_counter()
-    merges = learn_merges(caption_corpus(cfg.corpus, cfg.seed + 7, data))
+    merges = learn_merges(caption_corpus(cfg.corpus, cfg.seed + 7, data, cfg.partial_captions))
     tmp_vocab = write_merges(merges, Path(f"/tmp/jaxedit-{id(cfg)}-{VOCAB_FILE}"))
     tok = Tokenizer.from_file(tmp_vocab)
+    tmp_vocab.unlink(missing_ok=True)
     model = CLIP(model_config(cfg, tok.vocab_size))
     key = jax.random.key(cfg.seed)
-    params = model.init(jax.random.fold_in(key, 1))
     sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(cfg.warmup, cfg.steps // 4), cfg.steps, cfg.lr * 0.02)
     opt = optax.adamw(sched, weight_decay=cfg.weight_decay)
-    opt_state = opt.init(params)
+    params = model.init(jax.random.fold_in(key, 1))
+    state = {"params": params, "opt": opt.init(params)}
+
+    mngr, start = None, 0
+    if run_dir is not None:
+        run = Path(run_dir)
+        run.mkdir(parents=True, exist_ok=True)
+        cfg_file = run / "config.json"
+        if cfg_file.exists() and json.loads(cfg_file.read_text()) != cfg.to_dict():
+            raise ValueError(f"{cfg_file}: the run was started with another config; use a new run directory")
+        cfg_file.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        mngr = _manager(run)
+        start = mngr.latest_step() or 0
+        if start:
+            state, _ = _restore(mngr, start, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state))
 
     @jax.jit
     def render(k):
@@ -152,35 +178,49 @@ def train(cfg: CLIPTrainConfig, dst: str | Path, force: bool = False, log_every:
         return b["image"], b["factors"]
 
     @jax.jit
-    def step(params, opt_state, images, tokens):
-        (loss, acc), grads = jax.value_and_grad(lambda p: clip_loss(model, p, images, tokens), has_aux=True)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+    def step(state, images, tokens):
+        (loss, acc), grads = jax.value_and_grad(lambda p: clip_loss(model, p, images, tokens),
+                                                has_aux=True)(state["params"])
+        updates, opt_state = opt.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
         params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, math.log(100.0))  # the reference's clamp
-        return params, opt_state, loss, acc
+        return {"params": params, "opt": opt_state}, loss, acc
 
-    bar = Progress(total=cfg.steps, unit="step", desc="train-clip")
-    for i in range(cfg.steps):
-        images, factors = render(jax.random.fold_in(key, 1000 + i))
-        tokens = tok(shapes.captions(factors, 1000 + i, data), context_length=cfg.context_length, truncate=True)
-        params, opt_state, loss, acc = step(params, opt_state, images, tokens)
-        if i == 0:  # the first step compiled: measure the rate from here
-            jax.block_until_ready(loss)
-            bar.restart_rate(1)
-        if (i + 1) % log_every == 0 or i + 1 == cfg.steps:
-            bar.update(i + 1, loss=float(loss), batch_acc=float(acc))
+    bar = Progress(total=cfg.steps, unit="step", desc="train-clip", initial=start)
+    i, stopped = start, None
+    with _StopRequest() as stop:
+        while i < cfg.steps:
+            images, factors = render(jax.random.fold_in(key, 1000 + i))
+            texts = shapes.captions(factors, 1000 + i, data, partial=cfg.partial_captions)
+            state, loss, acc = step(state, images, tok(texts, context_length=cfg.context_length, truncate=True))
+            i += 1
+            if i == start + 1:  # the first step compiled: measure the rate from here
+                jax.block_until_ready(loss)
+                bar.restart_rate(i)
+            if i % log_every == 0 or i == cfg.steps:
+                bar.update(i, loss=float(loss), batch_acc=float(acc))
+            if mngr is not None and (i % cfg.ckpt_every == 0 or i == cfg.steps or stop.requested):
+                _save(mngr, i, state, {"step": i, "time": time.time()})
+            if stop.requested:
+                stopped = stop.requested
+                break
     bar.close()
+    if mngr is not None:
+        mngr.wait_until_finished()
+        mngr.close()
+    if stopped:
+        raise KeyboardInterrupt(f"train-clip stopped by {stopped} at step {i}; run again to resume")
+    params = state["params"]
     train_s = time.perf_counter() - t0
     report = zero_shot(model, params, tok, jax.random.fold_in(key, EVAL_SALT), cfg.eval_images, data,
                        cfg.context_length)
     report.update(train_seconds=round(train_s, 1), steps=cfg.steps, batch=cfg.batch, merges=len(merges),
-                  vocab_size=tok.vocab_size)
+                  vocab_size=tok.vocab_size, resumed_at=start)
     checkpoint.save(dst, kind="clip", model=model.cfg.to_dict(), params=params,
                     source={"trained_by": "jaxedit train-clip", "train_config": cfg.to_dict(),
                             "vocab": VOCAB_FILE, "preprocess": "none"},
                     extra={"metrics": report}, force=force)
     write_merges(merges, dst / VOCAB_FILE)
-    tmp_vocab.unlink(missing_ok=True)
     return params, report
 
 
@@ -233,6 +273,9 @@ def register_cli(sub) -> None:
     p.add_argument("--batch", type=int, default=CLIPTrainConfig.batch)
     p.add_argument("--lr", type=float, default=CLIPTrainConfig.lr)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--partial-captions", type=float, default=CLIPTrainConfig.partial_captions,
+                   help="fraction of captions that name a random subset of the factors (short prompts)")
+    p.add_argument("--run", help="run directory for resumable checkpoints (run again to resume)")
     p.add_argument("--force", action="store_true", help="overwrite an existing jaxedit checkpoint")
     p.set_defaults(fn=_cli)
 
@@ -240,6 +283,7 @@ def register_cli(sub) -> None:
 def _cli(args) -> None:
     import json
 
-    cfg = CLIPTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
-    _, report = train(cfg, args.dst, args.force)
+    cfg = CLIPTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                          partial_captions=args.partial_captions)
+    _, report = train(cfg, args.dst, args.force, run_dir=args.run)
     print(json.dumps(report, indent=2))
