@@ -325,12 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     from jaxedit.edits import cli as edit_cli
+    from jaxedit.edits import text_cli
     from jaxedit.train import clip as train_clip
     from jaxedit.train import discovery as train_discovery
     from jaxedit.train import gan as train_gan
     from jaxedit.train import probe as train_probe
 
     edit_cli.register_cli(sub)
+    text_cli.register_cli(sub)
     train_gan.register_cli(sub)
     train_probe.register_cli(sub)
     train_clip.register_cli(sub)

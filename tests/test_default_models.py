@@ -44,3 +44,18 @@ def test_shapes_clip_matches_colours_and_shapes_above_chance():
     acc, chance = out["zero_shot_accuracy"], out["chance"]
     for factor in ("shape", "color", "size", "spot_color"):  # the model card's table, with margin
         assert acc[factor] > chance[factor] + 0.1, (factor, acc[factor])
+
+
+def test_probe_words_agree_with_render_captions():
+    """attributes.words (the text-edit experiments' scorer) reads the caption words of renders."""
+    from jaxedit.metrics import attributes
+    from jaxedit.models import probe
+
+    P, params = probe.load(CKPTS / "shapes32-probe")
+    batch = shapes.sample(jax.random.key(4242), 256, shapes.ShapesConfig())
+    got = attributes.words(jax.jit(P)(params, batch["image"]))
+    cols = {k: np.asarray(v) for k, v in batch["factors"].items()}
+    truth = [shapes.describe({k: c[i] for k, c in cols.items()}) for i in range(256)]
+    for factor in truth[0]:
+        agree = np.mean([g[factor] == t[factor] for g, t in zip(got, truth)])
+        assert agree >= (0.95 if factor in ("shape", "position", "size") else 0.8), (factor, agree)

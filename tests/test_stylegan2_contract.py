@@ -85,6 +85,31 @@ def test_up_conv_custom_vjp_matches_autodiff():
     assert max_abs(gg, gg_auto) <= 1e-3 * float(jnp.max(jnp.abs(gg_auto)))
 
 
+@pytest.mark.parametrize("k", [3, 5])
+def test_same_conv_custom_vjp_matches_autodiff(k):
+    """The hand-written backward of ``ops.conv2d`` (forward-form convs, fast inside lax.scan)
+    equals autodiff of the plain conv: first and second order, batched kernels (vmap) and in a scan."""
+    kx, kw, kd = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(kx, (3, 7, 6, 5))
+    w = jax.random.normal(kw, (k, k, 5, 4))
+    dy = jax.random.normal(kd, (3, 7, 6, 4))
+    plain = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), ((k // 2,) * 2,) * 2,
+                                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    for a, b in zip(jax.vjp(ops.conv2d, x, w)[1](dy), jax.vjp(plain, x, w)[1](dy)):
+        assert max_abs(a, b) < 1e-4 * float(jnp.max(jnp.abs(b)))
+    second = lambda conv: jax.grad(lambda w: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.sin(conv(x, w))))(x) ** 2))(w)
+    assert max_abs(second(ops.conv2d), second(plain)) < 1e-4 * float(jnp.max(jnp.abs(second(plain))))
+    ws = jnp.stack([w, 2 * w, -w])  # per-sample kernels, as vmapped weight shifts make them
+    batched = lambda conv: jax.grad(lambda ws: jnp.sum(jax.vmap(conv, (None, 0))(x, ws) ** 2))(ws)
+    assert max_abs(batched(ops.conv2d), batched(plain)) < 1e-4 * float(jnp.max(jnp.abs(batched(plain))))
+
+    def descend(conv):
+        step = lambda w, _: (w - 1e-3 * jax.grad(lambda w: jnp.sum(conv(x, w) ** 2))(w), None)
+        return jax.jit(lambda w: jax.lax.scan(step, w, length=3)[0])(w)
+
+    assert max_abs(descend(ops.conv2d), descend(plain)) < 1e-4
+
+
 def test_upsample2d_matches_direct_reference():
     x = np.random.default_rng(1).standard_normal((2, 5, 6, 3))
     assert max_abs(ops.upsample2d(jnp.asarray(x, jnp.float32)), _ref_upsample2d(x)) <= 1e-5

@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxedit.data.shapes import FACTOR_NAMES
+from jaxedit.data.shapes import FACTOR_NAMES, ShapesConfig, describe
 
 ATTRIBUTES: tuple[str, ...] = ("x", "y", "scale", "rotation", "hue", "bg_hue", "spot_hue", "spot_ratio")
 ANGULAR: tuple[bool, ...] = tuple(a in ("rotation", "hue", "bg_hue", "spot_hue") for a in ATTRIBUTES)
@@ -57,3 +57,23 @@ def change(a0: tuple[jax.Array, jax.Array], a1: tuple[jax.Array, jax.Array]) -> 
     d = jnp.where(jnp.asarray(ANGULAR), wrap(d), d)
     tv = 0.5 * jnp.sum(jnp.abs(p1 - p0), -1, keepdims=True)
     return jnp.concatenate([d, tv], -1)
+
+
+def words(probe_out: dict[str, jax.Array], cfg: ShapesConfig = ShapesConfig()) -> list[dict[str, str]]:
+    """Probe output for B images -> per image the caption words of :func:`jaxedit.data.shapes.describe`
+    (shape, size, color, spot_size, spot_color, position, background), read off the probe's
+    factors (host side). What a person would say the image shows, as far as the probe sees it."""
+    import numpy as np
+
+    attrs, probs = (np.asarray(a) for a in read(probe_out))
+    shape = np.argmax(probs, -1)
+    lin = lambda v, r: r[0] + float(v) * (r[1] - r[0])  # noqa: E731
+    col = {n: i for i, n in enumerate(ATTRIBUTES)}
+    out = []
+    for i in range(attrs.shape[0]):
+        a = attrs[i]
+        out.append(describe(dict(shape=int(shape[i]), x=lin(a[col["x"]], cfg.x_range), y=lin(a[col["y"]], cfg.y_range),
+                                 scale=lin(a[col["scale"]], cfg.scale_range), hue=float(a[col["hue"]]) % 1.0,
+                                 bg_hue=float(a[col["bg_hue"]]) % 1.0, spot_hue=float(a[col["spot_hue"]]) % 1.0,
+                                 spot_ratio=lin(a[col["spot_ratio"]], cfg.spot_range)), cfg))
+    return out

@@ -388,3 +388,42 @@ def load(path) -> tuple[CLIP, dict]:
     model = CLIP(CLIPConfig.from_dict(ck.model))
     checkpoint.check_tree(model.param_shapes(), ck.params, str(ck.path))
     return model, ck.params
+
+
+# ------------------------------------------------------------------------------ CLIP as an edit objective
+@dataclasses.dataclass(frozen=True)
+class Guide:
+    """CLIP with its input preprocessing, as text-guided edits use it (hashable, so it can be a
+    static argument of ``jax.jit``): generator images in, embeddings out.
+
+    ``embed_images(params, images [B, H, W, 3] in [-1, 1]) -> [B, D]`` (:func:`preprocess` with
+    ``mode``, then the image tower); ``embed_texts(params, tokens [T, L]) -> [T, D]``. Rows are
+    independent (no batch statistics), which the batched optimizers of ``jaxedit.edits.text`` need.
+    """
+
+    model: CLIP
+    mode: str = "clip"
+
+    def __post_init__(self):
+        if self.mode not in PREPROCESS_MODES:
+            raise ValueError(f"preprocess mode must be one of {PREPROCESS_MODES}, got {self.mode!r}")
+
+    def embed_images(self, params: dict, images: jax.Array) -> jax.Array:
+        return self.model.encode_image(params, preprocess(images, self.model.cfg.image_resolution, self.mode))
+
+    def embed_texts(self, params: dict, tokens: jax.Array) -> jax.Array:
+        return self.model.encode_text(params, tokens)
+
+
+def load_guide(path, mode: str | None = None):
+    """A CLIP checkpoint -> ``(Guide, params, Tokenizer)``. ``mode`` defaults to the preprocessing
+    recorded in the checkpoint (``"clip"`` for converted OpenAI models, ``"none"`` for shapes-clip);
+    StyleCLIP's own loss used ``"styleclip"``."""
+    from jaxedit import checkpoint
+    from jaxedit.text.tokenizer import Tokenizer
+
+    ck = checkpoint.load(path, expected_kind="clip")
+    model = CLIP(CLIPConfig.from_dict(ck.model))
+    checkpoint.check_tree(model.param_shapes(), ck.params, str(ck.path))
+    mode = mode or ck.meta.get("source", {}).get("preprocess") or "clip"
+    return Guide(model, mode), ck.params, Tokenizer.from_file(ck.path)

@@ -59,9 +59,40 @@ def conv2d(x: jax.Array, w: jax.Array) -> jax.Array:
     kh, kw = w.shape[:2]
     if (kh, kw) == (1, 1):
         return jnp.einsum("bhwi,io->bhwo", x, w[0, 0])
-    return jax.lax.conv_general_dilated(
-        x, w, window_strides=(1, 1), padding=((kh // 2, kh // 2), (kw // 2, kw // 2)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return _conv_same(x, w)
+
+
+def _same(w: jax.Array) -> tuple[tuple[int, int], tuple[int, int]]:
+    return (w.shape[0] // 2, w.shape[0] // 2), (w.shape[1] // 2, w.shape[1] // 2)
+
+
+@jax.custom_vjp
+def _conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
+    """'same' stride-1 conv whose backward pass is written as two forward-form convs.
+
+    XLA:CPU rewrites the transposed convs of autodiff's VJP into fast kernels only at the top
+    level of a program: inside ``lax.scan`` / ``while`` (every optimization loop of
+    ``jaxedit.edits.text``) they ran a generic loop, measured 80x slower (a 3x3, 64-channel,
+    16x16, batch-32 gradient step in a scan: 17.4 s vs 0.21 s). Written as forward convs they
+    are fast everywhere: dx = conv(dy, flipped w with in/out swapped); dw = conv of x with dy
+    with the batch axis as the contraction (channels of x as the batch).
+    """
+    return _conv(x, w, _same(w))
+
+
+def _conv_same_fwd(x, w):
+    return _conv(x, w, _same(w)), (x, w)
+
+
+def _conv_same_bwd(res, dy):
+    x, w = res
+    pad = _same(w)
+    dx = _conv(dy, jnp.flip(w, (0, 1)).swapaxes(2, 3), pad)
+    dw = _conv(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), pad)  # [I, kh, kw, O]
+    return dx, dw.transpose(1, 2, 0, 3)
+
+
+_conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
 
 
 def _upsample_axis(x: jax.Array, axis: int) -> jax.Array:

@@ -1,0 +1,214 @@
+"""``jaxedit text-edit``: text-guided edits of seeds as a PNG grid, several prompts at once.
+
+Every prompt x seed (x strength) of one command runs in ONE compiled program
+(:mod:`jaxedit.edits.text`); the generator's and CLIP's parameters are arguments of that program,
+not constants baked into it.
+
+- ``--method optimize``: StyleCLIP latent optimization in W+; grid rows = seeds, columns =
+  the original then one column per prompt.
+- ``--method global``: StyleCLIP global directions (channel relevance ``fs3`` computed for this
+  generator and CLIP, or read with ``--fs3``); rows = prompts x seeds, columns = strengths alpha.
+- ``--method shift``: the CLIP-guided shift of one conv layer's weights, one shift per prompt
+  optimized over all the seeds; rows = prompts x seeds, columns = strengths k.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("optimize", "global", "shift")
+DEFAULT_CLIP = "shapes-clip"
+DEFAULT_STRENGTHS = {"global": "0:4:5", "shift": "-3:3:7"}
+
+
+def _load(args):
+    from jaxedit.config import enable_compilation_cache
+
+    enable_compilation_cache()
+    from jaxedit import checkpoint
+    from jaxedit.cli import DEFAULT_GENERATOR, UsageError, parse_seeds
+    from jaxedit.models import clip
+
+    G, gp = checkpoint.load_stylegan2(args.ckpt or checkpoint.default_path(DEFAULT_GENERATOR))
+    if G.cfg.c_dim:
+        raise UsageError("text-edit: conditional generators are not supported yet")
+    guide, cp, tok = clip.load_guide(args.clip or checkpoint.default_path(DEFAULT_CLIP), args.preprocess)
+    prompts = [p for p in args.prompt if p.strip()]
+    if not prompts:
+        raise UsageError("text-edit: give at least one non-empty --prompt")
+    seeds = parse_seeds(args.seeds)
+    z = np.stack([np.random.RandomState(s).randn(G.cfg.z_dim) for s in seeds]).astype(np.float32)
+    return G, gp, guide, cp, tok, prompts, seeds, z
+
+
+def _tokens(tok, guide, texts):
+    import jax.numpy as jnp
+
+    return jnp.asarray(tok(texts, context_length=guide.model.cfg.context_length, truncate=True))
+
+
+def _optimize(args, G, gp, guide, cp, tok, prompts, z):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxedit.edits import text
+
+    @jax.jit
+    def run(gp, cp, z, tokens):
+        w0 = G.mapping(gp, z, psi=args.psi)
+        embed = lambda x: guide.embed_images(cp, x)  # noqa: E731
+        res = text.optimize_latents(G, gp, embed, w0, guide.embed_texts(cp, tokens), steps=args.steps, lr=args.lr or 0.1,
+                                    l2_lambda=0.008 if args.l2 is None else args.l2)
+        P, N = res.ws.shape[:2]
+        imgs = G.synthesis(gp, jnp.concatenate([w0, res.ws.reshape(P * N, *w0.shape[1:])]))
+        return imgs, res.cosine[0], text.clip_cosine(embed, imgs[N:], jnp.repeat(
+            guide.embed_texts(cp, tokens), N, axis=0)).reshape(P, N), res.ws
+
+    imgs, cos0, cos1, ws = jax.device_get(run(gp, cp, jnp.asarray(z), _tokens(tok, guide, prompts)))
+    N = z.shape[0]
+    cells = imgs.reshape(len(prompts) + 1, N, *imgs.shape[1:]).transpose(1, 0, 2, 3, 4)  # rows = seeds
+    return cells.reshape(-1, *imgs.shape[1:]), len(prompts) + 1, cos0, cos1, {"ws": ws}
+
+
+def _global(args, G, gp, guide, cp, tok, prompts, z, strengths):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxedit.edits import text
+
+    templates = args.template or ["{}"]
+    fill = lambda t: [tpl.format(t) for tpl in templates]  # noqa: E731
+    target = _tokens(tok, guide, [s for p in prompts for s in fill(p)])
+    neutral = _tokens(tok, guide, fill(args.neutral))
+    key = jax.random.key(args.stats_seed)
+
+    @jax.jit
+    def stats_fs3(gp, cp):
+        stats = text.style_channel_stats(G, gp, key, args.stats_samples)
+        ws = G.mapping(gp, jax.random.normal(jax.random.fold_in(key, 1), (args.fs3_images, G.cfg.z_dim)), psi=0.7)
+        embed = lambda x: guide.embed_images(cp, x)  # noqa: E731
+        return stats, text.channel_relevance(G, gp, embed, ws, stats)
+
+    @jax.jit
+    def run(gp, cp, z, fs3, stats, target, neutral):
+        T = len(templates)
+        dt = text.text_direction(guide.embed_texts(cp, target).reshape(len(prompts), T, -1),
+                                 guide.embed_texts(cp, neutral))
+        styles = G.ws_to_styles(gp, G.mapping(gp, z, psi=args.psi))
+        edited = text.global_edit(styles, fs3, stats, dt, jnp.asarray(strengths), args.beta)
+        flat = {k: v.reshape(-1, v.shape[-1]) for k, v in edited.items()}
+        imgs = G.synthesis_from_styles(gp, flat)  # [P * A * N, ...]
+        channels = jnp.sum(text.channel_weights(fs3, dt, args.beta) != 0, axis=-1)
+        return imgs, channels, dt
+
+    if args.fs3:
+        fs3 = text.load_fs3(args.fs3, G, guide.model.cfg.embed_dim)
+        stats, _ = jax.jit(lambda gp: (text.style_channel_stats(G, gp, key, args.stats_samples), 0))(gp)
+    else:
+        stats, fs3 = stats_fs3(gp, cp)
+    imgs, channels, dt = jax.device_get(run(gp, cp, jnp.asarray(z), jnp.asarray(fs3), stats, target, neutral))
+    P, A, N = len(prompts), len(strengths), z.shape[0]
+    cells = imgs.reshape(P, A, N, *imgs.shape[1:]).transpose(0, 2, 1, 3, 4, 5)  # rows = prompt x seed
+    for p, c in zip(prompts, channels):
+        print(f"  {p!r}: {int(c)} channels above beta {args.beta}")
+    return cells.reshape(-1, *imgs.shape[1:]), A, {"fs3": np.asarray(fs3), "dt": dt}
+
+
+def _shift(args, G, gp, guide, cp, tok, prompts, z, strengths):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxedit.cli import UsageError
+    from jaxedit.edits import text
+
+    if args.layer not in G.cfg.layer_ws():
+        raise UsageError(f"--layer {args.layer!r}: not a modulated layer of this generator; choose from "
+                         f"{list(G.cfg.layer_ws())}")
+
+    @jax.jit
+    def run(gp, cp, z, tokens):
+        ws = G.mapping(gp, z, psi=args.psi)
+        embed = lambda x: guide.embed_images(cp, x)  # noqa: E731
+        res = text.optimize_layer_shift(G, gp, embed, ws, guide.embed_texts(cp, tokens), args.layer,
+                                        steps=args.steps, lr=args.lr or 0.01, lambda2=0.05 if args.l2 is None else args.l2)
+        imgs = jax.vmap(lambda x: text.apply_layer_shifts(G, gp, ws, [(args.layer, x, jnp.asarray(strengths))]))(
+            res.shifts)  # [P, K, N, ...]
+        return imgs, res.clip_distance[0], res.clip_distance[-1], res.shifts
+
+    imgs, d0, d1, shifts = jax.device_get(run(gp, cp, jnp.asarray(z), _tokens(tok, guide, prompts)))
+    P, K, N = imgs.shape[:3]
+    cells = imgs.transpose(0, 2, 1, 3, 4, 5)  # rows = prompt x seed
+    return cells.reshape(-1, *imgs.shape[3:]), K, 1 - d0, 1 - d1, {"shifts": shifts, "layer": args.layer}
+
+
+def cmd_text_edit(args) -> None:
+    from jaxedit.cli import UsageError
+    from jaxedit.data import images as imio
+    from jaxedit.edits.cli import parse_strengths
+
+    out = Path(args.out)
+    if args.save and Path(args.save).exists() and not args.force:
+        raise UsageError(f"--save {args.save}: file exists (add --force to overwrite)")
+    G, gp, guide, cp, tok, prompts, seeds, z = _load(args)
+    t0 = time.perf_counter()
+    if args.method == "optimize":
+        grid, cols, before, after, saved = _optimize(args, G, gp, guide, cp, tok, prompts, z)
+        layout = "rows = seeds, columns = original then one per prompt"
+    else:
+        strengths = parse_strengths(args.strengths or DEFAULT_STRENGTHS[args.method])
+        if args.method == "global":
+            grid, cols, saved = _global(args, G, gp, guide, cp, tok, prompts, z, strengths)
+            before = after = None
+        else:
+            if args.steps <= 0:
+                raise UsageError("--steps must be positive")
+            grid, cols, before, after, saved = _shift(args, G, gp, guide, cp, tok, prompts, z, strengths)
+        layout = f"rows = prompts x seeds, columns = strengths {np.round(strengths, 3).tolist()}"
+    dt = time.perf_counter() - t0
+    imio.save_grid(grid, out, cols=cols)
+    if args.save:
+        np.savez(args.save, prompts=np.asarray(prompts), seeds=np.asarray(seeds), **saved)
+    print(f"text-edit --method {args.method}: {len(prompts)} prompts x {len(seeds)} seeds in {dt:.2f} s "
+          f"(one program, incl. compile) -> {out} ({layout})")
+    if before is not None:
+        for p, b, a in zip(prompts, np.asarray(before), np.asarray(after)):
+            print(f"  {p!r}: CLIP cosine {float(np.mean(b)):.3f} -> {float(np.mean(a)):.3f}")
+
+
+def register_cli(sub) -> None:
+    from jaxedit.cli import DEFAULT_GENERATOR
+    from jaxedit.models.clip import PREPROCESS_MODES
+
+    p = sub.add_parser("text-edit", help="text-guided edits (StyleCLIP optimization / global directions, CLIP-guided "
+                                         "layer shift) of seeds: PNG grid, several prompts in one program")
+    p.add_argument("ckpt", nargs="?", help=f"jaxedit StyleGAN2 checkpoint (default: {DEFAULT_GENERATOR})")
+    p.add_argument("--prompt", action="append", default=[], required=True,
+                   help="target text; repeat for several prompts (all run in one program)")
+    p.add_argument("--method", choices=METHODS, default="optimize")
+    p.add_argument("--clip", help=f"jaxedit CLIP checkpoint (default: {DEFAULT_CLIP}; `jaxedit convert clip` for "
+                                  "OpenAI's)")
+    p.add_argument("--preprocess", choices=PREPROCESS_MODES, help="CLIP input preprocessing (default: the "
+                                                                   "checkpoint's; StyleCLIP used 'styleclip')")
+    p.add_argument("--seeds", default="0-7", help="seeds (z as NVIDIA's generate.py), e.g. 0-7 or 1,5,9")
+    p.add_argument("--psi", type=float, default=0.7, help="truncation psi of the start latents")
+    p.add_argument("--steps", type=int, default=100, help="optimize/shift: optimizer steps")
+    p.add_argument("--lr", type=float, default=None, help="optimize: peak lr (0.1); shift: Adam lr (0.01)")
+    p.add_argument("--l2", type=float, default=None,
+                   help="optimize: weight of |w - w0|^2 (0.008); shift: lambda2 of |x|_2 (0.05)")
+    p.add_argument("--layer", default="b16.conv1", help="shift: the conv layer whose weight is shifted")
+    p.add_argument("--strengths", help="global: alphas (default 0:4:5); shift: k (default -3:3:7); "
+                                       "START:STOP:NUM or a comma list (write --strengths=-3:3:7)")
+    p.add_argument("--neutral", default="a shape", help="global: the neutral text the direction starts from")
+    p.add_argument("--template", action="append", help="global: prompt template(s) with {} (default '{}')")
+    p.add_argument("--beta", type=float, default=0.1, help="global: channel-relevance threshold")
+    p.add_argument("--fs3", help="global: a released fs3.npy (default: computed for this generator and CLIP)")
+    p.add_argument("--fs3-images", type=int, default=16, help="global: images per channel for fs3")
+    p.add_argument("--stats-samples", type=int, default=20000, help="global: samples for the StyleSpace stats")
+    p.add_argument("--stats-seed", type=int, default=5)
+    p.add_argument("--save", help=".npz with the result (optimize: ws; global: fs3, dt; shift: the shifts x)")
+    p.add_argument("--force", action="store_true", help="overwrite --save")
+    p.add_argument("--out", required=True, help="PNG grid")
+    p.set_defaults(fn=cmd_text_edit)

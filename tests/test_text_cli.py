@@ -1,0 +1,93 @@
+"""`jaxedit text-edit` on the default models: its grid and saved results equal a direct call of
+jaxedit.edits.text, several prompts run as ONE compiled program, and bad input is one line."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxedit import checkpoint
+from jaxedit.cli import main
+from jaxedit.data import images as imio
+from jaxedit.edits import text
+from jaxedit.models import clip
+
+PROMPTS = ["a red shape", "a large square"]
+
+
+@pytest.fixture(scope="module")
+def models():
+    G, gp = checkpoint.load_stylegan2(checkpoint.default_path("shapes32-stylegan2"))
+    guide, cp, tok = clip.load_guide(checkpoint.default_path("shapes-clip"))
+    return G, gp, guide, cp, tok
+
+
+def z_of(seeds, dim):
+    return np.stack([np.random.RandomState(s).randn(dim) for s in seeds]).astype(np.float32)
+
+
+def png(path):
+    return np.asarray(Image.open(path), np.int16)
+
+
+def test_optimize_grid_and_saved_latents_equal_direct_call(models, tmp_path, caplog):
+    G, gp, guide, cp, tok = models
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax._src.interpreters.pxla"):
+            assert main(["text-edit", *sum((["--prompt", p] for p in PROMPTS), []), "--steps", "3", "--seeds", "0,5",
+                         "--save", str(tmp_path / "r.npz"), "--out", str(tmp_path / "g.png")]) == 0
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    assert sum("Compiling jit(run)" in r.getMessage() for r in caplog.records) == 1  # all prompts: one program
+    saved = np.load(tmp_path / "r.npz")
+    assert list(saved["prompts"]) == PROMPTS and saved["ws"].shape == (2, 2, G.cfg.num_ws, G.cfg.w_dim)
+    w0 = G.mapping(gp, z_of((0, 5), G.cfg.z_dim), psi=0.7)
+    t = guide.embed_texts(cp, jnp.asarray(tok(PROMPTS, context_length=guide.model.cfg.context_length)))
+    direct = text.optimize_latents(G, gp, lambda x: guide.embed_images(cp, x), w0, t, steps=3)
+    np.testing.assert_allclose(saved["ws"], direct.ws, atol=1e-4)
+    assert float(jnp.max(jnp.abs(direct.ws - w0[None]))) > 1e-3  # it moved
+    cells = [G.synthesis(gp, w0)] + [G.synthesis(gp, jnp.asarray(saved["ws"][p])) for p in range(2)]
+    expect = np.stack(cells, 1).reshape(-1, *cells[0].shape[1:])  # rows = seeds, columns = original + prompts
+    want = png(imio.save_grid(np.asarray(expect), tmp_path / "expect.png", cols=3))
+    got = png(tmp_path / "g.png")
+    assert got.shape == want.shape and np.max(np.abs(got - want)) <= 1
+
+
+def test_shift_grid_k0_is_the_original_and_k_scales_the_saved_shift(models, tmp_path):
+    G, gp, *_ = models
+    run = ["text-edit", "--method", "shift", "--prompt", "a red shape", "--steps", "2", "--seeds", "1",
+           "--strengths", "0,1", "--save", str(tmp_path / "s.npz"), "--out", str(tmp_path / "s.png")]
+    assert main(run) == 0
+    x = np.load(tmp_path / "s.npz")["shifts"][0]
+    assert x.shape == G.layer_weight_shape("b16.conv1") and np.abs(x).max() > 0
+    ws = G.mapping(gp, z_of((1,), G.cfg.z_dim), psi=0.7)
+    cells = [G.synthesis(gp, ws), G.synthesis(gp, ws, deltas={"b16.conv1": jnp.asarray(x)})]
+    want = png(imio.save_grid(np.asarray(jnp.concatenate(cells)), tmp_path / "expect.png", cols=2))
+    assert np.max(np.abs(png(tmp_path / "s.png") - want)) <= 1
+    assert main(run) == 2  # --save exists: not overwritten without --force
+
+
+def test_global_uses_fewer_channels_at_higher_beta(models, tmp_path, capsys):
+    args = ["text-edit", "--method", "global", "--prompt", "a red shape", "--seeds", "0", "--fs3-images", "2",
+            "--stats-samples", "2000", "--strengths", "0,2", "--save", str(tmp_path / "g.npz"), "--force", "--out"]
+    counts = []
+    for beta in ("0.05", "0.3"):
+        assert main([*args, str(tmp_path / f"{beta}.png"), "--beta", beta]) == 0
+        counts.append(int(capsys.readouterr().out.split("channels above beta")[0].split()[-1]))
+    assert counts[0] > counts[1] >= 0
+    saved = np.load(tmp_path / "g.npz")
+    assert saved["fs3"].shape[1] == 128 and np.allclose(np.linalg.norm(saved["fs3"], axis=1), 1, atol=1e-4)
+
+
+def test_text_edit_errors_are_one_line(tmp_path, capsys):
+    assert main(["text-edit", "--method", "shift", "--layer", "b99.conv9", "--prompt", "x", "--out",
+                 str(tmp_path / "e.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "b99.conv9" in err[0] and "b16.conv1" in err[0]
+    assert main(["text-edit", "--prompt", " ", "--out", str(tmp_path / "e.png")]) == 2
+    assert main(["text-edit", "--prompt", "x", "--clip", str(tmp_path / "nope"), "--out", str(tmp_path / "e.png")]) == 2
+    assert "nope" in capsys.readouterr().err
