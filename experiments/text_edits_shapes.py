@@ -20,7 +20,7 @@ Methods (all prompts x latents in one compiled program each):
 - ``shift``: one weight shift of ``LAYER`` per prompt, optimized over the N latents, applied with
   k = 1 to them (train) and to N other latents (held out);
 - ``global``: StyleCLIP global directions (fs3 over ``FS3_IMAGES`` images, stats over 20,000
-  samples, neutral "a shape"), strength ``ALPHA``, threshold ``BETA``.
+  samples, neutral "a shape"), every strength of ``ALPHAS`` x threshold of ``BETAS``.
 
 Writes ``experiments/results/text_edits_shapes.{md,json}`` and a PNG of a few prompts.
 
@@ -48,7 +48,7 @@ from jaxedit.train.clip import factor_prompts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N, STEPS, L2, LR_SHIFT, LAMBDA2, LAYER = 16, 50, 0.008, 0.01, 0.05, "b16.conv1"
-ALPHA, BETA, FS3_IMAGES, NEUTRAL = 3.0, 0.1, 16, "a shape"
+ALPHAS, BETAS, FS3_IMAGES, NEUTRAL = (2.0, 4.0), (0.15, 0.3), 16, "a shape"
 PSI, SEED = 0.7, 0
 #: Compound prompts: {prompt: {factor: word}}.
 COMPOUND = {
@@ -160,16 +160,22 @@ def main():
             ws_fs3 = G.mapping(gp, jax.random.normal(jax.random.fold_in(k, 1), (FS3_IMAGES, G.cfg.z_dim)), psi=PSI)
             fs3 = text.channel_relevance(G, gp, embed(cp), ws_fs3, stats)
             dt = text.text_direction(guide.embed_texts(cp, tokens)[:, None], guide.embed_texts(cp, neutral))
-            edited = text.global_edit(G.ws_to_styles(gp, ws0), fs3, stats, dt, ALPHA, BETA)
-            imgs = G.synthesis_from_styles(gp, {k: v.reshape(-1, v.shape[-1]) for k, v in edited.items()})
-            return imgs, jnp.sum(text.channel_weights(fs3, dt, BETA) != 0, -1)
+            out = {}
+            for beta in BETAS:
+                edited = text.global_edit(G.ws_to_styles(gp, ws0), fs3, stats, dt, jnp.asarray(ALPHAS), beta)
+                for a, alpha in enumerate(ALPHAS):
+                    flat = {k: v[:, a].reshape(-1, v.shape[-1]) for k, v in edited.items()}
+                    out[alpha, beta] = G.synthesis_from_styles(gp, flat)
+            return out, {b: jnp.sum(text.channel_weights(fs3, dt, b) != 0, -1) for b in BETAS}
 
         neutral = jnp.asarray(tok([NEUTRAL], context_length=guide.model.cfg.context_length))
         t0 = time.perf_counter()
         imgs, channels = jax.block_until_ready(run_global(gp, cp, ws0, tokens, neutral))
         timings["global"] = time.perf_counter() - t0
-        record("global", imgs)
-        print(f"global: {timings['global']:.0f} s; channels used per prompt: median {int(np.median(channels))}")
+        for (alpha, beta), im in imgs.items():
+            record(f"global alpha {alpha:g} beta {beta:g}", im)
+        print(f"global: {timings['global']:.0f} s; channels per prompt (median) "
+              f"{ {b: int(np.median(c)) for b, c in channels.items()} }")
 
     write(args, prompts, targets, results, timings, shown, n, steps, clip_path, np.asarray(img0))
 
@@ -189,7 +195,7 @@ def write(args, prompts, targets, results, timings, shown, n, steps, clip_path, 
     lines = [f"# Text-guided edits of `shapes32-stylegan2`, scored by `shapes32-probe`", "",
              f"CLIP: `{Path(clip_path).name}`. {n} latents (psi {PSI}) per prompt, {len(prompts)} prompts "
              f"(every factor word + {len(COMPOUND)} compound). optimize: {steps} steps, L2 {L2}; shift: layer "
-             f"`{LAYER}`, {steps} steps, lambda2 {LAMBDA2}, k = 1; global: alpha {ALPHA}, beta {BETA}, neutral "
+             f"`{LAYER}`, {steps} steps, lambda2 {LAMBDA2}, k = 1; global: alphas {ALPHAS} x betas {BETAS}, neutral "
              f"'{NEUTRAL}'. success = named factor(s) read as the prompt says; before = same on the originals; "
              "others = fraction of the other factor words that changed / mean |change| of their attributes.", ""]
     for m, s in summary.items():
