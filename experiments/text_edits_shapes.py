@@ -59,7 +59,8 @@ COMPOUND = {
 #: Factor -> the attributes.CHANGE_NAMES columns it moves (rotation is left out: undefined for circles).
 ATTR_OF = {"shape": ("shape",), "color": ("hue",), "size": ("scale",), "spot_color": ("spot_hue",),
            "spot_size": ("spot_ratio",), "position": ("x", "y"), "background": ("bg_hue",)}
-SHOWN = ("a large red circle", "a square", "a green shape", "on a blue background", "a small shape")
+SHOWN = ("a large red circle", "a triangle", "a green shape", "with a cyan spot", "a small shape")
+GRID_METHODS = ("optimize", "shift", "global alpha 2 beta 0.3")
 
 
 def prompt_table() -> dict[str, dict[str, str]]:
@@ -214,13 +215,14 @@ def write(args, prompts, targets, results, timings, shown, n, steps, clip_path, 
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(dict(prompts=prompts, targets=targets, results=results,
                                                         summary=summary, timings=timings, n=n, steps=steps), indent=1))
-    # grid: a row of originals (first 6 latents), then per shown prompt one row per method
+    # grid: a row of originals (first 6 latents), then per shown prompt one row per GRID_METHODS
     cols = min(n, 6)
     rows = [originals[:cols]]
     for p in SHOWN:
         if p in prompts:
-            for m in shown:
-                rows.append(shown[m][prompts.index(p), :cols])
+            for m in GRID_METHODS:
+                if m in shown:
+                    rows.append(shown[m][prompts.index(p), :cols])
     if len(rows) > 1:
         imio.save_grid(np.concatenate(rows), out.with_suffix(".png"), cols=cols)
     print("\n".join(lines[:40]))

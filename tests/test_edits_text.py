@@ -365,14 +365,19 @@ np.savez(out + "/ref.npz", ws=ws.numpy(), w_hat=(ws + 0.1 * delta).numpy())
 
 
 def test_load_mapper_matches_torch(tmp_path):
-    if not TORCH_PY.exists():
-        pytest.skip(f"reference torch python not found at {TORCH_PY}")
-    script = tmp_path / "make.py"
-    script.write_text(_TORCH_SCRIPT)
-    subprocess.run([str(TORCH_PY), str(script), str(tmp_path)], check=True, capture_output=True, timeout=120)
-    M, mp = T.load_mapper(tmp_path / "mapper.pt")
+    """``tests/data/styleclip_mapper_tiny.pt`` and its ``_ref.npz`` were written by ``_TORCH_SCRIPT``
+    (torch.save of a LevelsMapper-layout state dict with random weights, and the torch forward);
+    with the reference torch python at hand the files are made afresh."""
+    data = Path(__file__).parent / "data"
+    pt, ref_file = data / "styleclip_mapper_tiny.pt", data / "styleclip_mapper_tiny_ref.npz"
+    if TORCH_PY.exists():
+        script = tmp_path / "make.py"
+        script.write_text(_TORCH_SCRIPT)
+        subprocess.run([str(TORCH_PY), str(script), str(tmp_path)], check=True, capture_output=True, timeout=120)
+        pt, ref_file = tmp_path / "mapper.pt", tmp_path / "ref.npz"
+    M, mp = T.load_mapper(pt)
     assert M.cfg.num_ws == 18 and M.cfg.w_dim == 8 and M.cfg.groups == (True, True, False)
-    ref = np.load(tmp_path / "ref.npz")
+    ref = np.load(ref_file)
     assert max_abs(jax.jit(M.__call__)(mp, jnp.asarray(ref["ws"])), ref["w_hat"]) < 1e-5
     (tmp_path / "junk.pt").write_bytes(b"\x80\x02}q\x00.")  # a pickled empty dict: no mapper tensors
     with pytest.raises(T.TextEditFileError, match="junk.pt"):
