@@ -150,6 +150,8 @@ def cmd_text_edit(args) -> None:
     from jaxedit.edits.cli import parse_strengths
 
     out = Path(args.out)
+    if args.steps <= 0 and args.method != "global":
+        raise UsageError(f"--steps {args.steps}: must be positive")
     if args.save and Path(args.save).exists() and not args.force:
         raise UsageError(f"--save {args.save}: file exists (add --force to overwrite)")
     G, gp, guide, cp, tok, prompts, seeds, z = _load(args)
@@ -163,8 +165,6 @@ def cmd_text_edit(args) -> None:
             grid, cols, saved = _global(args, G, gp, guide, cp, tok, prompts, z, strengths)
             before = after = None
         else:
-            if args.steps <= 0:
-                raise UsageError("--steps must be positive")
             grid, cols, before, after, saved = _shift(args, G, gp, guide, cp, tok, prompts, z, strengths)
         layout = f"rows = prompts x seeds, columns = strengths {np.round(strengths, 3).tolist()}"
     dt = time.perf_counter() - t0
