@@ -56,17 +56,22 @@ def _load_npy(path: str, what: str, shape: tuple[int | None, ...]) -> np.ndarray
 # ------------------------------------------------------------------------- commands
 
 
+CONVERT_KINDS = ("stylegan2", "clip", "mapper")
+
+
 def cmd_convert(args) -> None:
     from jaxedit import checkpoint
 
-    if args.kind not in ("stylegan2", "clip"):
-        raise UsageError(f"convert: unknown kind {args.kind!r} (supported: stylegan2, clip)")
+    if args.kind not in CONVERT_KINDS:
+        raise UsageError(f"convert: unknown kind {args.kind!r} (supported: {', '.join(CONVERT_KINDS)})")
     src = Path(args.src)
     if not src.is_file():
         raise UsageError(f"convert: {src} does not exist or is not a file")
     checkpoint.check_writable(args.dst, args.force)
     if args.kind == "clip":
         return _convert_clip(src, args)
+    if args.kind == "mapper":
+        return _convert_mapper(src, args)
     t0 = time.perf_counter()
     from converters import stylegan2 as conv
     from jaxedit.models.stylegan2 import StyleGAN2
@@ -106,6 +111,28 @@ def _convert_clip(src: Path, args) -> None:
     print(f"  {n_params:,} parameter elements ({info.get('fp16_tensors', 0)} fp16 tensors cast to float32); "
           f"vocab: {'copied' if vocab else 'none found (pass --vocab FILE to enable text encoding)'}; "
           f"reload check: {check}; {time.perf_counter() - t0:.1f} s")
+
+
+def _convert_mapper(src: Path, args) -> None:
+    import jax
+
+    from converters import styleclip
+    from converters.stylegan2 import sha256
+    from jaxedit.checkpoint import CheckpointError
+    from jaxedit.edits import text
+
+    M, params, description = styleclip.load_mapper(src)
+    prompt = args.prompt or description
+    stacked = jax.tree.map(lambda a: np.asarray(a)[None], params)
+    dst = text.save_mappers(args.dst, M, stacked, [prompt], force=args.force,
+                            source={"file": src.name, "sha256": sha256(src), "format": "styleclip-mapper-pt"})
+    M2, reloaded, prompts = text.load_mappers(dst)
+    same = jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, np.asarray(b)), stacked, reloaded))
+    if M2.cfg != M.cfg or prompts != [prompt] or not same:
+        raise CheckpointError(f"{dst}: the reloaded mapper differs from the converted one")
+    groups = [g for g, on in zip(text.MAPPER_GROUPS, M.cfg.groups) if on]
+    print(f"converted {src.name} (StyleCLIP LevelsMapper, prompt {prompt!r}) -> {dst}")
+    print(f"  W+ {M.cfg.num_ws} x {M.cfg.w_dim}, groups {groups}, depth {M.cfg.depth}; reload check: bit-identical")
 
 
 def _verify_roundtrip(G, params, dst: Path, forward: bool) -> str:
@@ -285,11 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="convert a PyTorch checkpoint to a jaxedit checkpoint (no torch needed)")
     c.add_argument("kind", help="what the file holds: stylegan2 (NVIDIA .pkl or rosinality .pt), clip (OpenAI "
-                                "TorchScript or state-dict .pt)")
+                                "TorchScript or state-dict .pt), mapper (a StyleCLIP latent mapper .pt)")
     c.add_argument("src", help="source file")
     c.add_argument("dst", help="destination checkpoint directory")
     c.add_argument("--key", default=None, help="network inside the file (NVIDIA: G_ema (default), G; rosinality: g_ema, g)")
     c.add_argument("--vocab", help="clip: the BPE merges file (default: bpe_simple_vocab_16e6.txt.gz next to SRC)")
+    c.add_argument("--prompt", help="mapper: the text it was trained for (default: the file's opts['description'])")
     c.add_argument("--force", action="store_true", help="overwrite an existing jaxedit checkpoint at DST")
     c.add_argument("--check-forward", action="store_true",
                    help=f"also compare a forward pass after reloading above {FORWARD_CHECK_MAX_RESOLUTION} px "

@@ -1,7 +1,8 @@
 """Text-guided edits (jaxedit.edits.text) on a tiny random StyleGAN2 and a toy CLIP image tower:
 optimization improves the CLIP cosine, prompts x images batched == each pair alone, global
 direction identities and a direct finite-difference fs3, layer-shift linearity and gradients,
-and the StyleCLIP mapper loader against a torch-made file."""
+the mapper trainer (one scan == a loop of steps; prompts independent), mapper checkpoints, and
+the StyleCLIP mapper loader against a torch-made file."""
 
 import functools
 import math
@@ -15,6 +16,8 @@ import optax
 import pytest
 
 from conftest import max_abs
+from converters import styleclip
+from jaxedit import checkpoint
 from jaxedit.edits import text as T
 from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
 
@@ -212,17 +215,17 @@ def test_text_direction_and_load_fs3(tmp_path):
     G, _ = gen()
     good = tmp_path / "fs3.npy"
     np.save(good, np.ones((24, EMBED_DIM), np.float32))
-    assert T.load_fs3(good, G, EMBED_DIM).shape == (24, EMBED_DIM)
+    assert styleclip.load_fs3(good, G, EMBED_DIM).shape == (24, EMBED_DIM)
     assert T.fs3_layers(T.style_dims(G), 16) == ("b4.conv1", "b8.conv0")  # a prefix of layers is valid
     bad = tmp_path / "bad.npy"
     np.save(bad, np.ones((21, EMBED_DIM), np.float32))
     with pytest.raises(T.TextEditFileError, match="bad.npy"):
-        T.load_fs3(bad, G)
+        styleclip.load_fs3(bad, G)
     with pytest.raises(T.TextEditFileError, match="fs3.npy.*512"):
-        T.load_fs3(good, embed_dim=512)
+        styleclip.load_fs3(good, embed_dim=512)
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
     with pytest.raises(T.TextEditFileError, match="junk.npy"):
-        T.load_fs3(tmp_path / "junk.npy")
+        styleclip.load_fs3(tmp_path / "junk.npy")
 
 
 # ------------------------------------------------------------------ layer shift (seed 002)
@@ -364,6 +367,43 @@ np.savez(out + "/ref.npz", ws=ws.numpy(), w_hat=(ws + 0.1 * delta).numpy())
 """
 
 
+def test_train_mappers_scan_equals_step_loop_and_prompts_are_independent():
+    """``train_mappers`` (one scan) == a Python loop of ``make_mapper_step`` on the same latents,
+    and prompt i's mapper is the same whether trained alone or with others."""
+    G, p = gen()
+    M = T.Mapper(T.MapperConfig.for_generator(CFG.num_ws, CFG.w_dim))
+    t, key, steps, batch = texts(3, seed=4), jax.random.key(2), 4, 3
+    train = jax.jit(lambda t: T.train_mappers(M, G, p, embed, t, key, steps=steps, batch=batch, lr=0.1))
+    res = train(t)
+    k_init, k_data = jax.random.split(key)
+    opt = optax.adam(0.1)
+    mp, st = T.init_mappers(M, k_init, 3, opt)
+    step = T.make_mapper_step(M, G, embed, opt)
+    for i, k in enumerate(jax.random.split(k_data, steps)):
+        mp, st, m = step(mp, st, p, G.mapping(p, jax.random.normal(k, (batch, CFG.z_dim)), psi=0.7), t)
+        assert max_abs(m["loss"], res.loss[i]) < 1e-5
+    for a, b in zip(jax.tree_util.tree_leaves(mp), jax.tree_util.tree_leaves(res.params)):
+        assert max_abs(a, b) < 1e-5
+    alone = train(t[:1])
+    for a, b in zip(jax.tree_util.tree_leaves(alone.params), jax.tree_util.tree_leaves(res.params)):
+        assert max_abs(a[0], b[0]) < 1e-5
+    assert float(jnp.mean(res.clip[-1])) < float(jnp.mean(res.clip[0]))  # it learns
+
+
+def test_mapper_checkpoint_round_trip(tmp_path):
+    M = T.Mapper(T.MapperConfig.for_generator(8, 16, groups=(True, False, True)))
+    params = jax.vmap(lambda i: M.init(jax.random.key(i)))(jnp.arange(2))
+    T.save_mappers(tmp_path / "m", M, params, ["a", "b"])
+    M2, p2, prompts = T.load_mappers(tmp_path / "m")
+    assert M2.cfg == M.cfg and prompts == ["a", "b"]
+    for x, y in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(p2)):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+    with pytest.raises(ValueError, match="2 mappers but 1 prompts"):
+        T.save_mappers(tmp_path / "n", M, params, ["a"])
+    with pytest.raises(checkpoint.CheckpointError, match="already exists"):
+        T.save_mappers(tmp_path / "m", M, params, ["a", "b"])
+
+
 def test_load_mapper_matches_torch(tmp_path):
     """``tests/data/styleclip_mapper_tiny.pt`` and its ``_ref.npz`` were written by ``_TORCH_SCRIPT``
     (torch.save of a LevelsMapper-layout state dict with random weights, and the torch forward);
@@ -375,10 +415,11 @@ def test_load_mapper_matches_torch(tmp_path):
         script.write_text(_TORCH_SCRIPT)
         subprocess.run([str(TORCH_PY), str(script), str(tmp_path)], check=True, capture_output=True, timeout=120)
         pt, ref_file = tmp_path / "mapper.pt", tmp_path / "ref.npz"
-    M, mp = T.load_mapper(pt)
+    M, mp, description = styleclip.load_mapper(pt)
+    assert description == "purple hair"
     assert M.cfg.num_ws == 18 and M.cfg.w_dim == 8 and M.cfg.groups == (True, True, False)
     ref = np.load(ref_file)
     assert max_abs(jax.jit(M.__call__)(mp, jnp.asarray(ref["ws"])), ref["w_hat"]) < 1e-5
     (tmp_path / "junk.pt").write_bytes(b"\x80\x02}q\x00.")  # a pickled empty dict: no mapper tensors
     with pytest.raises(T.TextEditFileError, match="junk.pt"):
-        T.load_mapper(tmp_path / "junk.pt")
+        styleclip.load_mapper(tmp_path / "junk.pt")

@@ -2,6 +2,7 @@
 jaxedit.edits.text, several prompts run as ONE compiled program, and bad input is one line."""
 
 import logging
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -91,3 +92,52 @@ def test_text_edit_errors_are_one_line(tmp_path, capsys):
     assert main(["text-edit", "--prompt", " ", "--out", str(tmp_path / "e.png")]) == 2
     assert main(["text-edit", "--prompt", "x", "--clip", str(tmp_path / "nope"), "--out", str(tmp_path / "e.png")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_mapper_trains_saves_and_reapplies_the_same_grid(models, tmp_path, caplog):
+    G, gp, guide, cp, tok = models
+    base = ["text-edit", "--method", "mapper", "--seeds", "2,3"]
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax._src.interpreters.pxla"):
+            assert main([*base, *sum((["--prompt", p] for p in PROMPTS), []), "--steps", "3", "--batch", "2",
+                         "--save-mapper", str(tmp_path / "m"), "--save", str(tmp_path / "r.npz"),
+                         "--out", str(tmp_path / "t.png")]) == 0
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    assert sum("Compiling jit(run)" in r.getMessage() for r in caplog.records) == 1  # training + edit: one program
+    M, mp, prompts = text.load_mappers(tmp_path / "m")
+    assert prompts == PROMPTS and M.cfg == text.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim)
+    t = guide.embed_texts(cp, jnp.asarray(tok(PROMPTS, context_length=guide.model.cfg.context_length)))
+    direct = text.train_mappers(M, G, gp, lambda x: guide.embed_images(cp, x), t, jax.random.key(0), steps=3,
+                                batch=2, lr=0.5)  # the CLI's defaults: train seed 0, lr 0.5
+    for a, b in zip(jax.tree_util.tree_leaves(direct.params), jax.tree_util.tree_leaves(mp)):
+        np.testing.assert_allclose(a, b, atol=2e-4)  # Adam at lr 0.5 on float noise of eager vs jit
+    w0 = G.mapping(gp, z_of((2, 3), G.cfg.z_dim), psi=0.7)
+    ws = np.load(tmp_path / "r.npz")["ws"]
+    np.testing.assert_allclose(ws[1], M(jax.tree.map(lambda a: a[1], mp), w0), atol=1e-5)
+    assert np.abs(ws - np.asarray(w0)[None]).max() > 1e-4  # the mappers moved the latents
+    # the saved mappers re-applied (no training, prompts from the checkpoint): the same grid
+    assert main([*base, "--mapper", str(tmp_path / "m"), "--out", str(tmp_path / "a.png")]) == 0
+    assert np.max(np.abs(png(tmp_path / "a.png") - png(tmp_path / "t.png"))) <= 1
+    assert main([*base, "--prompt", "x", "--steps", "1", "--save-mapper", str(tmp_path / "m"),
+                 "--out", str(tmp_path / "b.png")]) == 2  # not overwritten without --force
+    assert main([*base, "--mapper", str(tmp_path / "m"), "--prompt", "x", "--out", str(tmp_path / "b.png")]) == 2
+
+
+def test_convert_mapper_reads_the_torch_file_and_round_trips(tmp_path, capsys):
+    """``tests/data/styleclip_mapper_tiny.pt`` (written by torch; see tests/test_edits_text.py) ->
+    a mapper checkpoint whose forward equals the torch forward; its prompt is the file's description."""
+    data = Path(__file__).parent / "data"
+    assert main(["convert", "mapper", str(data / "styleclip_mapper_tiny.pt"), str(tmp_path / "m")]) == 0
+    M, mp, prompts = text.load_mappers(tmp_path / "m")
+    assert prompts == ["purple hair"] and M.cfg.groups == (True, True, False)
+    ref = np.load(data / "styleclip_mapper_tiny_ref.npz")
+    np.testing.assert_allclose(M(jax.tree.map(lambda a: a[0], mp), jnp.asarray(ref["ws"])), ref["w_hat"], atol=1e-5)
+    capsys.readouterr()
+    assert main(["convert", "mapper", str(data / "styleclip_mapper_tiny.pt"), str(tmp_path / "m")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    # a 1024 px mapper does not fit the 32 px default generator: one line naming both shapes
+    assert main(["text-edit", "--method", "mapper", "--mapper", str(tmp_path / "m"), "--out",
+                 str(tmp_path / "x.png")]) == 2
+    assert "18 x 8" in capsys.readouterr().err

@@ -5,10 +5,12 @@ Methods (facts from ``orpatashnik/StyleCLIP``; see ``shared/notes/edit-methods-r
 1. Latent optimization (:func:`optimize_latents`): W+ by Adam on
    ``D_clip(G(w), t) + l2_lambda |w - w0|^2`` with the reference's learning-rate ramp.
 2. Global directions in StyleSpace: :func:`style_channel_stats`, :func:`channel_relevance`
-   (``fs3``), :func:`load_fs3`, :func:`text_direction`, :func:`channel_weights`, :func:`global_edit`.
-3. Latent mapper ``w + 0.1 M(w)`` (:class:`Mapper`, :func:`make_mapper_step`, :func:`load_mapper`).
+   (``fs3``), :func:`text_direction`, :func:`channel_weights`, :func:`global_edit`.
+3. Latent mapper ``w + 0.1 M(w)`` (:class:`Mapper`, :func:`make_mapper_step`, :func:`train_mappers`).
 4. CLIP-guided shift of one conv layer's weights (seed 002): :func:`optimize_layer_shift`,
    :func:`apply_layer_shifts`.
+
+Released StyleCLIP files (``fs3.npy``, mapper ``.pt``) are read by :mod:`converters.styleclip`.
 
 CLIP enters only as arguments, so any CLIP works (this module imports none):
 
@@ -37,9 +39,8 @@ path for them inside loops was measured 80x slower).
 from __future__ import annotations
 
 import dataclasses
-import math
-from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+import os
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxedit import torchfile
 from jaxedit.config import JSONConfig
 from jaxedit.models.stylegan2 import Shift, StyleGAN2
 from jaxedit.nn.handle import ModelHandle
@@ -287,29 +287,6 @@ def channel_relevance(G: StyleGAN2, gparams, image_embed: ImageEmbed, ws: Array,
     return out.reshape(chunks * per, -1)[:total]
 
 
-def load_fs3(path: str | Path, G: StyleGAN2 | None = None, embed_dim: int | None = None) -> np.ndarray:
-    """A released ``fs3.npy`` (``(C, 512)`` float32, e.g. ``global_torch/npy/ffhq/fs3.npy``) -> ``[C, D]`` float32.
-
-    With ``G``: C must cover whole non-ToRGB layers of G in synthesis order (:func:`fs3_layers`);
-    with ``embed_dim``: D must match the CLIP in use. Errors name the file.
-    """
-    path = Path(path)
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise TextEditFileError(f"{path}: not a readable .npy fs3 file ({e})") from e
-    if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or a.ndim != 2:
-        raise TextEditFileError(f"{path}: expected a float array of shape (C, D), got "
-                                f"{getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
-    if embed_dim is not None and a.shape[1] != embed_dim:
-        raise TextEditFileError(f"{path}: fs3 has shape {a.shape}, expected (C, {embed_dim}) for this CLIP")
-    if not np.all(np.isfinite(a)):
-        raise TextEditFileError(f"{path}: fs3 contains non-finite values")
-    if G is not None:
-        fs3_layers(style_dims(G), a.shape[0], where=f"{path}: fs3 of shape {a.shape}")
-    return a.astype(np.float32)
-
-
 def prompt_embedding(text_emb: Array) -> Array:
     """Template ensemble: ``[..., T, D]`` -> ``[..., D]``: normalize each, average over T, normalize."""
     return _unit(jnp.mean(_unit(text_emb), axis=-2))
@@ -367,7 +344,6 @@ def global_edit(styles: Styles, fs3: Array, stats: Mapping[str, Styles], dt: Arr
 
 
 MAPPER_GROUPS = ("coarse", "medium", "fine")
-_TORCH_GROUPS = {"coarse": "course_mapping", "medium": "medium_mapping", "fine": "fine_mapping"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,6 +368,16 @@ class MapperConfig(JSONConfig):
         object.__setattr__(self, "groups", tuple(bool(g) for g in self.groups))
         if len(self.groups) != 3:
             raise ValueError(f"groups must be 3 flags (coarse, medium, fine), got {self.groups}")
+
+    @classmethod
+    def for_generator(cls, num_ws: int, w_dim: int, **kw) -> "MapperConfig":
+        """The reference's levels scaled to this generator: coarse and medium each take
+        ``round(2/9)`` of the resolutions (for 1024 px: 4-8 px and 16-32 px, i.e. W+ layers
+        [0, 4) and [4, 8)), fine the rest (32 px: [0, 2), [2, 4), [4, 8)); tiny generators get
+        one W+ layer per coarse/medium group so that fine is never empty."""
+        per = max(1, round(2 * (num_ws // 2) / 9)) * 2
+        per = per if 2 * per < num_ws else 1
+        return cls(w_dim=w_dim, num_ws=num_ws, coarse_end=per, medium_end=2 * per, **kw)
 
     def ranges(self) -> dict[str, tuple[int, int]]:
         return dict(zip(MAPPER_GROUPS, ((0, self.coarse_end), (self.coarse_end, self.medium_end),
@@ -466,9 +452,23 @@ def mapper_loss(M: Mapper, mparams, G: StyleGAN2, gparams, image_embed: ImageEmb
 
 
 def init_mappers(M: Mapper, key: Array, num_prompts: int, optimizer: optax.GradientTransformation):
-    """P independently initialized mappers and their optimizer states, stacked on a leading axis."""
-    params = jax.vmap(M.init)(jax.random.split(key, num_prompts))
+    """P independently initialized mappers and their optimizer states, stacked on a leading axis
+    (mapper i from ``fold_in(key, i)``: the same whatever P)."""
+    params = jax.vmap(lambda i: M.init(jax.random.fold_in(key, i)))(jnp.arange(num_prompts))
     return params, jax.vmap(optimizer.init)(params)
+
+
+def _mapper_update(M: Mapper, G: StyleGAN2, image_embed: ImageEmbed, optimizer: optax.GradientTransformation,
+                   clip_lambda: float, l2_lambda: float, noise_mode: str):
+    """``(mparams [P..], opt_state [P..], gparams, ws [B, L, D], text_emb [P, D]) -> (mparams, opt_state, metrics [P])``."""
+
+    def one(mp, st, gparams, ws, t):
+        grads, metrics = jax.grad(lambda p: mapper_loss(M, p, G, gparams, image_embed, ws, t, clip_lambda=clip_lambda,
+                                                        l2_lambda=l2_lambda, noise_mode=noise_mode), has_aux=True)(mp)
+        upd, st = optimizer.update(grads, st, mp)
+        return optax.apply_updates(mp, upd), st, metrics
+
+    return jax.vmap(one, in_axes=(0, 0, None, None, 0))
 
 
 def make_mapper_step(M: Mapper, G: StyleGAN2, image_embed: ImageEmbed, optimizer: optax.GradientTransformation, *,
@@ -482,82 +482,70 @@ def make_mapper_step(M: Mapper, G: StyleGAN2, image_embed: ImageEmbed, optimizer
     Reference: Ranger (RAdam + Lookahead + gradient centralization) lr 0.5, batch 2, 50,000
     steps; ``optax.adam(lr)`` matches its ``--optim_name adam`` option.
     """
-
-    def one(mp, st, gparams, ws, t):
-        grads, metrics = jax.grad(lambda p: mapper_loss(M, p, G, gparams, image_embed, ws, t, clip_lambda=clip_lambda,
-                                                        l2_lambda=l2_lambda, noise_mode=noise_mode), has_aux=True)(mp)
-        upd, st = optimizer.update(grads, st, mp)
-        return optax.apply_updates(mp, upd), st, metrics
-
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, 0)))
+    return jax.jit(_mapper_update(M, G, image_embed, optimizer, clip_lambda, l2_lambda, noise_mode))
 
 
-def load_mapper(path: str | Path, num_ws: int | None = None) -> tuple[Mapper, dict]:
-    """A released StyleCLIP mapper ``.pt`` (``{'state_dict': {mapper.*, decoder.*}, 'opts': {...}}``) ->
-    ``(Mapper, params)``. Only ``mapper.*`` is read (the bundled StyleGAN2 decoder is ignored).
+class MapperTrainResult(NamedTuple):
+    params: dict  # P mappers stacked on a leading axis
+    loss: Array  # [steps, P]
+    clip: Array  # [steps, P] mean D_clip of the step's batch
+    l2: Array  # [steps, P]
 
-    ``mapper.{course,medium,fine}_mapping.mapping.{1..depth}.{weight (out, in), bias}`` become
-    ``{coarse,medium,fine}.fc{0..}.{weight [in, out], bias}`` (index 0 is the parameter-free
-    PixelNorm; "course" is the reference's spelling); a missing group is disabled, as
-    ``--no_*_mapper``. ``num_ws`` defaults to ``2 log2(opts['stylegan_size']) - 2`` (18 for
-    1024). Only ``LevelsMapper`` in W+ is supported.
+
+def train_mappers(M: Mapper, G: StyleGAN2, gparams, image_embed: ImageEmbed, text_emb: Array, key: Array, *,
+                  steps: int, batch: int = 8, psi: float = 0.7, lr: float = 0.5, clip_lambda: float = 1.0,
+                  l2_lambda: float = 0.8, noise_mode: str = "const") -> MapperTrainResult:
+    """Train P mappers (one per prompt ``text_emb [P, D]``) in one program: ``lax.scan`` over
+    ``steps``, each step on a fresh batch of ``batch`` latents ``G.mapping(z, psi)`` shared by the
+    P mappers (the reference trains on e4e inversions of real images; a generator's own latents
+    stand in for them). Adam(``lr``; 0.5 is the reference's Ranger lr, and the best of 0.005-0.5
+    on the shapes world); the loss is :func:`mapper_loss`. -> params stacked ``[P, ...]`` and
+    per-step metrics ``[steps, P]``.
     """
-    path = Path(path)
-    try:
-        obj: Any = torchfile.load(path)
-    except torchfile.TorchFileError as e:
-        raise TextEditFileError(f"{path}: cannot read the torch file ({e})") from e
-    except OSError as e:
-        raise TextEditFileError(f"{path}: cannot open ({e})") from e
-    if not isinstance(obj, dict):
-        raise TextEditFileError(f"{path}: expected a dict with 'state_dict', got {type(obj).__name__}")
-    sd = obj.get("state_dict", obj)
-    opts = obj.get("opts") or {}
-    opts = opts if isinstance(opts, dict) else vars(opts)
-    if opts.get("work_in_stylespace"):
-        raise TextEditFileError(f"{path}: StyleSpace mappers (work_in_stylespace) are not supported")
-    if opts.get("mapper_type", "LevelsMapper") != "LevelsMapper":
-        raise TextEditFileError(f"{path}: mapper_type {opts['mapper_type']!r} is not supported (LevelsMapper only)")
-    groups, depth, w_dim = [], None, None
-    for g in MAPPER_GROUPS:
-        prefix = f"mapper.{_TORCH_GROUPS[g]}.mapping."
-        idx = sorted({int(k[len(prefix):].split(".")[0]) for k in sd if isinstance(k, str) and k.startswith(prefix)})
-        groups.append(bool(idx))
-        if not idx:
-            continue
-        if idx != list(range(1, len(idx) + 1)) or (depth is not None and len(idx) != depth):
-            raise TextEditFileError(f"{path}: '{prefix}*' has layers {idx}, expected 1..{depth or len(idx)}")
-        depth = len(idx)
-    if depth is None:
-        raise TextEditFileError(f"{path}: no 'mapper.*_mapping.mapping.*' tensors found")
-    if num_ws is None:
-        size = opts.get("stylegan_size")
-        if not isinstance(size, int) or size < 4 or size & (size - 1):
-            raise TextEditFileError(f"{path}: opts has no valid 'stylegan_size' ({size!r}); pass num_ws")
-        num_ws = 2 * int(math.log2(size)) - 2
-    params: dict[str, Any] = {}
-    for g, on in zip(MAPPER_GROUPS, groups):
-        if not on:
-            continue
-        params[g] = {}
-        for i in range(depth):
-            key = f"mapper.{_TORCH_GROUPS[g]}.mapping.{i + 1}"
-            W, b = sd.get(f"{key}.weight"), sd.get(f"{key}.bias")
-            if not isinstance(W, np.ndarray) or not isinstance(b, np.ndarray):
-                raise TextEditFileError(f"{path}: missing tensor {key}.weight or {key}.bias")
-            w_dim = W.shape[1] if w_dim is None else w_dim
-            if W.shape != (w_dim, w_dim) or b.shape != (w_dim,):
-                raise TextEditFileError(f"{path}: {key}.weight {W.shape} / bias {b.shape}, expected "
-                                        f"({w_dim}, {w_dim}) / ({w_dim},)")
-            W, b = np.asarray(W, np.float32), np.asarray(b, np.float32)
-            if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
-                raise TextEditFileError(f"{path}: {key} contains non-finite values")
-            params[g][f"fc{i}"] = {"weight": W.T.copy(), "bias": b}
-    try:
-        cfg = MapperConfig(w_dim=w_dim, num_ws=num_ws, groups=tuple(groups), depth=depth)
-    except ValueError as e:
-        raise TextEditFileError(f"{path}: {e}") from e
-    return Mapper(cfg), params
+    if text_emb.ndim != 2:
+        raise ValueError(f"text_emb must be [P, D], got {list(text_emb.shape)}")
+    optimizer = optax.adam(lr)
+    update = _mapper_update(M, G, image_embed, optimizer, clip_lambda, l2_lambda, noise_mode)
+    k_init, k_data = jax.random.split(key)
+    mparams, state = init_mappers(M, k_init, text_emb.shape[0], optimizer)
+
+    def step(carry, k):
+        mp, st = carry
+        ws = G.mapping(gparams, jax.random.normal(k, (batch, G.cfg.z_dim)), psi=psi)
+        mp, st, m = update(mp, st, gparams, ws, text_emb)
+        return (mp, st), (m["loss"], m["clip"], m["l2"])
+
+    (mparams, _), (loss, clip, l2) = jax.lax.scan(step, (mparams, state), jax.random.split(k_data, steps))
+    return MapperTrainResult(mparams, loss, clip, l2)
+
+
+MAPPER_KIND = "styleclip-mapper"
+
+
+def save_mappers(dst: str | os.PathLike, M: Mapper, params, prompts: Sequence[str], *,
+                 source: dict | None = None, force: bool = False):
+    """Write P mappers (``params`` stacked on a leading axis, one per prompt) as a jaxedit checkpoint."""
+    from jaxedit import checkpoint
+
+    P = {int(np.shape(a)[0]) for a in jax.tree.leaves(params)}
+    if P != {len(prompts)}:
+        raise ValueError(f"save_mappers: params stacked over {'/'.join(map(str, sorted(P)))} mappers but "
+                         f"{len(prompts)} prompts")
+    return checkpoint.save(dst, kind=MAPPER_KIND, model=M.cfg.to_dict(), params=params, source=source,
+                           extra={"prompts": list(prompts)}, force=force)
+
+
+def load_mappers(path: str | os.PathLike) -> tuple[Mapper, dict, list[str]]:
+    """A ``styleclip-mapper`` checkpoint -> ``(Mapper, params stacked [P, ...], prompts [P])``,
+    parameter shapes checked against the config."""
+    from jaxedit import checkpoint
+
+    ck = checkpoint.load(path, expected_kind=MAPPER_KIND)
+    M = Mapper(MapperConfig.from_dict(ck.model))
+    prompts = list(ck.meta.get("prompts") or [])
+    shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct((len(prompts), *s.shape), s.dtype), M.param_shapes())
+    checkpoint.check_tree(shapes, ck.params, str(ck.path))
+    return M, ck.params, prompts
 
 
 # ------------------------------------------------------------------ 4. one-layer weight shift (seed 002)

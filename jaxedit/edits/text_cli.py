@@ -10,6 +10,10 @@ not constants baked into it.
   generator and CLIP, or read with ``--fs3``); rows = prompts x seeds, columns = strengths alpha.
 - ``--method shift``: the CLIP-guided shift of one conv layer's weights, one shift per prompt
   optimized over all the seeds; rows = prompts x seeds, columns = strengths k.
+- ``--method mapper``: StyleCLIP latent mappers ``w + 0.1 M(w)``, one per prompt, trained together
+  on fresh random latents (``--steps`` x ``--batch``) then applied to the seeds, or read from a
+  mapper checkpoint (``--mapper``: ``--save-mapper`` or ``jaxedit convert mapper``); rows = seeds,
+  columns = the original then one per prompt.
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = ("optimize", "global", "shift")
+METHODS = ("optimize", "global", "shift", "mapper")
 DEFAULT_CLIP = "shapes-clip"
+MAPPER_LR = 0.5
 DEFAULT_STRENGTHS = {"global": "0:4:5", "shift": "-3:3:7"}
+DEFAULT_STEPS = {"optimize": 100, "shift": 100, "mapper": 500}
+DEFAULT_LR = {"optimize": 0.1, "shift": 0.01, "mapper": MAPPER_LR}
+DEFAULT_L2 = {"optimize": 0.008, "shift": 0.05, "mapper": 0.8}
 
 
 def _load(args):
@@ -36,9 +44,22 @@ def _load(args):
     if G.cfg.c_dim:
         raise UsageError("text-edit: conditional generators are not supported yet")
     guide, cp, tok = clip.load_guide(args.clip or checkpoint.default_path(DEFAULT_CLIP), args.preprocess)
-    prompts = [p for p in args.prompt if p.strip()]
-    if not prompts:
-        raise UsageError("text-edit: give at least one non-empty --prompt")
+    if args.mapper:
+        if args.method != "mapper":
+            raise UsageError("--mapper is for --method mapper")
+        if args.prompt:
+            raise UsageError("--mapper: the prompts come from the mapper checkpoint; drop --prompt")
+        from jaxedit.edits import text
+
+        M, mparams, prompts = text.load_mappers(args.mapper)
+        if (M.cfg.num_ws, M.cfg.w_dim) != (G.cfg.num_ws, G.cfg.w_dim):
+            raise UsageError(f"--mapper {args.mapper}: maps W+ {M.cfg.num_ws} x {M.cfg.w_dim}, but the generator's "
+                             f"W+ is {G.cfg.num_ws} x {G.cfg.w_dim}")
+        args.trained_mappers = (M, mparams)
+    else:
+        prompts = [p for p in args.prompt if p.strip()]
+        if not prompts:
+            raise UsageError("text-edit: give at least one non-empty --prompt")
     seeds = parse_seeds(args.seeds)
     z = np.stack([np.random.RandomState(s).randn(G.cfg.z_dim) for s in seeds]).astype(np.float32)
     return G, gp, guide, cp, tok, prompts, seeds, z
@@ -60,8 +81,8 @@ def _optimize(args, G, gp, guide, cp, tok, prompts, z):
     def run(gp, cp, z, tokens):
         w0 = G.mapping(gp, z, psi=args.psi)
         embed = lambda x: guide.embed_images(cp, x)  # noqa: E731
-        res = text.optimize_latents(G, gp, embed, w0, guide.embed_texts(cp, tokens), steps=args.steps, lr=args.lr or 0.1,
-                                    l2_lambda=0.008 if args.l2 is None else args.l2)
+        res = text.optimize_latents(G, gp, embed, w0, guide.embed_texts(cp, tokens), steps=args.steps, lr=args.lr,
+                                    l2_lambda=args.l2)
         P, N = res.ws.shape[:2]
         imgs = G.synthesis(gp, jnp.concatenate([w0, res.ws.reshape(P * N, *w0.shape[1:])]))
         return imgs, res.cosine[0], text.clip_cosine(embed, imgs[N:], jnp.repeat(
@@ -133,7 +154,7 @@ def _shift(args, G, gp, guide, cp, tok, prompts, z, strengths):
         ws = G.mapping(gp, z, psi=args.psi)
         embed = lambda x: guide.embed_images(cp, x)  # noqa: E731
         res = text.optimize_layer_shift(G, gp, embed, ws, guide.embed_texts(cp, tokens), args.layer,
-                                        steps=args.steps, lr=args.lr or 0.01, lambda2=0.05 if args.l2 is None else args.l2)
+                                        steps=args.steps, lr=args.lr, lambda2=args.l2)
         imgs = jax.vmap(lambda x: text.apply_layer_shifts(G, gp, ws, [(args.layer, x, jnp.asarray(strengths))]))(
             res.shifts)  # [P, K, N, ...]
         return imgs, res.clip_distance[0], res.clip_distance[-1], res.shifts
@@ -144,20 +165,68 @@ def _shift(args, G, gp, guide, cp, tok, prompts, z, strengths):
     return cells.reshape(-1, *imgs.shape[3:]), K, 1 - d0, 1 - d1, {"shifts": shifts, "layer": args.layer}
 
 
+def _mapper(args, G, gp, guide, cp, tok, prompts, z):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxedit.edits import text
+
+    tokens = _tokens(tok, guide, prompts)
+    trained = getattr(args, "trained_mappers", None)
+    M = trained[0] if trained else text.Mapper(text.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim))
+
+    @jax.jit
+    def run(gp, cp, z, tokens, mparams):
+        t = guide.embed_texts(cp, tokens)
+        embed = lambda x: guide.embed_images(cp, x)  # noqa: E731
+        if mparams is None:
+            mparams = text.train_mappers(M, G, gp, embed, t, jax.random.key(args.train_seed), steps=args.steps,
+                                         batch=args.batch, psi=args.psi, lr=args.lr, l2_lambda=args.l2).params
+        w0 = G.mapping(gp, z, psi=args.psi)
+        ws = jax.vmap(lambda p: M(p, w0))(mparams)  # [P, N, L, D]
+        P, N = ws.shape[:2]
+        imgs = G.synthesis(gp, jnp.concatenate([w0, ws.reshape(P * N, *w0.shape[1:])]))
+        tt = jnp.repeat(t, N, axis=0)  # [P * N, D] prompt-major
+        cos0 = text.clip_cosine(embed, jnp.tile(imgs[:N], (P, 1, 1, 1)), tt).reshape(P, N)
+        cos1 = text.clip_cosine(embed, imgs[N:], tt).reshape(P, N)
+        return imgs, cos0, cos1, mparams, ws
+
+    imgs, cos0, cos1, mparams, ws = jax.device_get(run(gp, cp, jnp.asarray(z), tokens,
+                                                       trained[1] if trained else None))
+    N = z.shape[0]
+    cells = imgs.reshape(len(prompts) + 1, N, *imgs.shape[1:]).transpose(1, 0, 2, 3, 4)  # rows = seeds
+    if args.save_mapper:
+        text.save_mappers(args.save_mapper, M, mparams, prompts, force=args.force,
+                          source={"trained_by": "jaxedit text-edit --method mapper", "steps": args.steps,
+                                  "batch": args.batch, "lr": args.lr, "l2": args.l2, "psi": args.psi,
+                                  "clip": str(args.clip or DEFAULT_CLIP)})
+    return cells.reshape(-1, *imgs.shape[1:]), len(prompts) + 1, cos0, cos1, {"ws": ws}
+
+
 def cmd_text_edit(args) -> None:
+    from jaxedit import checkpoint
     from jaxedit.cli import UsageError
     from jaxedit.data import images as imio
     from jaxedit.edits.cli import parse_strengths
 
     out = Path(args.out)
-    if args.steps <= 0 and args.method != "global":
-        raise UsageError(f"--steps {args.steps}: must be positive")
+    if args.method != "global":
+        args.steps = DEFAULT_STEPS[args.method] if args.steps is None else args.steps
+        args.lr = DEFAULT_LR[args.method] if args.lr is None else args.lr
+        args.l2 = DEFAULT_L2[args.method] if args.l2 is None else args.l2
+        if args.steps <= 0:
+            raise UsageError(f"--steps {args.steps}: must be positive")
     if args.save and Path(args.save).exists() and not args.force:
         raise UsageError(f"--save {args.save}: file exists (add --force to overwrite)")
+    if args.save_mapper:
+        if args.method != "mapper" or args.mapper:
+            raise UsageError("--save-mapper is for --method mapper when training (without --mapper)")
+        checkpoint.check_writable(args.save_mapper, args.force)
     G, gp, guide, cp, tok, prompts, seeds, z = _load(args)
     t0 = time.perf_counter()
-    if args.method == "optimize":
-        grid, cols, before, after, saved = _optimize(args, G, gp, guide, cp, tok, prompts, z)
+    if args.method in ("optimize", "mapper"):
+        run = _optimize if args.method == "optimize" else _mapper
+        grid, cols, before, after, saved = run(args, G, gp, guide, cp, tok, prompts, z)
         layout = "rows = seeds, columns = original then one per prompt"
     else:
         strengths = parse_strengths(args.strengths or DEFAULT_STRENGTHS[args.method])
@@ -182,10 +251,10 @@ def register_cli(sub) -> None:
     from jaxedit.cli import DEFAULT_GENERATOR
     from jaxedit.models.clip import PREPROCESS_MODES
 
-    p = sub.add_parser("text-edit", help="text-guided edits (StyleCLIP optimization / global directions, CLIP-guided "
+    p = sub.add_parser("text-edit", help="text-guided edits (StyleCLIP optimization / global directions / mapper, CLIP-guided "
                                          "layer shift) of seeds: PNG grid, several prompts in one program")
     p.add_argument("ckpt", nargs="?", help=f"jaxedit StyleGAN2 checkpoint (default: {DEFAULT_GENERATOR})")
-    p.add_argument("--prompt", action="append", default=[], required=True,
+    p.add_argument("--prompt", action="append", default=[],
                    help="target text; repeat for several prompts (all run in one program)")
     p.add_argument("--method", choices=METHODS, default="optimize")
     p.add_argument("--clip", help=f"jaxedit CLIP checkpoint (default: {DEFAULT_CLIP}; `jaxedit convert clip` for "
@@ -194,10 +263,12 @@ def register_cli(sub) -> None:
                                                                    "checkpoint's; StyleCLIP used 'styleclip')")
     p.add_argument("--seeds", default="0-7", help="seeds (z as NVIDIA's generate.py), e.g. 0-7 or 1,5,9")
     p.add_argument("--psi", type=float, default=0.7, help="truncation psi of the start latents")
-    p.add_argument("--steps", type=int, default=100, help="optimize/shift: optimizer steps")
-    p.add_argument("--lr", type=float, default=None, help="optimize: peak lr (0.1); shift: Adam lr (0.01)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (optimize, shift: 100; mapper: 500)")
+    p.add_argument("--lr", type=float, default=None, help=f"optimize: peak lr (0.1); shift: Adam lr (0.01); mapper: "
+                                                          f"Adam lr ({MAPPER_LR})")
     p.add_argument("--l2", type=float, default=None,
-                   help="optimize: weight of |w - w0|^2 (0.008); shift: lambda2 of |x|_2 (0.05)")
+                   help="optimize: weight of |w - w0|^2 (0.008); shift: lambda2 of |x|_2 (0.05); mapper: weight of "
+                        "mean (w' - w)^2 (0.8)")
     p.add_argument("--layer", default="b16.conv1", help="shift: the conv layer whose weight is shifted")
     p.add_argument("--strengths", help="global: alphas (default 0:4:5); shift: k (default -3:3:7); "
                                        "START:STOP:NUM or a comma list (write --strengths=-3:3:7)")
@@ -208,7 +279,12 @@ def register_cli(sub) -> None:
     p.add_argument("--fs3-images", type=int, default=16, help="global: images per channel for fs3")
     p.add_argument("--stats-samples", type=int, default=20000, help="global: samples for the StyleSpace stats")
     p.add_argument("--stats-seed", type=int, default=5)
-    p.add_argument("--save", help=".npz with the result (optimize: ws; global: fs3, dt; shift: the shifts x)")
-    p.add_argument("--force", action="store_true", help="overwrite --save")
+    p.add_argument("--batch", type=int, default=8, help="mapper: random latents per training step")
+    p.add_argument("--train-seed", type=int, default=0, help="mapper: seed of the training latents and init")
+    p.add_argument("--mapper", help="mapper: apply the mappers of this checkpoint (--save-mapper or `jaxedit convert "
+                                    "mapper`) instead of training; its prompts replace --prompt")
+    p.add_argument("--save-mapper", help="mapper: write the trained mappers as a checkpoint directory")
+    p.add_argument("--save", help=".npz with the result (optimize, mapper: ws; global: fs3, dt; shift: the shifts x)")
+    p.add_argument("--force", action="store_true", help="overwrite --save / --save-mapper")
     p.add_argument("--out", required=True, help="PNG grid")
     p.set_defaults(fn=cmd_text_edit)
