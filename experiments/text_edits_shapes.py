@@ -20,7 +20,9 @@ Methods (all prompts x latents in one compiled program each):
 - ``shift``: one weight shift of ``LAYER`` per prompt, optimized over the N latents, applied with
   k = 1 to them (train) and to N other latents (held out);
 - ``global``: StyleCLIP global directions (fs3 over ``FS3_IMAGES`` images, stats over 20,000
-  samples, neutral "a shape"), every strength of ``ALPHAS`` x threshold of ``BETAS``.
+  samples, neutral "a shape"), every strength of ``ALPHAS`` x threshold of ``BETAS``;
+- ``mapper``: one StyleCLIP mapper per prompt (``MAPPER_STEPS`` steps x ``MAPPER_BATCH`` fresh random
+  latents, Adam ``MAPPER_LR``, L2 ``MAPPER_L2``), applied to the N latents (never seen in training).
 
 Writes ``experiments/results/text_edits_shapes.{md,json}`` and a PNG of a few prompts.
 
@@ -50,6 +52,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 N, STEPS, L2, LR_SHIFT, LAMBDA2, LAYER = 16, 50, 0.008, 0.01, 0.05, "b16.conv1"
 ALPHAS, BETAS, FS3_IMAGES, NEUTRAL = (2.0, 4.0), (0.15, 0.3), 16, "a shape"
 PSI, SEED = 0.7, 0
+MAPPER_STEPS, MAPPER_BATCH, MAPPER_LR, MAPPER_L2 = 500, 8, 0.5, 0.8
 #: Compound prompts: {prompt: {factor: word}}.
 COMPOUND = {
     "a large red circle": {"size": "large", "color": "red", "shape": "circle"},
@@ -60,7 +63,7 @@ COMPOUND = {
 ATTR_OF = {"shape": ("shape",), "color": ("hue",), "size": ("scale",), "spot_color": ("spot_hue",),
            "spot_size": ("spot_ratio",), "position": ("x", "y"), "background": ("bg_hue",)}
 SHOWN = ("a large red circle", "a triangle", "a green shape", "with a cyan spot", "a small shape")
-GRID_METHODS = ("optimize", "shift", "global alpha 2 beta 0.3")
+GRID_METHODS = ("optimize", "shift", "global alpha 2 beta 0.3", "mapper")
 
 
 def prompt_table() -> dict[str, dict[str, str]]:
@@ -97,7 +100,8 @@ def main():
     ap.add_argument("--clip", help="CLIP checkpoint (default: checkpoints/shapes-clip)")
     ap.add_argument("--n", type=int, default=N)
     ap.add_argument("--steps", type=int, default=STEPS)
-    ap.add_argument("--methods", default="optimize,shift,global")
+    ap.add_argument("--methods", default="optimize,shift,global,mapper")
+    ap.add_argument("--mapper-steps", type=int, default=MAPPER_STEPS)
     ap.add_argument("--out", default=str(RESULTS / "text_edits_shapes"))
     args = ap.parse_args()
     n, steps = args.n, args.steps
@@ -178,6 +182,24 @@ def main():
         print(f"global: {timings['global']:.0f} s; channels per prompt (median) "
               f"{ {b: int(np.median(c)) for b, c in channels.items()} }")
 
+    if "mapper" in methods:
+        M = text.Mapper(text.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim))
+
+        @jax.jit
+        def run_mapper(gp, cp, ws0, tokens):
+            res = text.train_mappers(M, G, gp, embed(cp), guide.embed_texts(cp, tokens), jax.random.key(3),
+                                     steps=args.mapper_steps, batch=MAPPER_BATCH, psi=PSI, lr=MAPPER_LR,
+                                     l2_lambda=MAPPER_L2)
+            ws = jax.vmap(lambda p: M(p, ws0))(res.params)
+            return G.synthesis(gp, ws.reshape(-1, *ws0.shape[1:])), res.metrics["clip"]
+
+        t0 = time.perf_counter()
+        imgs, d = jax.block_until_ready(run_mapper(gp, cp, ws0, tokens))
+        timings["mapper"] = time.perf_counter() - t0
+        record("mapper", imgs)
+        print(f"mapper: {timings['mapper']:.0f} s; training D_clip {float(d[:10].mean()):.3f} -> "
+              f"{float(d[-10:].mean()):.3f}")
+
     write(args, prompts, targets, results, timings, shown, n, steps, clip_path, np.asarray(img0))
 
 
@@ -193,11 +215,12 @@ def write(args, prompts, targets, results, timings, shown, n, steps, clip_path, 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {m: summarize(prompts, targets, rows) for m, rows in results.items()}
-    lines = [f"# Text-guided edits of `shapes32-stylegan2`, scored by `shapes32-probe`", "",
+    lines = ["# Text-guided edits of `shapes32-stylegan2`, scored by `shapes32-probe`", "",
              f"CLIP: `{Path(clip_path).name}`. {n} latents (psi {PSI}) per prompt, {len(prompts)} prompts "
              f"(every factor word + {len(COMPOUND)} compound). optimize: {steps} steps, L2 {L2}; shift: layer "
              f"`{LAYER}`, {steps} steps, lambda2 {LAMBDA2}, k = 1; global: alphas {ALPHAS} x betas {BETAS}, neutral "
-             f"'{NEUTRAL}'. success = named factor(s) read as the prompt says; before = same on the originals; "
+             f"'{NEUTRAL}'; mapper: {args.mapper_steps} steps x {MAPPER_BATCH} random latents, lr {MAPPER_LR}, L2 "
+             f"{MAPPER_L2}, applied to the same latents (unseen in training). success = named factor(s) read as the prompt says; before = same on the originals; "
              "others = fraction of the other factor words that changed / mean |change| of their attributes.", ""]
     for m, s in summary.items():
         lines += [f"## {m} ({timings.get(m.split(' ')[0], float('nan')):.0f} s incl. compile)", "",

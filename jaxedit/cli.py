@@ -191,6 +191,8 @@ def cmd_info(args) -> None:
         print(f"  model.{k} = {v}")
     for k, v in meta.get("source", {}).items():
         print(f"  source.{k} = {v}")
+    if meta.get("prompts"):
+        print(f"  prompts = {meta['prompts']}")
     if meta["kind"] == "stylegan2":
         from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
 

@@ -126,6 +126,40 @@ def test_latent_optimization_batched_equals_each_pair_alone():
     assert max_abs(res.ws, w0[None]) > 0.1  # the optimization actually moved
 
 
+_B = np.asarray(jax.random.normal(jax.random.key(8), (8 * 8 * 3, 5))) / np.sqrt(192.0)
+
+
+def features(img):
+    """Toy identity network (stands in for ArcFace): a fixed random linear map of the pixels. -> [B, 5]."""
+    return img.reshape(img.shape[0], -1) @ _B
+
+
+def test_identity_loss_starts_at_zero_and_pulls_towards_the_original():
+    G, p = gen()
+    w0, t, plain = _latent_run()
+    run = jax.jit(lambda lam: T.optimize_latents(G, p, embed, w0, t, steps=STEPS, identity=features, id_lambda=lam))
+    strong = run(5.0)
+    # step 0 sees ws == w0: the identity term is 0 and the loss is the plain one
+    assert max_abs(strong.loss[0], plain.loss[0]) < 1e-6
+    synth = _jitted()["synth"]
+    feats0 = features(synth(w0))
+
+    def final_id(res):
+        img = synth(res.ws.reshape(6, *w0.shape[1:]))
+        return np.asarray(T.identity_loss(features, img, jnp.tile(feats0, (2, 1))))
+
+    assert np.mean(final_id(strong)) < 0.5 * np.mean(final_id(plain)), (final_id(strong), final_id(plain))
+    # the mapper's identity term: id_lambda * mean(1 - cos(F(G(M(w))), F(G(w))))
+    M = T.Mapper(T.MapperConfig.for_generator(CFG.num_ws, CFG.w_dim))
+    mp = jax.tree.map(lambda a: a + 0.3, M.init(jax.random.key(0)))
+    loss = jax.jit(lambda ident: T.mapper_loss(M, mp, G, p, embed, w0, t[0], identity=ident, id_lambda=0.7),
+                   static_argnums=0)
+    with_id, without = loss(features)[1], loss(None)[1]
+    want = np.mean(np.asarray(T.identity_loss(features, synth(M(mp, w0)), features(synth(w0)))))
+    assert abs(float(with_id["id"]) - want) < 1e-6 and want > 1e-3
+    assert abs(float(with_id["loss"]) - float(without["loss"]) - 0.7 * want) < 1e-5
+
+
 # ------------------------------------------------------------------ global directions
 
 
@@ -381,13 +415,13 @@ def test_train_mappers_scan_equals_step_loop_and_prompts_are_independent():
     step = T.make_mapper_step(M, G, embed, opt)
     for i, k in enumerate(jax.random.split(k_data, steps)):
         mp, st, m = step(mp, st, p, G.mapping(p, jax.random.normal(k, (batch, CFG.z_dim)), psi=0.7), t)
-        assert max_abs(m["loss"], res.loss[i]) < 1e-5
+        assert max_abs(m["loss"], res.metrics["loss"][i]) < 1e-5
     for a, b in zip(jax.tree_util.tree_leaves(mp), jax.tree_util.tree_leaves(res.params)):
         assert max_abs(a, b) < 1e-5
     alone = train(t[:1])
     for a, b in zip(jax.tree_util.tree_leaves(alone.params), jax.tree_util.tree_leaves(res.params)):
         assert max_abs(a[0], b[0]) < 1e-5
-    assert float(jnp.mean(res.clip[-1])) < float(jnp.mean(res.clip[0]))  # it learns
+    assert float(jnp.mean(res.metrics["clip"][-1])) < float(jnp.mean(res.metrics["clip"][0]))  # it learns
 
 
 def test_mapper_checkpoint_round_trip(tmp_path):

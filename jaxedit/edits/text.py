@@ -107,28 +107,43 @@ class LatentOptResult(NamedTuple):
     cosine: Array  # [steps, P, N] CLIP cosine(image, text) before each step's update
 
 
+def identity_loss(identity: ImageEmbed, images: Array, reference_features: Array) -> Array:
+    """StyleCLIP's ``IDLoss`` with any feature extractor: ``1 - cos(identity(images), reference_features)``, ``[B]``.
+
+    ``identity(images [B, H, W, 3] in [-1, 1]) -> [B, F]`` must be pure and row-independent; the
+    reference uses ArcFace (IR-SE50) on the 188x188 face crop resized to 112 (faces only), which a
+    user passes in as such a callable."""
+    return 1.0 - jnp.sum(_unit(identity(images)) * _unit(reference_features), axis=-1)
+
+
 def optimize_latents(G: StyleGAN2, gparams, image_embed: ImageEmbed, w0: Array, text_emb: Array, *,
                      steps: int = 300, lr: float = 0.1, l2_lambda: float = 0.008, rampdown: float = 0.25,
-                     rampup: float = 0.05, noise_mode: str = "const") -> LatentOptResult:
+                     rampup: float = 0.05, noise_mode: str = "const", identity: ImageEmbed | None = None,
+                     id_lambda: float = 0.0) -> LatentOptResult:
     """StyleCLIP latent optimization (``optimization/run_optimization.py``, edit mode) for every
     (prompt, image) pair at once.
 
     w0 ``[N, num_ws, w_dim]`` start latents, text_emb ``[P, D]``. Per pair, minimizes
-    ``(1 - cos(E(G(w)), t_p)) + l2_lambda * sum((w - w0_n)^2)`` over W+ with Adam (betas 0.9,
-    0.999, eps 1e-8) and :func:`styleclip_lr` (learning rate 0 at the first step, as in the
-    reference, whose Adam moments still see that step's gradient). The reference's optional ID
-    loss (ArcFace, weight 0 by default) is not included. Noise: ``'const'`` (the reference's
+    ``(1 - cos(E(G(w)), t_p)) + l2_lambda * sum((w - w0_n)^2) [+ id_lambda * identity_loss]``
+    over W+ with Adam (betas 0.9, 0.999, eps 1e-8) and :func:`styleclip_lr` (learning rate 0 at
+    the first step, as in the reference, whose Adam moments still see that step's gradient). The
+    optional identity term (:func:`identity_loss` against ``G(w0_n)``; reference: ArcFace, weight
+    0 by default) is used when ``identity`` is given. Noise: ``'const'`` (the reference's
     ``randomize_noise=False``).
     """
     P, N = text_emb.shape[0], w0.shape[0]
     L, D = w0.shape[1:]
     start = jnp.broadcast_to(w0[None], (P, N, L, D))
     t = _unit(text_emb)[:, None]  # [P, 1, D]
+    if identity is not None:
+        feats0 = jax.lax.stop_gradient(jnp.tile(identity(G.synthesis(gparams, w0, noise_mode)), (P, 1)))
 
     def losses(ws):
         img = G.synthesis(gparams, ws.reshape(P * N, L, D), noise_mode)
         cos = jnp.sum(_unit(image_embed(img)).reshape(P, N, -1) * t, axis=-1)
         loss = (1.0 - cos) + l2_lambda * jnp.sum(jnp.square(ws - start), axis=(-2, -1))
+        if identity is not None:
+            loss = loss + id_lambda * identity_loss(identity, img, feats0).reshape(P, N)
         return jnp.sum(loss), (loss, cos)
 
     opt = optax.adam(styleclip_lr(lr, steps, rampdown, rampup))
@@ -440,15 +455,23 @@ class Mapper(ModelHandle):
 
 
 def mapper_loss(M: Mapper, mparams, G: StyleGAN2, gparams, image_embed: ImageEmbed, ws: Array, text_emb: Array, *,
-                clip_lambda: float = 1.0, l2_lambda: float = 0.8, noise_mode: str = "const"):
+                clip_lambda: float = 1.0, l2_lambda: float = 0.8, noise_mode: str = "const",
+                identity: ImageEmbed | None = None, id_lambda: float = 0.1):
     """The reference's mapper loss (``mapper/training/coach.py``) for one prompt ``text_emb [D]``:
-    ``clip_lambda * mean_b D_clip + l2_lambda * mean((w_hat - w)^2)`` (torch ``MSELoss``).
-    The ID loss (weight 0.1 in the reference, faces only) is not included. -> ``(loss, metrics)``."""
+    ``clip_lambda * mean_b D_clip + l2_lambda * mean((w_hat - w)^2)`` (torch ``MSELoss``), plus
+    ``id_lambda * mean_b identity_loss`` against ``G(w)`` when ``identity`` is given (the
+    reference: ArcFace, 0.1). -> ``(loss, metrics)``."""
     w_hat = M(mparams, ws)
-    d = 1.0 - clip_cosine(image_embed, G.synthesis(gparams, w_hat, noise_mode), text_emb)
+    img = G.synthesis(gparams, w_hat, noise_mode)
+    d = 1.0 - clip_cosine(image_embed, img, text_emb)
     clip, l2 = jnp.mean(d), jnp.mean(jnp.square(w_hat - ws))
     loss = clip_lambda * clip + l2_lambda * l2
-    return loss, {"loss": loss, "clip": clip, "l2": l2}
+    metrics = {"clip": clip, "l2": l2}
+    if identity is not None:
+        ref = jax.lax.stop_gradient(identity(G.synthesis(gparams, ws, noise_mode)))
+        metrics["id"] = jnp.mean(identity_loss(identity, img, ref))
+        loss = loss + id_lambda * metrics["id"]
+    return loss, {"loss": loss, **metrics}
 
 
 def init_mappers(M: Mapper, key: Array, num_prompts: int, optimizer: optax.GradientTransformation):
@@ -459,12 +482,12 @@ def init_mappers(M: Mapper, key: Array, num_prompts: int, optimizer: optax.Gradi
 
 
 def _mapper_update(M: Mapper, G: StyleGAN2, image_embed: ImageEmbed, optimizer: optax.GradientTransformation,
-                   clip_lambda: float, l2_lambda: float, noise_mode: str):
+                   **loss_kw):
     """``(mparams [P..], opt_state [P..], gparams, ws [B, L, D], text_emb [P, D]) -> (mparams, opt_state, metrics [P])``."""
 
     def one(mp, st, gparams, ws, t):
-        grads, metrics = jax.grad(lambda p: mapper_loss(M, p, G, gparams, image_embed, ws, t, clip_lambda=clip_lambda,
-                                                        l2_lambda=l2_lambda, noise_mode=noise_mode), has_aux=True)(mp)
+        grads, metrics = jax.grad(lambda p: mapper_loss(M, p, G, gparams, image_embed, ws, t, **loss_kw),
+                                  has_aux=True)(mp)
         upd, st = optimizer.update(grads, st, mp)
         return optax.apply_updates(mp, upd), st, metrics
 
@@ -472,29 +495,30 @@ def _mapper_update(M: Mapper, G: StyleGAN2, image_embed: ImageEmbed, optimizer: 
 
 
 def make_mapper_step(M: Mapper, G: StyleGAN2, image_embed: ImageEmbed, optimizer: optax.GradientTransformation, *,
-                     clip_lambda: float = 1.0, l2_lambda: float = 0.8, noise_mode: str = "const"):
+                     clip_lambda: float = 1.0, l2_lambda: float = 0.8, noise_mode: str = "const",
+                     identity: ImageEmbed | None = None, id_lambda: float = 0.1):
     """A jitted training step for P mappers (one per prompt) on a shared batch of latents::
 
         step(mparams, opt_state, gparams, ws [B, num_ws, w_dim], text_emb [P, D])
-            -> (mparams, opt_state, {'loss', 'clip', 'l2': [P]})
+            -> (mparams, opt_state, {'loss', 'clip', 'l2' (, 'id'): [P]})
 
     ``mparams`` / ``opt_state`` stacked over P (:func:`init_mappers`); ``vmap`` over both.
     Reference: Ranger (RAdam + Lookahead + gradient centralization) lr 0.5, batch 2, 50,000
     steps; ``optax.adam(lr)`` matches its ``--optim_name adam`` option.
     """
-    return jax.jit(_mapper_update(M, G, image_embed, optimizer, clip_lambda, l2_lambda, noise_mode))
+    return jax.jit(_mapper_update(M, G, image_embed, optimizer, clip_lambda=clip_lambda, l2_lambda=l2_lambda,
+                                  noise_mode=noise_mode, identity=identity, id_lambda=id_lambda))
 
 
 class MapperTrainResult(NamedTuple):
     params: dict  # P mappers stacked on a leading axis
-    loss: Array  # [steps, P]
-    clip: Array  # [steps, P] mean D_clip of the step's batch
-    l2: Array  # [steps, P]
+    metrics: dict[str, Array]  # 'loss', 'clip' (mean D_clip of the step's batch), 'l2' (, 'id'): [steps, P]
 
 
 def train_mappers(M: Mapper, G: StyleGAN2, gparams, image_embed: ImageEmbed, text_emb: Array, key: Array, *,
                   steps: int, batch: int = 8, psi: float = 0.7, lr: float = 0.5, clip_lambda: float = 1.0,
-                  l2_lambda: float = 0.8, noise_mode: str = "const") -> MapperTrainResult:
+                  l2_lambda: float = 0.8, noise_mode: str = "const", identity: ImageEmbed | None = None,
+                  id_lambda: float = 0.1) -> MapperTrainResult:
     """Train P mappers (one per prompt ``text_emb [P, D]``) in one program: ``lax.scan`` over
     ``steps``, each step on a fresh batch of ``batch`` latents ``G.mapping(z, psi)`` shared by the
     P mappers (the reference trains on e4e inversions of real images; a generator's own latents
@@ -505,7 +529,8 @@ def train_mappers(M: Mapper, G: StyleGAN2, gparams, image_embed: ImageEmbed, tex
     if text_emb.ndim != 2:
         raise ValueError(f"text_emb must be [P, D], got {list(text_emb.shape)}")
     optimizer = optax.adam(lr)
-    update = _mapper_update(M, G, image_embed, optimizer, clip_lambda, l2_lambda, noise_mode)
+    update = _mapper_update(M, G, image_embed, optimizer, clip_lambda=clip_lambda, l2_lambda=l2_lambda,
+                            noise_mode=noise_mode, identity=identity, id_lambda=id_lambda)
     k_init, k_data = jax.random.split(key)
     mparams, state = init_mappers(M, k_init, text_emb.shape[0], optimizer)
 
@@ -513,10 +538,10 @@ def train_mappers(M: Mapper, G: StyleGAN2, gparams, image_embed: ImageEmbed, tex
         mp, st = carry
         ws = G.mapping(gparams, jax.random.normal(k, (batch, G.cfg.z_dim)), psi=psi)
         mp, st, m = update(mp, st, gparams, ws, text_emb)
-        return (mp, st), (m["loss"], m["clip"], m["l2"])
+        return (mp, st), m
 
-    (mparams, _), (loss, clip, l2) = jax.lax.scan(step, (mparams, state), jax.random.split(k_data, steps))
-    return MapperTrainResult(mparams, loss, clip, l2)
+    (mparams, _), metrics = jax.lax.scan(step, (mparams, state), jax.random.split(k_data, steps))
+    return MapperTrainResult(mparams, metrics)
 
 
 MAPPER_KIND = "styleclip-mapper"
