@@ -518,13 +518,15 @@ class MapperTrainResult(NamedTuple):
 def train_mappers(M: Mapper, G: StyleGAN2, gparams, image_embed: ImageEmbed, text_emb: Array, key: Array, *,
                   steps: int, batch: int = 8, psi: float = 0.7, lr: float = 0.5, clip_lambda: float = 1.0,
                   l2_lambda: float = 0.8, noise_mode: str = "const", identity: ImageEmbed | None = None,
-                  id_lambda: float = 0.1) -> MapperTrainResult:
+                  id_lambda: float = 0.1, report: Callable[[Array, Array], None] | None = None,
+                  report_every: int = 10) -> MapperTrainResult:
     """Train P mappers (one per prompt ``text_emb [P, D]``) in one program: ``lax.scan`` over
     ``steps``, each step on a fresh batch of ``batch`` latents ``G.mapping(z, psi)`` shared by the
     P mappers (the reference trains on e4e inversions of real images; a generator's own latents
     stand in for them). Adam(``lr``; 0.5 is the reference's Ranger lr, and the best of 0.005-0.5
     on the shapes world); the loss is :func:`mapper_loss`. -> params stacked ``[P, ...]`` and
-    per-step metrics ``[steps, P]``.
+    per-step metrics ``[steps, P]``. ``report(step, clip [P])``, if given, is called from inside
+    the program (``jax.debug.callback``) every ``report_every`` steps, e.g. to drive a progress bar.
     """
     if text_emb.ndim != 2:
         raise ValueError(f"text_emb must be [P, D], got {list(text_emb.shape)}")
@@ -534,13 +536,16 @@ def train_mappers(M: Mapper, G: StyleGAN2, gparams, image_embed: ImageEmbed, tex
     k_init, k_data = jax.random.split(key)
     mparams, state = init_mappers(M, k_init, text_emb.shape[0], optimizer)
 
-    def step(carry, k):
+    def step(carry, inp):
         mp, st = carry
+        i, k = inp
         ws = G.mapping(gparams, jax.random.normal(k, (batch, G.cfg.z_dim)), psi=psi)
         mp, st, m = update(mp, st, gparams, ws, text_emb)
+        if report is not None:
+            jax.lax.cond((i + 1) % report_every == 0, lambda: jax.debug.callback(report, i + 1, m["clip"]), lambda: None)
         return (mp, st), m
 
-    (mparams, _), metrics = jax.lax.scan(step, (mparams, state), jax.random.split(k_data, steps))
+    (mparams, _), metrics = jax.lax.scan(step, (mparams, state), (jnp.arange(steps), jax.random.split(k_data, steps)))
     return MapperTrainResult(mparams, metrics)
 
 

@@ -170,10 +170,16 @@ def _mapper(args, G, gp, guide, cp, tok, prompts, z):
     import jax.numpy as jnp
 
     from jaxedit.edits import text
+    from jaxedit.progress import Progress
 
     tokens = _tokens(tok, guide, prompts)
     trained = getattr(args, "trained_mappers", None)
     M = trained[0] if trained else text.Mapper(text.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim))
+
+    bar = None if trained else Progress(total=args.steps, unit="step", desc=f"training {len(prompts)} mappers")
+
+    def report(step, clip):
+        bar.update(int(step), D_clip=float(np.mean(clip)))
 
     @jax.jit
     def run(gp, cp, z, tokens, mparams):
@@ -181,7 +187,8 @@ def _mapper(args, G, gp, guide, cp, tok, prompts, z):
         embed = lambda x: guide.embed_images(cp, x)  # noqa: E731
         if mparams is None:
             mparams = text.train_mappers(M, G, gp, embed, t, jax.random.key(args.train_seed), steps=args.steps,
-                                         batch=args.batch, psi=args.psi, lr=args.lr, l2_lambda=args.l2).params
+                                         batch=args.batch, psi=args.psi, lr=args.lr, l2_lambda=args.l2,
+                                         report=report, report_every=max(1, args.steps // 100)).params
         w0 = G.mapping(gp, z, psi=args.psi)
         ws = jax.vmap(lambda p: M(p, w0))(mparams)  # [P, N, L, D]
         P, N = ws.shape[:2]
@@ -193,6 +200,8 @@ def _mapper(args, G, gp, guide, cp, tok, prompts, z):
 
     imgs, cos0, cos1, mparams, ws = jax.device_get(run(gp, cp, jnp.asarray(z), tokens,
                                                        trained[1] if trained else None))
+    if bar is not None:
+        bar.close()
     N = z.shape[0]
     cells = imgs.reshape(len(prompts) + 1, N, *imgs.shape[1:]).transpose(1, 0, 2, 3, 4)  # rows = seeds
     if args.save_mapper:
