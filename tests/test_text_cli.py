@@ -101,6 +101,7 @@ def test_mapper_trains_saves_and_reapplies_the_same_grid(models, tmp_path, caplo
     try:
         with caplog.at_level(logging.WARNING, logger="jax._src.interpreters.pxla"):
             assert main([*base, *sum((["--prompt", p] for p in PROMPTS), []), "--steps", "3", "--batch", "2",
+                         "--id-lambda", "0.3",
                          "--save-mapper", str(tmp_path / "m"), "--save", str(tmp_path / "r.npz"),
                          "--out", str(tmp_path / "t.png")]) == 0
     finally:
@@ -109,8 +110,9 @@ def test_mapper_trains_saves_and_reapplies_the_same_grid(models, tmp_path, caplo
     M, mp, prompts = text.load_mappers(tmp_path / "m")
     assert prompts == PROMPTS and M.cfg == text.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim)
     t = guide.embed_texts(cp, jnp.asarray(tok(PROMPTS, context_length=guide.model.cfg.context_length)))
-    direct = text.train_mappers(M, G, gp, lambda x: guide.embed_images(cp, x), t, jax.random.key(0), steps=3,
-                                batch=2, lr=0.5)  # the CLI's defaults: train seed 0, lr 0.5
+    embed = lambda x: guide.embed_images(cp, x)  # noqa: E731
+    direct = text.train_mappers(M, G, gp, embed, t, jax.random.key(0), steps=3, batch=2, lr=0.5,  # CLI defaults
+                                identity=embed, id_lambda=0.3)  # --id-lambda: CLIP's image tower as identity
     for a, b in zip(jax.tree_util.tree_leaves(direct.params), jax.tree_util.tree_leaves(mp)):
         np.testing.assert_allclose(a, b, atol=2e-4)  # Adam at lr 0.5 on float noise of eager vs jit
     w0 = G.mapping(gp, z_of((2, 3), G.cfg.z_dim), psi=0.7)

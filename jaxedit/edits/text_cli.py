@@ -82,7 +82,8 @@ def _optimize(args, G, gp, guide, cp, tok, prompts, z):
         w0 = G.mapping(gp, z, psi=args.psi)
         embed = lambda x: guide.embed_images(cp, x)  # noqa: E731
         res = text.optimize_latents(G, gp, embed, w0, guide.embed_texts(cp, tokens), steps=args.steps, lr=args.lr,
-                                    l2_lambda=args.l2)
+                                    l2_lambda=args.l2, identity=embed if args.id_lambda else None,
+                                    id_lambda=args.id_lambda)
         P, N = res.ws.shape[:2]
         imgs = G.synthesis(gp, jnp.concatenate([w0, res.ws.reshape(P * N, *w0.shape[1:])]))
         return imgs, res.cosine[0], text.clip_cosine(embed, imgs[N:], jnp.repeat(
@@ -188,6 +189,7 @@ def _mapper(args, G, gp, guide, cp, tok, prompts, z):
         if mparams is None:
             mparams = text.train_mappers(M, G, gp, embed, t, jax.random.key(args.train_seed), steps=args.steps,
                                          batch=args.batch, psi=args.psi, lr=args.lr, l2_lambda=args.l2,
+                                         identity=embed if args.id_lambda else None, id_lambda=args.id_lambda,
                                          report=report, report_every=max(1, args.steps // 100)).params
         w0 = G.mapping(gp, z, psi=args.psi)
         ws = jax.vmap(lambda p: M(p, w0))(mparams)  # [P, N, L, D]
@@ -207,7 +209,8 @@ def _mapper(args, G, gp, guide, cp, tok, prompts, z):
     if args.save_mapper:
         text.save_mappers(args.save_mapper, M, mparams, prompts, force=args.force,
                           source={"trained_by": "jaxedit text-edit --method mapper", "steps": args.steps,
-                                  "batch": args.batch, "lr": args.lr, "l2": args.l2, "psi": args.psi,
+                                  "batch": args.batch, "lr": args.lr, "l2": args.l2, "id_lambda": args.id_lambda,
+                                  "psi": args.psi,
                                   "clip": str(args.clip or DEFAULT_CLIP)})
     return cells.reshape(-1, *imgs.shape[1:]), len(prompts) + 1, cos0, cos1, {"ws": ws}
 
@@ -225,6 +228,8 @@ def cmd_text_edit(args) -> None:
         args.l2 = DEFAULT_L2[args.method] if args.l2 is None else args.l2
         if args.steps <= 0:
             raise UsageError(f"--steps {args.steps}: must be positive")
+    if args.id_lambda and (args.method not in ("optimize", "mapper") or args.mapper or args.id_lambda < 0):
+        raise UsageError(f"--id-lambda {args.id_lambda}: a weight >= 0 for --method optimize or mapper (training)")
     if args.save and Path(args.save).exists() and not args.force:
         raise UsageError(f"--save {args.save}: file exists (add --force to overwrite)")
     if args.save_mapper:
@@ -278,6 +283,10 @@ def register_cli(sub) -> None:
     p.add_argument("--l2", type=float, default=None,
                    help="optimize: weight of |w - w0|^2 (0.008); shift: lambda2 of |x|_2 (0.05); mapper: weight of "
                         "mean (w' - w)^2 (0.8)")
+    p.add_argument("--id-lambda", type=float, default=0.0,
+                   help="optimize, mapper: weight of the identity term 1 - cos(F(edited), F(original)) with F the CLIP "
+                        "image tower (StyleCLIP: ArcFace for faces, which Python callers pass as `identity`); 0.5 "
+                        "halves the collateral change on the shapes world")
     p.add_argument("--layer", default="b16.conv1", help="shift: the conv layer whose weight is shifted")
     p.add_argument("--strengths", help="global: alphas (default 0:4:5); shift: k (default -3:3:7); "
                                        "START:STOP:NUM or a comma list (write --strengths=-3:3:7)")
