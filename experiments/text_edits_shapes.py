@@ -17,6 +17,8 @@ N latents (``shapes32-stylegan2``, psi 0.7), guided by ``shapes-clip``; the prob
 Methods (all prompts x latents in one compiled program each):
 
 - ``optimize``: StyleCLIP latent optimization in W+ (``STEPS`` steps, lr 0.1, L2 ``L2``);
+- ``optimize-id``: the same plus the identity term with shapes-clip's image tower as the feature
+  network (``ID_LAMBDA``), StyleCLIP's ID loss with CLIP standing in for ArcFace;
 - ``shift``: one weight shift of ``LAYER`` per prompt, optimized over the N latents, applied with
   k = 1 to them (train) and to N other latents (held out);
 - ``global``: StyleCLIP global directions (fs3 over ``FS3_IMAGES`` images, stats over 20,000
@@ -53,6 +55,7 @@ N, STEPS, L2, LR_SHIFT, LAMBDA2, LAYER = 16, 50, 0.008, 0.01, 0.05, "b16.conv1"
 ALPHAS, BETAS, FS3_IMAGES, NEUTRAL = (2.0, 4.0), (0.15, 0.3), 16, "a shape"
 PSI, SEED = 0.7, 0
 MAPPER_STEPS, MAPPER_BATCH, MAPPER_LR, MAPPER_L2 = 500, 8, 0.5, 0.8
+ID_LAMBDA = 0.2
 #: Compound prompts: {prompt: {factor: word}}.
 COMPOUND = {
     "a large red circle": {"size": "large", "color": "red", "shape": "circle"},
@@ -100,8 +103,10 @@ def main():
     ap.add_argument("--clip", help="CLIP checkpoint (default: checkpoints/shapes-clip)")
     ap.add_argument("--n", type=int, default=N)
     ap.add_argument("--steps", type=int, default=STEPS)
-    ap.add_argument("--methods", default="optimize,shift,global,mapper")
+    ap.add_argument("--methods", default="optimize,optimize-id,shift,global,mapper")
     ap.add_argument("--mapper-steps", type=int, default=MAPPER_STEPS)
+    ap.add_argument("--merge", action="store_true",
+                    help="add these methods to the existing results (.md/.json; the .png is left as it is)")
     ap.add_argument("--out", default=str(RESULTS / "text_edits_shapes"))
     args = ap.parse_args()
     n, steps = args.n, args.steps
@@ -128,17 +133,22 @@ def main():
         shown[name] = np.asarray(imgs).reshape(Pn, n, *imgs.shape[1:])
 
     methods = args.methods.split(",")
-    if "optimize" in methods:
+    for name, id_lambda in (("optimize", 0.0), ("optimize-id", ID_LAMBDA)):
+        if name not in methods:
+            continue
+
         @jax.jit
         def run_opt(gp, cp, ws0, tokens):
-            res = text.optimize_latents(G, gp, embed(cp), ws0, guide.embed_texts(cp, tokens), steps=steps, l2_lambda=L2)
+            e = embed(cp)
+            res = text.optimize_latents(G, gp, e, ws0, guide.embed_texts(cp, tokens), steps=steps, l2_lambda=L2,
+                                        identity=e if id_lambda else None, id_lambda=id_lambda)
             return G.synthesis(gp, res.ws.reshape(-1, *ws0.shape[1:])), res.cosine
 
         t0 = time.perf_counter()
         imgs, cos = jax.block_until_ready(run_opt(gp, cp, ws0, tokens))
-        timings["optimize"] = time.perf_counter() - t0
-        record("optimize", imgs)
-        print(f"optimize: {timings['optimize']:.0f} s (incl. compile); CLIP cosine {float(cos[0].mean()):.3f} -> "
+        timings[name] = time.perf_counter() - t0
+        record(name, imgs)
+        print(f"{name}: {timings[name]:.0f} s (incl. compile); CLIP cosine {float(cos[0].mean()):.3f} -> "
               f"{float(cos[-1].mean()):.3f}")
     if "shift" in methods:
         @jax.jit
@@ -214,12 +224,17 @@ def summarize(prompts, targets, rows):
 def write(args, prompts, targets, results, timings, shown, n, steps, clip_path, originals):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        old = json.loads(out.with_suffix(".json").read_text())
+        if old["prompts"] != prompts or old["n"] != n or old["steps"] != steps:
+            raise SystemExit(f"--merge: {out.with_suffix('.json')} has other prompts, n or steps")
+        results, timings = old["results"] | results, old["timings"] | timings
     summary = {m: summarize(prompts, targets, rows) for m, rows in results.items()}
     lines = ["# Text-guided edits of `shapes32-stylegan2`, scored by `shapes32-probe`", "",
              f"CLIP: `{Path(clip_path).name}`. {n} latents (psi {PSI}) per prompt, {len(prompts)} prompts "
              f"(every factor word + {len(COMPOUND)} compound). optimize: {steps} steps, L2 {L2}; shift: layer "
              f"`{LAYER}`, {steps} steps, lambda2 {LAMBDA2}, k = 1; global: alphas {ALPHAS} x betas {BETAS}, neutral "
-             f"'{NEUTRAL}'; mapper: {args.mapper_steps} steps x {MAPPER_BATCH} random latents, lr {MAPPER_LR}, L2 "
+             f"'{NEUTRAL}'; optimize-id: + {ID_LAMBDA} x (1 - cos) of CLIP image embeddings of edited and original; mapper: {args.mapper_steps} steps x {MAPPER_BATCH} random latents, lr {MAPPER_LR}, L2 "
              f"{MAPPER_L2}, applied to the same latents (unseen in training). success = named factor(s) read as the prompt says; before = same on the originals; "
              "others = fraction of the other factor words that changed / mean |change| of their attributes.", ""]
     for m, s in summary.items():
@@ -246,7 +261,7 @@ def write(args, prompts, targets, results, timings, shown, n, steps, clip_path, 
             for m in GRID_METHODS:
                 if m in shown:
                     rows.append(shown[m][prompts.index(p), :cols])
-    if len(rows) > 1:
+    if len(rows) > 1 and not args.merge:
         imio.save_grid(np.concatenate(rows), out.with_suffix(".png"), cols=cols)
     print("\n".join(lines[:40]))
 
