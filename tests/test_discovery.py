@@ -70,18 +70,18 @@ def test_learns_and_resume_is_exact(gen, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, pb, pc)
 
 
-def test_editor_from_run_reproduces_the_trained_shift(gen, tmp_path):
-    for method in ("linear", "warped"):
-        c = cfg(gen, method=method, steps=2)
-        D.train(c, tmp_path / method, progress=False)
-        ed = D.load_editor(tmp_path / method)
-        _, params, _ = D.load_run(tmp_path / method)
-        s = D.make_shift(c, 8)
-        x = jax.random.normal(jax.random.key(3), (4, 8))
-        k, eps = jnp.asarray([0, 1, 2, 3]), jnp.full((4,), 0.2 if method == "warped" else 1.5)
-        want, _ = s.apply(params["shift"], x, k, eps, None)
-        got = jnp.stack([ed.edit(x[i:i + 1], int(k[i]), eps[i:i + 1])[0] for i in range(4)])
-        np.testing.assert_allclose(got, want, atol=1e-5)
+@pytest.mark.parametrize("method", [pytest.param("linear", marks=pytest.mark.slow), "warped"])
+def test_editor_from_run_reproduces_the_trained_shift(gen, tmp_path, method):
+    c = cfg(gen, method=method, steps=2)
+    D.train(c, tmp_path / method, progress=False)
+    ed = D.load_editor(tmp_path / method)
+    _, params, _ = D.load_run(tmp_path / method)
+    s = D.make_shift(c, 8)
+    x = jax.random.normal(jax.random.key(3), (4, 8))
+    k, eps = jnp.asarray([0, 1, 2, 3]), jnp.full((4,), 0.2 if method == "warped" else 1.5)
+    want, _ = s.apply(params["shift"], x, k, eps, None)
+    got = jnp.stack([ed.edit(x[i:i + 1], int(k[i]), eps[i:i + 1])[0] for i in range(4)])
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_resume_refuses_a_different_config(gen, tmp_path):
