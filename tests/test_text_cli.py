@@ -82,6 +82,14 @@ def test_global_uses_fewer_channels_at_higher_beta(models, tmp_path, capsys):
     assert counts[0] > counts[1] >= 0
     saved = np.load(tmp_path / "g.npz")
     assert saved["fs3"].shape[1] == 128 and np.allclose(np.linalg.norm(saved["fs3"], axis=1), 1, atol=1e-4)
+    # the same fs3 given as a released-style file: same channels, same grid
+    np.save(tmp_path / "fs3.npy", saved["fs3"])
+    assert main([*args, str(tmp_path / "f.png"), "--beta", "0.3", "--fs3", str(tmp_path / "fs3.npy")]) == 0
+    assert int(capsys.readouterr().out.split("channels above beta")[0].split()[-1]) == counts[1]
+    assert np.max(np.abs(png(tmp_path / "f.png") - png(tmp_path / "0.3.png"))) <= 1
+    np.save(tmp_path / "bad.npy", saved["fs3"][:5])
+    assert main([*args, str(tmp_path / "f.png"), "--fs3", str(tmp_path / "bad.npy")]) == 2
+    assert "bad.npy" in capsys.readouterr().err
 
 
 def test_text_edit_errors_are_one_line(tmp_path, capsys):

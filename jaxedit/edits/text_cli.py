@@ -127,7 +127,9 @@ def _global(args, G, gp, guide, cp, tok, prompts, z, strengths):
         return imgs, channels, dt
 
     if args.fs3:
-        fs3 = text.load_fs3(args.fs3, G, guide.model.cfg.embed_dim)
+        from converters.styleclip import load_fs3
+
+        fs3 = load_fs3(args.fs3, G, guide.model.cfg.embed_dim)
         stats, _ = jax.jit(lambda gp: (text.style_channel_stats(G, gp, key, args.stats_samples), 0))(gp)
     else:
         stats, fs3 = stats_fs3(gp, cp)
