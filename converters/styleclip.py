@@ -69,7 +69,9 @@ def load_mapper(path: str | Path, num_ws: int | None = None) -> tuple[Mapper, di
         raise TextEditFileError(f"{path}: expected a dict with 'state_dict', got {type(obj).__name__}")
     sd = obj.get("state_dict", obj)
     opts = obj.get("opts") or {}
-    opts = opts if isinstance(opts, dict) else vars(opts)
+    opts = opts if isinstance(opts, dict) else getattr(opts, "__dict__", None)
+    if not isinstance(sd, dict) or not isinstance(opts, dict):
+        raise TextEditFileError(f"{path}: 'state_dict' / 'opts' are not dicts or namespaces")
     if opts.get("work_in_stylespace"):
         raise TextEditFileError(f"{path}: StyleSpace mappers (work_in_stylespace) are not supported")
     if opts.get("mapper_type", "LevelsMapper") != "LevelsMapper":
@@ -77,7 +79,10 @@ def load_mapper(path: str | Path, num_ws: int | None = None) -> tuple[Mapper, di
     groups, depth, w_dim = [], None, None
     for g in MAPPER_GROUPS:
         prefix = f"mapper.{_TORCH_GROUPS[g]}.mapping."
-        idx = sorted({int(k[len(prefix):].split(".")[0]) for k in sd if isinstance(k, str) and k.startswith(prefix)})
+        heads = {k[len(prefix):].split(".")[0] for k in sd if isinstance(k, str) and k.startswith(prefix)}
+        if not all(h.isdigit() for h in heads):
+            raise TextEditFileError(f"{path}: unexpected keys under '{prefix}': layers {sorted(heads)}")
+        idx = sorted(int(h) for h in heads)
         groups.append(bool(idx))
         if not idx:
             continue
@@ -89,7 +94,8 @@ def load_mapper(path: str | Path, num_ws: int | None = None) -> tuple[Mapper, di
     if num_ws is None:
         size = opts.get("stylegan_size")
         if not isinstance(size, int) or size < 4 or size & (size - 1):
-            raise TextEditFileError(f"{path}: opts has no valid 'stylegan_size' ({size!r}); pass num_ws")
+            raise TextEditFileError(f"{path}: opts has no valid 'stylegan_size' ({size!r}), so the W+ size is "
+                                    "unknown (in Python: load_mapper(path, num_ws=...))")
         num_ws = 2 * int(math.log2(size)) - 2
     params: dict[str, Any] = {}
     for g, on in zip(MAPPER_GROUPS, groups):
@@ -110,7 +116,7 @@ def load_mapper(path: str | Path, num_ws: int | None = None) -> tuple[Mapper, di
                 raise TextEditFileError(f"{path}: {key} contains non-finite values")
             params[g][f"fc{i}"] = {"weight": W.T.copy(), "bias": b}
     try:
-        cfg = MapperConfig(w_dim=w_dim, num_ws=num_ws, groups=tuple(groups), depth=depth)
+        cfg = MapperConfig(w_dim=w_dim, num_ws=num_ws, groups=tuple(groups), depth=depth, norm="layers")
     except ValueError as e:
         raise TextEditFileError(f"{path}: {e}") from e
     return Mapper(cfg), params, str(opts.get("description") or "")

@@ -24,7 +24,10 @@ Methods (all prompts x latents in one compiled program each):
 - ``global``: StyleCLIP global directions (fs3 over ``FS3_IMAGES`` images, stats over 20,000
   samples, neutral "a shape"), every strength of ``ALPHAS`` x threshold of ``BETAS``;
 - ``mapper``: one StyleCLIP mapper per prompt (``MAPPER_STEPS`` steps x ``MAPPER_BATCH`` fresh random
-  latents, Adam ``MAPPER_LR``, L2 ``MAPPER_L2``), applied to the N latents (never seen in training).
+  latents, Adam ``MAPPER_LR``, L2 ``MAPPER_L2``), applied to the N latents (never seen in training);
+  input PixelNorm over the features (``MapperConfig.for_generator``);
+- ``mapper-refnorm``: the same with the reference's PixelNorm over the W+ layers, which on these
+  equal-layer latents feeds the mapper only ``sign(w)``.
 
 Writes ``experiments/results/text_edits_shapes.{md,json}`` and a PNG of a few prompts.
 
@@ -103,7 +106,7 @@ def main():
     ap.add_argument("--clip", help="CLIP checkpoint (default: checkpoints/shapes-clip)")
     ap.add_argument("--n", type=int, default=N)
     ap.add_argument("--steps", type=int, default=STEPS)
-    ap.add_argument("--methods", default="optimize,optimize-id,shift,global,mapper")
+    ap.add_argument("--methods", default="optimize,optimize-id,shift,global,mapper,mapper-refnorm")
     ap.add_argument("--mapper-steps", type=int, default=MAPPER_STEPS)
     ap.add_argument("--merge", action="store_true",
                     help="add these methods to the existing results (.md/.json; the .png is left as it is)")
@@ -192,8 +195,10 @@ def main():
         print(f"global: {timings['global']:.0f} s; channels per prompt (median) "
               f"{ {b: int(np.median(c)) for b, c in channels.items()} }")
 
-    if "mapper" in methods:
-        M = text.Mapper(text.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim))
+    for name, norm in (("mapper", "features"), ("mapper-refnorm", "layers")):
+        if name not in methods:
+            continue
+        M = text.Mapper(text.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim, norm=norm))
 
         @jax.jit
         def run_mapper(gp, cp, ws0, tokens):
@@ -205,9 +210,9 @@ def main():
 
         t0 = time.perf_counter()
         imgs, d = jax.block_until_ready(run_mapper(gp, cp, ws0, tokens))
-        timings["mapper"] = time.perf_counter() - t0
-        record("mapper", imgs)
-        print(f"mapper: {timings['mapper']:.0f} s; training D_clip {float(d[:10].mean()):.3f} -> "
+        timings[name] = time.perf_counter() - t0
+        record(name, imgs)
+        print(f"{name}: {timings[name]:.0f} s; training D_clip {float(d[:10].mean()):.3f} -> "
               f"{float(d[-10:].mean()):.3f}")
 
     write(args, prompts, targets, results, timings, shown, n, steps, clip_path, np.asarray(img0))

@@ -54,13 +54,19 @@ def test_shift_zero_and_step_length(gen, method):
         assert float(aux) >= 0 and np.all(np.isfinite(np.asarray(x2)))
 
 
-def test_learns_and_resume_is_exact(gen, tmp_path):
-    c = cfg(gen, method="linear", num_directions=2, eps_range=(3.0, 6.0), lr=3e-3, steps=120, ckpt_every=1000,
-            log_every=20)
-    out = D.train(c, tmp_path / "a", progress=False)
+def _two_directions(gen):
+    return cfg(gen, method="linear", num_directions=2, eps_range=(3.0, 6.0), lr=3e-3, steps=120, ckpt_every=1000,
+               log_every=20)
+
+
+@pytest.mark.slow  # 120 training steps
+def test_learns(gen, tmp_path):
+    out = D.train(_two_directions(gen), tmp_path / "a", progress=False)
     assert out["rca"] > 0.8, out  # two directions, large shifts: R must tell them apart
 
-    short = dataclasses.replace(c, steps=6, ckpt_every=3)
+
+def test_resume_is_exact(gen, tmp_path):
+    short = dataclasses.replace(_two_directions(gen), steps=6, ckpt_every=3)
     D.train(short, tmp_path / "b", steps=3, progress=False)  # "killed" after 3 steps
     D.train(short, tmp_path / "b", progress=False)  # restarted: resumes at 3
     D.train(short, tmp_path / "c", progress=False)  # uninterrupted

@@ -365,7 +365,13 @@ MAPPER_GROUPS = ("coarse", "medium", "fine")
 class MapperConfig(JSONConfig):
     """StyleCLIP's ``LevelsMapper``: W+ layers ``[0, coarse_end)``, ``[coarse_end, medium_end)`` and
     ``[medium_end, num_ws)`` each through their own MLP (``depth`` EqualLinear, lr_mul 0.01, lrelu);
-    a disabled group (the reference's ``--no_*_mapper``) contributes 0. Edit ``w + strength * M(w)``."""
+    a disabled group (the reference's ``--no_*_mapper``) contributes 0. Edit ``w + strength * M(w)``.
+
+    ``norm``: the axis of the input PixelNorm. ``'layers'`` is the reference's (its PixelNorm
+    normalizes dim 1 of ``[B, layers, 512]``), needed for released mappers; but on W+ latents
+    whose layers are equal (a generator's own ``G.mapping`` output, no inversion) it reduces
+    each feature to ``sign(w)``. ``'features'`` normalizes over the 512 features as StyleGAN's
+    mapping does, and is what :meth:`for_generator` uses for mappers trained here."""
 
     w_dim: int = 512
     num_ws: int = 18
@@ -375,8 +381,11 @@ class MapperConfig(JSONConfig):
     depth: int = 4
     lr_mul: float = 0.01
     strength: float = 0.1
+    norm: str = "layers"
 
     def __post_init__(self):
+        if self.norm not in ("layers", "features"):
+            raise ValueError(f"mapper norm must be 'layers' or 'features', got {self.norm!r}")
         if not 0 < self.coarse_end < self.medium_end < self.num_ws:
             raise ValueError(f"mapper groups need 0 < coarse_end < medium_end < num_ws, got {self.coarse_end}, "
                              f"{self.medium_end}, {self.num_ws}")
@@ -392,7 +401,8 @@ class MapperConfig(JSONConfig):
         one W+ layer per coarse/medium group so that fine is never empty."""
         per = max(1, round(2 * (num_ws // 2) / 9)) * 2
         per = per if 2 * per < num_ws else 1
-        return cls(w_dim=w_dim, num_ws=num_ws, coarse_end=per, medium_end=2 * per, **kw)
+        return cls(**{"w_dim": w_dim, "num_ws": num_ws, "coarse_end": per, "medium_end": 2 * per, "norm": "features",
+                      **kw})
 
     def ranges(self) -> dict[str, tuple[int, int]]:
         return dict(zip(MAPPER_GROUPS, ((0, self.coarse_end), (self.coarse_end, self.medium_end),
@@ -403,17 +413,18 @@ class _GroupMLP(nnx.Module):
     """PixelNorm then ``depth`` EqualLinear + fused lrelu, on ``[B, layers, w_dim]``.
 
     The reference's PixelNorm normalizes over dim 1, which for these ``[B, layers, 512]`` slices
-    is the *layer* axis (not the features as in StyleGAN's mapping): reproduced, as released
-    mappers were trained with it.
+    is the *layer* axis (not the features as in StyleGAN's mapping): reproduced with
+    ``cfg.norm == 'layers'``, as released mappers were trained with it (see :class:`MapperConfig`).
     """
 
     def __init__(self, cfg: MapperConfig, *, rngs: nnx.Rngs):
         self.depth = cfg.depth
+        self.norm_axis = 1 if cfg.norm == "layers" else 2
         for i in range(cfg.depth):
             setattr(self, f"fc{i}", Dense(cfg.w_dim, cfg.w_dim, activation="lrelu", lr_mul=cfg.lr_mul, rngs=rngs))
 
     def __call__(self, x):
-        x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=1, keepdims=True) + 1e-8)
+        x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=self.norm_axis, keepdims=True) + 1e-8)
         for i in range(self.depth):
             x = getattr(self, f"fc{i}")(x)
         return x
@@ -556,11 +567,14 @@ def save_mappers(dst: str | os.PathLike, M: Mapper, params, prompts: Sequence[st
                  source: dict | None = None, force: bool = False):
     """Write P mappers (``params`` stacked on a leading axis, one per prompt) as a jaxedit checkpoint."""
     from jaxedit import checkpoint
+    from jaxedit.checkpoint import check_tree
 
-    P = {int(np.shape(a)[0]) for a in jax.tree.leaves(params)}
-    if P != {len(prompts)}:
-        raise ValueError(f"save_mappers: params stacked over {'/'.join(map(str, sorted(P)))} mappers but "
-                         f"{len(prompts)} prompts")
+    want = jax.tree.map(lambda s: jax.ShapeDtypeStruct((len(prompts), *s.shape), s.dtype), M.param_shapes())
+    try:
+        check_tree(want, params, "save_mappers")
+    except ValueError as e:
+        raise ValueError(f"{e} (params must be {len(prompts)} mappers stacked on a leading axis, one per prompt)") \
+            from None
     return checkpoint.save(dst, kind=MAPPER_KIND, model=M.cfg.to_dict(), params=params, source=source,
                            extra={"prompts": list(prompts)}, force=force)
 
@@ -569,12 +583,13 @@ def load_mappers(path: str | os.PathLike) -> tuple[Mapper, dict, list[str]]:
     """A ``styleclip-mapper`` checkpoint -> ``(Mapper, params stacked [P, ...], prompts [P])``,
     parameter shapes checked against the config."""
     from jaxedit import checkpoint
+    from jaxedit.checkpoint import check_tree
 
     ck = checkpoint.load(path, expected_kind=MAPPER_KIND)
     M = Mapper(MapperConfig.from_dict(ck.model))
     prompts = list(ck.meta.get("prompts") or [])
     shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct((len(prompts), *s.shape), s.dtype), M.param_shapes())
-    checkpoint.check_tree(shapes, ck.params, str(ck.path))
+    check_tree(shapes, ck.params, str(ck.path))
     return M, ck.params, prompts
 
 

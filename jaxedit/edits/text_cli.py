@@ -33,6 +33,7 @@ DEFAULT_L2 = {"optimize": 0.008, "shift": 0.05, "mapper": 0.8}
 
 
 def _load(args):
+    """-> G, gparams, guide, clip params, tokenizer, prompts, seeds, z [N, z_dim], mappers ((Mapper, params) or None)."""
     from jaxedit.config import enable_compilation_cache
 
     enable_compilation_cache()
@@ -55,14 +56,15 @@ def _load(args):
         if (M.cfg.num_ws, M.cfg.w_dim) != (G.cfg.num_ws, G.cfg.w_dim):
             raise UsageError(f"--mapper {args.mapper}: maps W+ {M.cfg.num_ws} x {M.cfg.w_dim}, but the generator's "
                              f"W+ is {G.cfg.num_ws} x {G.cfg.w_dim}")
-        args.trained_mappers = (M, mparams)
+        mappers = (M, mparams)
     else:
+        mappers = None
         prompts = [p for p in args.prompt if p.strip()]
         if not prompts:
             raise UsageError("text-edit: give at least one non-empty --prompt")
     seeds = parse_seeds(args.seeds)
     z = np.stack([np.random.RandomState(s).randn(G.cfg.z_dim) for s in seeds]).astype(np.float32)
-    return G, gp, guide, cp, tok, prompts, seeds, z
+    return G, gp, guide, cp, tok, prompts, seeds, z, mappers
 
 
 def _tokens(tok, guide, texts):
@@ -168,7 +170,7 @@ def _shift(args, G, gp, guide, cp, tok, prompts, z, strengths):
     return cells.reshape(-1, *imgs.shape[3:]), K, 1 - d0, 1 - d1, {"shifts": shifts, "layer": args.layer}
 
 
-def _mapper(args, G, gp, guide, cp, tok, prompts, z):
+def _mapper(args, G, gp, guide, cp, tok, prompts, z, trained=None):
     import jax
     import jax.numpy as jnp
 
@@ -176,12 +178,13 @@ def _mapper(args, G, gp, guide, cp, tok, prompts, z):
     from jaxedit.progress import Progress
 
     tokens = _tokens(tok, guide, prompts)
-    trained = getattr(args, "trained_mappers", None)
     M = trained[0] if trained else text.Mapper(text.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim))
 
     bar = None if trained else Progress(total=args.steps, unit="step", desc=f"training {len(prompts)} mappers")
 
     def report(step, clip):
+        if bar.done == 0:
+            bar.restart_rate(0)  # the first report comes after the compile: measure the rate from here
         bar.update(int(step), D_clip=float(np.mean(clip)))
 
     @jax.jit
@@ -197,15 +200,17 @@ def _mapper(args, G, gp, guide, cp, tok, prompts, z):
         ws = jax.vmap(lambda p: M(p, w0))(mparams)  # [P, N, L, D]
         P, N = ws.shape[:2]
         imgs = G.synthesis(gp, jnp.concatenate([w0, ws.reshape(P * N, *w0.shape[1:])]))
-        tt = jnp.repeat(t, N, axis=0)  # [P * N, D] prompt-major
-        cos0 = text.clip_cosine(embed, jnp.tile(imgs[:N], (P, 1, 1, 1)), tt).reshape(P, N)
-        cos1 = text.clip_cosine(embed, imgs[N:], tt).reshape(P, N)
+        unit = lambda v: v / jnp.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+        cos0 = unit(t) @ unit(embed(imgs[:N])).T  # [P, N]: the originals embedded once
+        cos1 = text.clip_cosine(embed, imgs[N:], jnp.repeat(t, N, axis=0)).reshape(P, N)
         return imgs, cos0, cos1, mparams, ws
 
-    imgs, cos0, cos1, mparams, ws = jax.device_get(run(gp, cp, jnp.asarray(z), tokens,
-                                                       trained[1] if trained else None))
-    if bar is not None:
-        bar.close()
+    try:
+        imgs, cos0, cos1, mparams, ws = jax.device_get(run(gp, cp, jnp.asarray(z), tokens,
+                                                           trained[1] if trained else None))
+    finally:
+        if bar is not None:
+            bar.close()
     N = z.shape[0]
     cells = imgs.reshape(len(prompts) + 1, N, *imgs.shape[1:]).transpose(1, 0, 2, 3, 4)  # rows = seeds
     if args.save_mapper:
@@ -230,6 +235,10 @@ def cmd_text_edit(args) -> None:
         args.l2 = DEFAULT_L2[args.method] if args.l2 is None else args.l2
         if args.steps <= 0:
             raise UsageError(f"--steps {args.steps}: must be positive")
+    if args.batch <= 0:
+        raise UsageError(f"--batch {args.batch}: must be positive")
+    if not args.mapper and not any(p.strip() for p in args.prompt):
+        raise UsageError("text-edit: give at least one non-empty --prompt")
     if args.id_lambda and (args.method not in ("optimize", "mapper") or args.mapper or args.id_lambda < 0):
         raise UsageError(f"--id-lambda {args.id_lambda}: a weight >= 0 for --method optimize or mapper (training)")
     if args.save and Path(args.save).exists() and not args.force:
@@ -238,11 +247,13 @@ def cmd_text_edit(args) -> None:
         if args.method != "mapper" or args.mapper:
             raise UsageError("--save-mapper is for --method mapper when training (without --mapper)")
         checkpoint.check_writable(args.save_mapper, args.force)
-    G, gp, guide, cp, tok, prompts, seeds, z = _load(args)
+    G, gp, guide, cp, tok, prompts, seeds, z, mappers = _load(args)
     t0 = time.perf_counter()
     if args.method in ("optimize", "mapper"):
-        run = _optimize if args.method == "optimize" else _mapper
-        grid, cols, before, after, saved = run(args, G, gp, guide, cp, tok, prompts, z)
+        if args.method == "optimize":
+            grid, cols, before, after, saved = _optimize(args, G, gp, guide, cp, tok, prompts, z)
+        else:
+            grid, cols, before, after, saved = _mapper(args, G, gp, guide, cp, tok, prompts, z, mappers)
         layout = "rows = seeds, columns = original then one per prompt"
     else:
         strengths = parse_strengths(args.strengths or DEFAULT_STRENGTHS[args.method])
@@ -287,8 +298,8 @@ def register_cli(sub) -> None:
                         "mean (w' - w)^2 (0.8)")
     p.add_argument("--id-lambda", type=float, default=0.0,
                    help="optimize, mapper: weight of the identity term 1 - cos(F(edited), F(original)) with F the CLIP "
-                        "image tower (StyleCLIP: ArcFace for faces, which Python callers pass as `identity`); 0.5 "
-                        "halves the collateral change on the shapes world")
+                        "image tower (StyleCLIP: ArcFace for faces, which Python callers pass as `identity`); 0.2 "
+                        "nearly halves the collateral change of optimization on the shapes world")
     p.add_argument("--layer", default="b16.conv1", help="shift: the conv layer whose weight is shifted")
     p.add_argument("--strengths", help="global: alphas (default 0:4:5); shift: k (default -3:3:7); "
                                        "START:STOP:NUM or a comma list (write --strengths=-3:3:7)")
