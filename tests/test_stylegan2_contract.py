@@ -192,7 +192,7 @@ def test_noise_modes():
     # zero noise strength: every mode gives the same image
     p0 = jax.tree_util.tree_map_with_path(
         lambda k, a: a * 0 if jax.tree_util.keystr(k).endswith("['noise_strength']") else a, p)
-    assert max_abs(G.synthesis(p0, ws, "random", key=keys), G.synthesis(p0, ws, "none")) == 0.0
+    assert max_abs(G.synthesis(p0, ws, "random", key=keys), G.synthesis(p0, ws, "none")) <= 1e-5  # two programs
     with pytest.raises(ValueError, match="needs a PRNG key"):
         G.synthesis(p, ws, "random")
 

@@ -41,7 +41,7 @@ from flax import nnx
 
 from jaxedit.config import JSONConfig
 from jaxedit.nn import ops
-from jaxedit.nn.handle import ModelHandle
+from jaxedit.nn.handle import ModelHandle, compiled
 from jaxedit.nn.layers import Buffer, Conv2d, Dense
 
 Params = dict[str, Any]
@@ -327,7 +327,10 @@ class Generator(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class StyleGAN2(ModelHandle):
-    """Hashable handle: pure functions of ``params`` for one :class:`StyleGAN2Config`."""
+    """Hashable handle: pure functions of ``params`` for one :class:`StyleGAN2Config`.
+
+    Called eagerly, ``synthesis*`` runs as one compiled program per input shape (not op by op);
+    inside ``jit``/``vmap``/``grad`` it inlines."""
 
     cfg: StyleGAN2Config
     module = Generator
@@ -356,6 +359,11 @@ class StyleGAN2(ModelHandle):
     def ws_to_styles(self, params: Params, ws: jax.Array) -> dict[str, jax.Array]:
         """ws ``[B, num_ws, w_dim]`` -> StyleSpace ``{'b{res}.{layer}': s [B, Cin]}`` in synthesis order."""
         _check_shape("ws", ws, (None, self.cfg.num_ws, self.cfg.w_dim))
+        styles = self._ws_to_styles(params, ws)
+        return {name: styles[name] for name in self.cfg.layer_ws()}  # jit returns dicts key-sorted
+
+    @compiled()
+    def _ws_to_styles(self, params: Params, ws: jax.Array) -> dict[str, jax.Array]:
         return self.model(params).synthesis.ws_to_styles(ws)
 
     def synthesis_from_styles(self, params: Params, styles: dict[str, jax.Array], noise_mode: str = "const",
@@ -379,6 +387,14 @@ class StyleGAN2(ModelHandle):
         if unknown:
             raise ValueError(f"deltas name unknown layers {unknown}; modulated layers are {list(layer_ws)}")
         key = _as_typed_key(key if key is not None else jax.random.key(0))
+        out = self._synthesize(params, styles, noise_mode, key, deltas, return_features)
+        if return_features:  # jit returns dicts key-sorted: back to synthesis order
+            img, feats = out
+            return img, {f"b{res}": feats[f"b{res}"] for res in self.cfg.resolutions}
+        return out
+
+    @compiled("noise_mode", "return_features")
+    def _synthesize(self, params, styles, noise_mode, key, deltas, return_features):
         return self.model(params).synthesis(styles, noise_mode=noise_mode, key=key, deltas=deltas,
                                              return_features=return_features)
 

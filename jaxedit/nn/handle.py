@@ -8,6 +8,7 @@ plain nested dict of parameters, so handles can be static arguments of ``jax.jit
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 import jax
@@ -39,3 +40,23 @@ class ModelHandle:
     def param_shapes(self) -> dict[str, Any]:
         """The expected ``{name: ShapeDtypeStruct}`` tree (checks and abstract restore)."""
         return nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: self.module(self.cfg, rngs=nnx.Rngs(0))))[1])
+
+
+def compiled(*static_argnames: str):
+    """Decorator for a handle method: called eagerly it runs as ONE compiled program (per shapes
+    and static arguments) instead of dispatching op by op; inside ``jit``/``vmap``/``grad`` it
+    inlines. The handle itself and ``static_argnames`` are static; input checks still raise at
+    trace time with their own messages."""
+
+    def deco(fn):
+        names = list(inspect.signature(fn).parameters)
+        jitted = jax.jit(fn, static_argnums=(0, *(names.index(n) for n in static_argnames)),
+                         static_argnames=static_argnames)
+
+        @functools.wraps(fn)
+        def method(self, *args, **kwargs):
+            return jitted(self, *args, **kwargs)
+
+        return method
+
+    return deco
