@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from jaxedit.config import JSONConfig
-from jaxedit.nn.handle import ModelHandle
+from jaxedit.nn.handle import ModelHandle, compiled
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -306,6 +306,10 @@ class CLIP(ModelHandle):
         if images.ndim != 4 or tuple(images.shape[1:]) != (r, r, 3):
             raise ValueError(f"CLIP.encode_image expects images [B, {r}, {r}, 3], got {list(images.shape)} "
                              "(see jaxedit.models.clip.preprocess)")
+        return self._encode_image(params, images)
+
+    @compiled()
+    def _encode_image(self, params: dict, images: jax.Array) -> jax.Array:
         return self.model(params).visual(images)
 
     def encode_text(self, params: dict, tokens: jax.Array) -> jax.Array:
@@ -316,6 +320,10 @@ class CLIP(ModelHandle):
                                                                                                  jnp.integer):
             raise ValueError(f"CLIP.encode_text expects integer tokens [B, L <= {self.cfg.context_length}], got "
                              f"{tokens.dtype} {list(tokens.shape)}")
+        return self._encode_text(params, tokens)
+
+    @compiled()
+    def _encode_text(self, params: dict, tokens: jax.Array) -> jax.Array:
         return self.model(params).encode_text(tokens)
 
     def __call__(self, params: dict, images: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:

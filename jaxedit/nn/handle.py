@@ -15,33 +15,6 @@ import jax
 from flax import nnx
 
 
-class ModelHandle:
-    module: type  # set by each subclass
-
-    @functools.cached_property
-    def graphdef(self):
-        return nnx.split(nnx.eval_shape(lambda: self.module(self.cfg, rngs=nnx.Rngs(0))))[0]
-
-    def model(self, params: dict[str, Any]):
-        """The NNX module with ``params`` in place (for use inside the handle's pure methods)."""
-        return nnx.merge(self.graphdef, params)
-
-    def init(self, key: jax.Array) -> dict[str, Any]:
-        """Random parameters with the module's (reference) initialization, as a plain nested dict.
-
-        One compiled program: eager initialization dispatches one small program per parameter.
-        """
-        return self._init(key)
-
-    @functools.cached_property
-    def _init(self):
-        return jax.jit(lambda key: nnx.to_pure_dict(nnx.split(self.module(self.cfg, rngs=nnx.Rngs(key)))[1]))
-
-    def param_shapes(self) -> dict[str, Any]:
-        """The expected ``{name: ShapeDtypeStruct}`` tree (checks and abstract restore)."""
-        return nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: self.module(self.cfg, rngs=nnx.Rngs(0))))[1])
-
-
 def compiled(*static_argnames: str):
     """Decorator for a handle method: called eagerly it runs as ONE compiled program (per shapes
     and static arguments) instead of dispatching op by op; inside ``jit``/``vmap``/``grad`` it
@@ -60,3 +33,31 @@ def compiled(*static_argnames: str):
         return method
 
     return deco
+
+
+class ModelHandle:
+    module: type  # set by each subclass
+
+    @functools.cached_property
+    def graphdef(self):
+        return nnx.split(nnx.eval_shape(lambda: self.module(self.cfg, rngs=nnx.Rngs(0))))[0]
+
+    def model(self, params: dict[str, Any]):
+        """The NNX module with ``params`` in place (for use inside the handle's pure methods)."""
+        return nnx.merge(self.graphdef, params)
+
+    def init(self, key: jax.Array) -> dict[str, Any]:
+        """Random parameters with the module's (reference) initialization, as a plain nested dict.
+
+        One compiled program: eager initialization dispatches one small program per parameter.
+        """
+        return self._init(key)
+
+    @compiled()
+    def _init(self, key: jax.Array) -> dict[str, Any]:  # compiled once per config, not per handle instance
+        return nnx.to_pure_dict(nnx.split(self.module(self.cfg, rngs=nnx.Rngs(key)))[1])
+
+    def param_shapes(self) -> dict[str, Any]:
+        """The expected ``{name: ShapeDtypeStruct}`` tree (checks and abstract restore)."""
+        return nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: self.module(self.cfg, rngs=nnx.Rngs(0))))[1])
+
