@@ -60,4 +60,3 @@ class ModelHandle:
     def param_shapes(self) -> dict[str, Any]:
         """The expected ``{name: ShapeDtypeStruct}`` tree (checks and abstract restore)."""
         return nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: self.module(self.cfg, rngs=nnx.Rngs(0))))[1])
-
