@@ -211,8 +211,7 @@ def _finalized_steps(run_dir: Path) -> list[int]:
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     config = tmp_path / "tiny8.py"
     config.write_text(TINY8)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAXEDIT_CACHE=str(tmp_path / "xla-cache"),
-               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip())
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAXEDIT_CACHE=str(tmp_path / "xla-cache"))  # XLA_FLAGS: conftest
     killed = tmp_path / "killed"
 
     # 1. a long run, SIGKILLed as soon as a checkpoint is finalized (maybe mid-way through another save)
