@@ -24,15 +24,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from converters.stylegan2 import sha256
-from jaxedit import torchfile
+from jaxedit.converters.stylegan2 import sha256
+from jaxedit.io import torchfile
 from jaxedit.models.clip import CLIP, CLIPConfig
+from jaxedit.errors import CheckpointError, FormatError
 
 CONVERTER_VERSION = "clip-1"
 DROPPED = re.compile(r"^(input_resolution|context_length|vocab_size)$|\.(num_batches_tracked|attn_mask)$")
 
 
-class ConversionError(ValueError):
+class ConversionError(FormatError):
     """The source cannot be converted; the message names the file and the key."""
 
 
@@ -169,7 +170,7 @@ def convert(path: str | Path) -> tuple[CLIPConfig, dict, dict[str, Any]]:
 # ------------------------------------------------------------------------------ vocab and saving
 def default_vocab(src: str | Path) -> Path | None:
     """The BPE merges file next to a source checkpoint, if there is one (``bpe_simple_vocab_16e6.txt.gz``)."""
-    from jaxedit.text.tokenizer import VOCAB_FILE
+    from jaxedit.models.clip.tokenizer import VOCAB_FILE
 
     p = Path(src).parent / VOCAB_FILE
     return p if p.is_file() else None
@@ -177,7 +178,7 @@ def default_vocab(src: str | Path) -> Path | None:
 
 def copy_vocab(src: str | Path, dst_dir: str | Path) -> Path:
     """Copy a merges file (or the one in folder ``src``) into ``dst_dir`` after checking it parses."""
-    from jaxedit.text.tokenizer import Tokenizer, find_vocab
+    from jaxedit.models.clip.tokenizer import Tokenizer, find_vocab
 
     src = find_vocab(src)
     Tokenizer.from_file(src)
@@ -193,9 +194,9 @@ def save(dst: str | Path, cfg: CLIPConfig, params: dict, info: dict[str, Any], v
     ``vocab`` (a merges file or a folder holding one) must give ``cfg.vocab_size`` tokens.
     Returns ``(path, summary of the check)``.
     """
-    from jaxedit import checkpoint
+    from jaxedit.io import checkpoint
     from jaxedit.models import clip as clip_model
-    from jaxedit.text.tokenizer import Tokenizer, find_vocab
+    from jaxedit.models.clip.tokenizer import Tokenizer, find_vocab
 
     checkpoint.check_writable(dst, force)
     if vocab is not None:

@@ -1,7 +1,7 @@
 """DeCurvEd / StyleFlow continuous normalizing flow ``.pt`` -> (CNFConfig, params), without torch.
 
 Reads ``torch.save({'state_dict': SequentialFlow state dict})`` (or the bare state dict, or a
-training checkpoint with a ``'flow'`` / ``'model'`` entry) through :mod:`jaxedit.torchfile`.
+training checkpoint with a ``'flow'`` / ``'model'`` entry) through :mod:`jaxedit.io.torchfile`.
 Only the first CNF block (``chain.0``) is converted (DeCurvEd builds one; a chain with several
 blocks or batch-norm layers is refused by name). The layer sizes come from the tensor shapes;
 the integration time is ``sqrt_end_time ** 2`` when the file has a learnable end time, else
@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from jaxedit import torchfile
+from jaxedit.io import torchfile
 from jaxedit.models.flows import CNFConfig
+from jaxedit.errors import FormatError
 
 PREFIX = "chain.0.odefunc.diffeq.layers."
 _KEY = re.compile(r"^chain\.0\.odefunc\.diffeq\.layers\.(\d+)\._(layer|hyper_gate|hyper_bias)\.(weight|bias)$")
 
 
-class FlowFileError(ValueError):
+class FlowFileError(FormatError):
     """A flow file that cannot be converted; the message names the file and the key."""
 
 

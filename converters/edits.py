@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from jaxedit import torchfile
+from jaxedit.io import torchfile
+from jaxedit.errors import FormatError
 
 
-class EditFileError(ValueError):
+class EditFileError(FormatError):
     """An edit artifact cannot be read; the message names the file and the key."""
 
 

@@ -21,14 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from jaxedit import torchfile
+from jaxedit.io import torchfile
 from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
+from jaxedit.errors import CheckpointError, FormatError
 
 CONVERTER_VERSION = "stylegan2-1"
 STANDARD_FILTER = np.outer([1, 3, 3, 1], [1, 3, 3, 1]).astype(np.float32) / 64.0
 
 
-class ConversionError(ValueError):
+class ConversionError(FormatError):
     """The source cannot be converted; the message names the file and the key."""
 
 
@@ -243,7 +244,7 @@ def _estimate_w_avg(cfg: StyleGAN2Config, params: dict, n: int = 100_000) -> np.
 
 
 def _check_params(G: StyleGAN2, params: dict, name: str) -> None:
-    from jaxedit.checkpoint import CheckpointError, check_tree
+    from jaxedit.io.checkpoint import CheckpointError, check_tree
 
     try:
         check_tree(G.param_shapes(), params, name)

@@ -33,13 +33,15 @@ def _worker(model: str, batch: int, way: str) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from jaxedit import checkpoint
+    from jaxedit.io import checkpoint
+
+    from jaxedit.models import stylegan2
     from jaxedit.models import clip
     from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
 
     if model.startswith("g"):
         if model == "g32":
-            G, p = checkpoint.load_stylegan2(checkpoint.default_path("shapes32-stylegan2"))
+            G, p = stylegan2.load(checkpoint.default_path("shapes32-stylegan2"))
         else:
             G = StyleGAN2(StyleGAN2Config(z_dim=16, w_dim=16, img_resolution=16, mapping_layers=2,
                                           channels=(32, 16, 8), conv_clamp=256))

@@ -27,7 +27,7 @@ import time
 import jax
 import numpy as np
 
-from jaxedit.data import images, shapes
+from jaxedit.io import images, shapes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = {32: (256, 1024, 4096), 64: (64, 256, 1024), 128: (16, 64, 256)}

@@ -53,9 +53,10 @@ def load_clip(embed_dim_fallback: int = 64):
     import jax.numpy as jnp
 
     try:
-        from jaxedit import checkpoint
+        from jaxedit.io import checkpoint
+        from jaxedit.models import stylegan2
         from jaxedit.models import clip
-        from jaxedit.text.tokenizer import Tokenizer
+        from jaxedit.models.clip.tokenizer import Tokenizer
 
         path = checkpoint.default_path("shapes-clip")
         model, params = clip.load(path)
@@ -93,11 +94,12 @@ def main():
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxedit import checkpoint
+    from jaxedit.io import checkpoint
     from jaxedit.edits import text as T
+    from jaxedit.models import mapper as mapper_lib
 
     t_start = time.perf_counter()
-    G, gp = checkpoint.load_stylegan2(checkpoint.default_path("shapes32-stylegan2"))
+    G, gp = stylegan2.load(checkpoint.default_path("shapes32-stylegan2"))
     clip_desc, embed, text = load_clip()
     bg.log(f"CLIP: {clip_desc}")
     M = text.shape[0]
@@ -185,7 +187,7 @@ def main():
                                                  for a in range(ALPHAS)]), M * ALPHAS * N_GLOBAL, g_gflop, repeats=3)
 
     # -- mapper: M mappers trained in one program (scan over steps, vmap over mappers) vs one per call
-    Mp = T.Mapper(T.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim))
+    Mp = mapper_lib.Mapper(mapper_lib.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim))
     train = jax.jit(lambda gp, t: T.train_mappers(Mp, G, gp, embed, t, jax.random.key(2), steps=STEPS,
                                                   batch=N).params)
     timed("mapper", "batched", lambda: block(train(gp, text)), M * N * STEPS, 3 * fwd_gflop)

@@ -10,7 +10,7 @@ G, D and G_ema as ``torch_utils.persistence`` objects holding the ``nn.Module.__
 (182 tensors, 30,370,060 params + 2,797,104 buffer elements, train.py's ``_init_kwargs``), D the matching resnet
 discriminator; seeded random float32, ~381 MB, written one tensor at a time by a pure-Python pickler that names
 stand-ins as the torch / NVIDIA globals. A fresh interpreter without torch, torch_utils and dnnlib then checks it
-with ``jaxedit.torchfile`` (names, shapes, init_kwargs, spot values; the spec at the nvidia_tiny32 config against
+with ``jaxedit.io.torchfile`` (names, shapes, init_kwargs, spot values; the spec at the nvidia_tiny32 config against
 the real fixture's names and shapes in shared/fixtures/manifest.json).
 
 ``--measure PATH`` runs in fresh children, peak = max(``wait4`` ru_maxrss, VmRSS sampled every ``--interval`` s):
@@ -397,12 +397,12 @@ def worker_write(path: str, seed: str) -> dict:
 
 
 def worker_check(path: str, seed: str) -> dict:
-    """Read the file with ``jaxedit.torchfile`` (torch, torch_utils, dnnlib unimportable) and compare to the spec."""
+    """Read the file with ``jaxedit.io.torchfile`` (torch, torch_utils, dnnlib unimportable) and compare to the spec."""
     for m in ("torch", "torch_utils", "dnnlib"):
         sys.modules[m] = None
     import numpy as np
 
-    from jaxedit import torchfile as tf
+    from jaxedit.io import torchfile as tf
 
     seed, t0 = int(seed), time.perf_counter()
     obj = tf.load(path)
@@ -504,7 +504,7 @@ def worst_of(n: int, label: str, once) -> dict:
 
 
 def worker_loadonly(path: str) -> dict:
-    from jaxedit import torchfile as tf
+    from jaxedit.io import torchfile as tf
 
     sd = tf.module_state_dict(tf.load(path)["G_ema"])
     return dict(tensors=len(sd), rss_end_mib=_status()["VmRSS"] / 1024)
@@ -522,8 +522,8 @@ def worker_phases(src: str, dst: str) -> dict:
         marks.append(dict(t=time.monotonic(), name=name, ev=ev, rss_kib=s["VmRSS"], hwm_kib=s["VmHWM"]))
 
     mark("imports", "start")
-    from converters import stylegan2 as conv
-    from jaxedit import checkpoint, cli, torchfile
+    from jaxedit.converters import stylegan2 as conv
+    from jaxedit.io import checkpoint, cli, torchfile
     mark("imports", "end")
 
     for owner, attr, label in (
@@ -642,7 +642,7 @@ def make(python: str, path: str, seed: int) -> dict | None:
     w = run["out"]
     log(f"  {w['bytes']:,} bytes ({w['bytes'] / 1e6:.1f} MB) in {w['write_s']:.1f} s; writer peak "
         f"{run['peak_rss_mib']:.0f} MiB")
-    log("checking it with jaxedit.torchfile in a fresh interpreter (torch, torch_utils, dnnlib unimportable) ...")
+    log("checking it with jaxedit.io.torchfile in a fresh interpreter (torch, torch_utils, dnnlib unimportable) ...")
     chk = run_worker(python, "check", [path, str(seed)], 0.1)["out"]
     if not chk.get("ok"):
         log(f"  CHECK FAILED: {chk.get('problems')}")

@@ -25,9 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit import checkpoint
+from jaxedit.io import checkpoint
+
+from jaxedit.models import stylegan2
 from jaxedit.data import shapes
-from jaxedit.edits import editors, linear
+from jaxedit.edits import registry as editors, linear
 from jaxedit.metrics import attributes as A
 from jaxedit.metrics import directions as D
 from jaxedit.models import probe as probe_lib
@@ -119,7 +121,7 @@ def main():
     args = ap.parse_args()
     RESULTS.mkdir(exist_ok=True)
 
-    G, gp = checkpoint.load_stylegan2(args.generator)
+    G, gp = stylegan2.load(args.generator)
     P, pp = probe_lib.load(args.probe)
     key = jax.random.key(4)
     z = jax.random.normal(jax.random.fold_in(key, 1), (args.n_eval, G.cfg.z_dim))

@@ -21,8 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit import checkpoint
-from jaxedit.data import images as imio
+from jaxedit.io import checkpoint
+
+from jaxedit.models import stylegan2
+from jaxedit.io import images as imio
 from jaxedit.data import shapes
 from jaxedit.metrics.distributions import feature_stats, frechet_distance, wasserstein_1d
 from jaxedit.models import probe as probe_lib
@@ -40,7 +42,7 @@ def main():
     ap.add_argument("--name", default="eval_shapes32_generator")
     args = ap.parse_args()
 
-    G, gp = checkpoint.load_stylegan2(args.generator)
+    G, gp = stylegan2.load(args.generator)
     P, pp = probe_lib.load(args.probe)
     data = shapes.ShapesConfig(resolution=G.cfg.img_resolution)
     key = jax.random.key(2024)

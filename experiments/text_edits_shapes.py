@@ -45,9 +45,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit import checkpoint
-from jaxedit.data import images as imio
+from jaxedit.io import checkpoint
+
+from jaxedit.models import stylegan2
+from jaxedit.io import images as imio
 from jaxedit.edits import text
+from jaxedit.models import mapper as mapper_lib
 from jaxedit.metrics import attributes as A
 from jaxedit.models import clip
 from jaxedit.models import probe as probe_lib
@@ -113,7 +116,7 @@ def main():
     ap.add_argument("--out", default=str(RESULTS / "text_edits_shapes"))
     args = ap.parse_args()
     n, steps = args.n, args.steps
-    G, gp = checkpoint.load_stylegan2(checkpoint.default_path("shapes32-stylegan2"))
+    G, gp = stylegan2.load(checkpoint.default_path("shapes32-stylegan2"))
     P, pp = probe_lib.load(checkpoint.default_path("shapes32-probe"))
     clip_path = args.clip or checkpoint.default_path("shapes-clip")
     guide, cp, tok = clip.load_guide(clip_path)
@@ -198,7 +201,7 @@ def main():
     for name, norm in (("mapper", "features"), ("mapper-refnorm", "layers")):
         if name not in methods:
             continue
-        M = text.Mapper(text.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim, norm=norm))
+        M = mapper_lib.Mapper(mapper_lib.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim, norm=norm))
 
         @jax.jit
         def run_mapper(gp, cp, ws0, tokens):

@@ -75,7 +75,7 @@ DEFAULT = "c64"
 
 def get_config(arg: str | None = None):
     """The shapes32-stylegan2 training config; ``arg`` picks another candidate (e.g. ``c128``)."""
-    from jaxedit.models.discriminator import DiscriminatorConfig
+    from jaxedit.models.stylegan2.discriminator import DiscriminatorConfig
     from jaxedit.models.stylegan2 import StyleGAN2Config
     from jaxedit.train.gan import GANConfig
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+from jaxedit.errors import InputError
 
 
 def _plain(v: Any) -> Any:
@@ -28,7 +29,7 @@ class JSONConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
+            raise InputError(f"unknown {cls.__name__} keys: {unknown}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxedit.errors import InputError
 
 DATA_AXIS = "data"
 
@@ -40,7 +41,7 @@ def shard_batch(tree: Any, mesh: Mesh) -> Any:
     n = mesh.size
     for leaf in jax.tree.leaves(tree):
         if leaf.shape[0] % n:
-            raise ValueError(f"batch of {leaf.shape[0]} does not split over {n} devices; use pad_batch first")
+            raise InputError(f"batch of {leaf.shape[0]} does not split over {n} devices; use pad_batch first")
     return jax.device_put(tree, batch_sharded(mesh))
 
 

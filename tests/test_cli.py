@@ -25,10 +25,11 @@ def run(*args, env=None, ok=True):
     return out
 
 
-def one_line_error(out, *needles):
-    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+def one_line_error(out, *needles, code=2):
+    """Exit 2 for a bad flag (UsageError), 1 for a bad file or value (other JaxeditErrors)."""
+    assert out.returncode == code, (out.returncode, out.stdout, out.stderr)
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("jaxedit: error: "), out.stderr
+    assert len(lines) == 1 and lines[0].startswith("jaxedit ") and ": error: " in lines[0], out.stderr
     for n in needles:
         assert n in lines[0], (n, lines[0])
 
@@ -91,7 +92,7 @@ def test_sample_seeds_truncation_and_conditional(ckpt, tmp_path):
         "--save-w", tmp_path / "w.npy")
     ws = np.load(tmp_path / "w.npy")
     assert ws.shape == (6, 8, 64)
-    from converters import stylegan2 as conv
+    from jaxedit.converters import stylegan2 as conv
     from jaxedit.models.stylegan2 import StyleGAN2
 
     cfg, params, _ = conv.convert(fixture("nvidia_tiny32.pkl"))
@@ -120,7 +121,7 @@ def test_errors_are_one_line(tmp_path):
 def test_convert_without_torch(tmp_path):
     """Conversion works where ``import torch`` fails."""
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from jaxedit.cli import main\n"
+            "from jaxedit.cli.main import main\n"
             f"rc = main(['convert', 'stylegan2', {str(fixture('rosinality_tiny64.pt'))!r}, {str(tmp_path / 'r')!r}])\n"
             "import importlib.util\n"
             "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from conftest import fixture, max_abs, ref
 
-from converters import clip as conv
-from jaxedit import torchfile
+from jaxedit.converters import clip as conv
+from jaxedit.io import torchfile
 from jaxedit.models.clip import CLIP, CLIP_MEAN, CLIP_STD, CLIPConfig, load, preprocess
-from jaxedit.text.tokenizer import Tokenizer, TokenizerError
+from jaxedit.models.clip.tokenizer import Tokenizer, TokenizerError
 
 FILE_KINDS = ("state_dict", "torchscript")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import fixture, max_abs, ref
-from converters import decurved
+from jaxedit.converters import decurved
 from jaxedit.edits import curvilinear as C
 from jaxedit.models.flows import CNF, CNFConfig
 

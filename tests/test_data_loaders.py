@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from jaxedit.data import folders, shapes
-from jaxedit.data.images import from_uint8, to_uint8
+from jaxedit.io.images import from_uint8, to_uint8
 
 N_PNG = 11
 

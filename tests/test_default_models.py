@@ -35,7 +35,7 @@ def test_probe_reads_fresh_renders():
 
 def test_shapes_clip_matches_colours_and_shapes_above_chance():
     from jaxedit.models import clip
-    from jaxedit.text.tokenizer import Tokenizer
+    from jaxedit.models.clip.tokenizer import Tokenizer
     from jaxedit.train import clip as train_clip
 
     C, params = clip.load(CKPTS / "shapes-clip")

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxedit import checkpoint
+from jaxedit.io import checkpoint
 from jaxedit.models.reconstructor import ReconstructorConfig
 from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
 from jaxedit.train import discovery as D

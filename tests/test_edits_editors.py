@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxedit import checkpoint
-from jaxedit.data import images as imio
-from jaxedit.edits import editors, linear, warped
+from jaxedit.io import checkpoint
+from jaxedit.io import images as imio
+from jaxedit.edits import registry as editors, linear, warped
 from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
 from test_cli import one_line_error, run
 

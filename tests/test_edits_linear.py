@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from converters.edits import EditFileError, load_ganspace, load_interfacegan
+from jaxedit.converters.edits import EditFileError, load_ganspace, load_interfacegan
 from jaxedit.edits import linear as E
 
 
@@ -213,7 +213,7 @@ def test_load_ganspace(tmp_path):
 def test_load_deformator_kinds_and_errors(tmp_path, monkeypatch):
     import json
 
-    import converters.edits as C
+    import jaxedit.converters.edits as C
 
     rng = np.random.default_rng(0)
     W, b, L = rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=6).astype(np.float32), \

@@ -16,9 +16,10 @@ import optax
 import pytest
 
 from conftest import max_abs
-from converters import styleclip
-from jaxedit import checkpoint
+from jaxedit.converters import styleclip
+from jaxedit.io import checkpoint
 from jaxedit.edits import text as T
+from jaxedit.models import mapper as mapper_lib
 from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
 
 CFG = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=8, mapping_layers=2, channels=(8, 8))
@@ -155,7 +156,7 @@ def test_identity_loss_starts_at_zero_and_pulls_towards_the_original():
 
     assert np.mean(final_id(strong)) < 0.5 * np.mean(final_id(plain)), (final_id(strong), final_id(plain))
     # the mapper's identity term: id_lambda * mean(1 - cos(F(G(M(w))), F(G(w))))
-    M = T.Mapper(T.MapperConfig.for_generator(CFG.num_ws, CFG.w_dim))
+    M = mapper_lib.Mapper(mapper_lib.MapperConfig.for_generator(CFG.num_ws, CFG.w_dim))
     mp = jax.tree.map(lambda a: a + 0.3, M.init(jax.random.key(0)))
     loss = jax.jit(lambda ident: T.mapper_loss(M, mp, G, p, embed, w0, t[0], identity=ident, id_lambda=0.7),
                    static_argnums=0)
@@ -357,7 +358,7 @@ def _mapper_ref(params, ws, cfg):
 
 def test_mapper_forward_and_batched_training():
     G, p = gen()
-    M = T.Mapper(T.MapperConfig(w_dim=CFG.w_dim, num_ws=CFG.num_ws, coarse_end=1, medium_end=2,
+    M = mapper_lib.Mapper(mapper_lib.MapperConfig(w_dim=CFG.w_dim, num_ws=CFG.num_ws, coarse_end=1, medium_end=2,
                                 groups=(True, False, True)))
     opt = optax.adam(1e-2)
     params, state = T.init_mappers(M, jax.random.key(1), 2, opt)
@@ -413,21 +414,21 @@ def test_mapper_norm_axis_on_latents_with_equal_layers():
     w = latents(3)[:, :1] * jnp.linspace(0.5, 2.0, CFG.w_dim)  # [B, 1, D]: features of different size
     ws, signs = jnp.repeat(w, CFG.num_ws, axis=1), jnp.repeat(jnp.sign(w), CFG.num_ws, axis=1)
     for norm in ("layers", "features"):
-        M = T.Mapper(T.MapperConfig.for_generator(CFG.num_ws, CFG.w_dim, norm=norm))
+        M = mapper_lib.Mapper(mapper_lib.MapperConfig.for_generator(CFG.num_ws, CFG.w_dim, norm=norm))
         mp = jax.tree.map(lambda a: a + 0.3, M.init(jax.random.key(0)))
         d = M.delta(mp, ws)
         scale = float(jnp.max(jnp.abs(d)))
         assert max_abs(d, _mapper_ref(mp, ws, M.cfg)) < 1e-6 * scale
         gap = max_abs(d, M.delta(mp, signs)) / scale
         assert (gap < 1e-3) if norm == "layers" else (gap > 1e-1), (norm, gap)  # layers: x / sqrt(x^2 + 1e-8)
-    assert T.MapperConfig.for_generator(8, 16).norm == "features" and T.MapperConfig().norm == "layers"
+    assert mapper_lib.MapperConfig.for_generator(8, 16).norm == "features" and mapper_lib.MapperConfig().norm == "layers"
 
 
 def test_train_mappers_scan_equals_step_loop_and_prompts_are_independent():
     """``train_mappers`` (one scan) == a Python loop of ``make_mapper_step`` on the same latents,
     and prompt i's mapper is the same whether trained alone or with others."""
     G, p = gen()
-    M = T.Mapper(T.MapperConfig.for_generator(CFG.num_ws, CFG.w_dim))
+    M = mapper_lib.Mapper(mapper_lib.MapperConfig.for_generator(CFG.num_ws, CFG.w_dim))
     t, key, steps, batch = texts(3, seed=4), jax.random.key(2), 4, 3
     train = jax.jit(lambda t: T.train_mappers(M, G, p, embed, t, key, steps=steps, batch=batch, lr=0.1))
     res = train(t)
@@ -446,17 +447,17 @@ def test_train_mappers_scan_equals_step_loop_and_prompts_are_independent():
 
 
 def test_mapper_checkpoint_round_trip(tmp_path):
-    M = T.Mapper(T.MapperConfig.for_generator(8, 16, groups=(True, False, True)))
+    M = mapper_lib.Mapper(mapper_lib.MapperConfig.for_generator(8, 16, groups=(True, False, True)))
     params = jax.vmap(lambda i: M.init(jax.random.key(i)))(jnp.arange(2))
-    T.save_mappers(tmp_path / "m", M, params, ["a", "b"])
-    M2, p2, prompts = T.load_mappers(tmp_path / "m")
+    mapper_lib.save_mappers(tmp_path / "m", M, params, ["a", "b"])
+    M2, p2, prompts = mapper_lib.load_mappers(tmp_path / "m")
     assert M2.cfg == M.cfg and prompts == ["a", "b"]
     for x, y in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(p2)):
         assert np.array_equal(np.asarray(x), np.asarray(y))
     with pytest.raises(ValueError, match="must be 1 mappers stacked"):
-        T.save_mappers(tmp_path / "n", M, params, ["a"])
+        mapper_lib.save_mappers(tmp_path / "n", M, params, ["a"])
     with pytest.raises(checkpoint.CheckpointError, match="already exists"):
-        T.save_mappers(tmp_path / "m", M, params, ["a", "b"])
+        mapper_lib.save_mappers(tmp_path / "m", M, params, ["a", "b"])
 
 
 def test_load_mapper_matches_torch(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import max_abs
-from jaxedit.models.stylegan2 import Shift, StyleGAN2, StyleGAN2Config
+from jaxedit.models.stylegan2 import WeightShift, StyleGAN2, StyleGAN2Config
 from jaxedit.nn import ops
 
 CFG = StyleGAN2Config(z_dim=16, w_dim=16, img_resolution=16, mapping_layers=2, channels=(32, 16, 8), conv_clamp=256)
@@ -170,8 +170,8 @@ def test_weight_deltas(layer):
     p_edit = jax.tree.map(lambda a: a, p)
     p_edit["synthesis"][block][name]["weight"] = p["synthesis"][block][name]["weight"] + x
     assert max_abs(G.synthesis(p, ws, deltas={layer: x}), G.synthesis(p_edit, ws)) <= 1e-5
-    # per-sample Shift(x, k) equals a shared delta k_b * x applied to each sample alone
-    shifted = G.synthesis(p, ws, deltas={layer: Shift(x, k)})
+    # per-sample WeightShift(x, k) equals a shared delta k_b * x applied to each sample alone
+    shifted = G.synthesis(p, ws, deltas={layer: WeightShift(x, k)})
     for b in range(3):
         alone = G.synthesis(p, ws[b:b + 1], deltas={layer: k[b] * x})
         assert max_abs(shifted[b:b + 1], alone) <= 1e-4

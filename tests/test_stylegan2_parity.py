@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import fixture, max_abs, ref
-from converters import stylegan2 as conv
+from jaxedit.converters import stylegan2 as conv
 from jaxedit.models.stylegan2 import StyleGAN2
 
 TOL = 1e-4

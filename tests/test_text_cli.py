@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxedit import checkpoint
-from jaxedit.cli import main
-from jaxedit.data import images as imio
+from jaxedit.io import checkpoint
+
+from jaxedit.models import stylegan2
+from jaxedit.cli.main import main
+from jaxedit.io import images as imio
 from jaxedit.edits import text
+from jaxedit.models import mapper as mapper_lib
 from jaxedit.models import clip
 
 PROMPTS = ["a red shape", "a large square"]
@@ -21,7 +24,7 @@ PROMPTS = ["a red shape", "a large square"]
 
 @pytest.fixture(scope="module")
 def models():
-    G, gp = checkpoint.load_stylegan2(checkpoint.default_path("shapes32-stylegan2"))
+    G, gp = stylegan2.load(checkpoint.default_path("shapes32-stylegan2"))
     guide, cp, tok = clip.load_guide(checkpoint.default_path("shapes-clip"))
     return G, gp, guide, cp, tok
 
@@ -108,15 +111,15 @@ def test_mapper_trains_saves_and_reapplies_the_same_grid(models, tmp_path, caplo
     jax.config.update("jax_log_compiles", True)
     try:
         with caplog.at_level(logging.WARNING, logger="jax._src.interpreters.pxla"):
-            assert main([*base, *sum((["--prompt", p] for p in PROMPTS), []), "--steps", "3", "--batch", "2",
+            assert main([*base, *sum((["--prompt", p] for p in PROMPTS), []), "--steps", "3", "--batch-size", "2",
                          "--id-lambda", "0.3",
                          "--save-mapper", str(tmp_path / "m"), "--save", str(tmp_path / "r.npz"),
                          "--out", str(tmp_path / "t.png")]) == 0
     finally:
         jax.config.update("jax_log_compiles", False)
     assert sum("Compiling jit(run)" in r.getMessage() for r in caplog.records) == 1  # training + edit: one program
-    M, mp, prompts = text.load_mappers(tmp_path / "m")
-    assert prompts == PROMPTS and M.cfg == text.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim)
+    M, mp, prompts = mapper_lib.load_mappers(tmp_path / "m")
+    assert prompts == PROMPTS and M.cfg == mapper_lib.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim)
     t = guide.embed_texts(cp, jnp.asarray(tok(PROMPTS, context_length=guide.model.cfg.context_length)))
     embed = lambda x: guide.embed_images(cp, x)  # noqa: E731
     direct = text.train_mappers(M, G, gp, embed, t, jax.random.key(0), steps=3, batch=2, lr=0.5,  # CLI defaults
@@ -140,7 +143,7 @@ def test_convert_mapper_reads_the_torch_file_and_round_trips(tmp_path, capsys):
     a mapper checkpoint whose forward equals the torch forward; its prompt is the file's description."""
     data = Path(__file__).parent / "data"
     assert main(["convert", "mapper", str(data / "styleclip_mapper_tiny.pt"), str(tmp_path / "m")]) == 0
-    M, mp, prompts = text.load_mappers(tmp_path / "m")
+    M, mp, prompts = mapper_lib.load_mappers(tmp_path / "m")
     assert prompts == ["purple hair"] and M.cfg.groups == (True, True, False)
     ref = np.load(data / "styleclip_mapper_tiny_ref.npz")
     np.testing.assert_allclose(M(jax.tree.map(lambda a: a[0], mp), jnp.asarray(ref["ws"])), ref["w_hat"], atol=1e-5)

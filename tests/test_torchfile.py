@@ -1,4 +1,4 @@
-"""jaxedit.torchfile: torch-free, code-free reading of PyTorch files.
+"""jaxedit.io.torchfile: torch-free, code-free reading of PyTorch files.
 
 Real files: the reference fixtures in ../shared/fixtures (NVIDIA pickles, rosinality and
 other torch.save zips, CLIP state dicts and TorchScript archives). Synthetic files (legacy
@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 
 from conftest import fixture, ref
-from jaxedit import torchfile as tf
-from jaxedit.torchfile import TorchFileError
+from jaxedit.io import torchfile as tf
+from jaxedit.io.torchfile import TorchFileError
 
 NVIDIA = ["nvidia_tiny32", "nvidia_tiny32_cond", "nvidia_tiny64_resnet"]
 
@@ -192,7 +192,7 @@ def test_nvidia_runs_without_torch():
         import sys
         for m in ("torch", "torch_utils", "dnnlib"):
             sys.modules[m] = None
-        from jaxedit import torchfile as tf
+        from jaxedit.io import torchfile as tf
         sd = tf.module_state_dict(tf.load({str(path)!r})["G_ema"])
         try:
             import torch

@@ -3,7 +3,7 @@
 import numpy as np
 
 from jaxedit.data import shapes
-from jaxedit.text.tokenizer import Tokenizer
+from jaxedit.models.clip.tokenizer import Tokenizer
 from jaxedit.train import clip as C
 
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxedit.models.discriminator import Discriminator, DiscriminatorConfig, downsample2d, minibatch_std
+from jaxedit.models.stylegan2.discriminator import Discriminator, DiscriminatorConfig, downsample2d, minibatch_std
 from jaxedit.train import gan
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # about half the compile time; speed is irrelevant here
@@ -172,18 +172,16 @@ def test_config_roundtrip_file_and_overrides(tmp_path):
     assert default.G.img_resolution == 32 and default.data["kind"] == "shapes" and default.pl_weight == 0
 
 
-def test_register_cli_adds_train_gan():
-    import argparse
+def test_cli_parses_train_gan():
+    from jaxedit.cli.main import build_parser
 
-    parser = argparse.ArgumentParser(prog="jaxedit")
-    gan.register_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train-gan", "runs/x", "--kimg", "5", "--set", "r1_gamma=0.2", "--export", "out"])
-    assert args.fn is gan.cmd_train_gan and args.run_dir == "runs/x" and args.kimg == 5.0
+    args = build_parser().parse_args(["train-gan", "runs/x", "--kimg", "5", "--set", "r1_gamma=0.2", "--export", "out"])
+    assert args.run == "train:run_train_gan" and args.run_dir == "runs/x" and args.kimg == 5.0
     assert args.set == ["r1_gamma=0.2"] and args.export == "out" and not args.export_only
 
 
 def test_progress_plain_lines_when_not_a_tty():
-    from jaxedit.progress import Progress
+    from jaxedit.io.progress import Progress
 
     out = io.StringIO()
     bar = Progress(10.0, unit="kimg", desc="t", stream=out, interval=0.0)
@@ -254,9 +252,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
 
     # 4. the exported G_ema is a jaxedit StyleGAN2 checkpoint (what `jaxedit sample` reads)
-    from jaxedit import checkpoint
+    from jaxedit.io import checkpoint
+    from jaxedit.models import stylegan2
 
-    G, params = checkpoint.load_stylegan2(fresh / gan.EXPORT_DIR)
+    G, params = stylegan2.load(fresh / gan.EXPORT_DIR)
     assert G.cfg.img_resolution == 8
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fresh_state["G_ema"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -314,9 +313,9 @@ def test_cli_export_only(tmp_path):
     cmd = [sys.executable, "-m", "jaxedit.cli", "train-gan", str(run), "--export-only", "--export", str(dst)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    from jaxedit import checkpoint
+    from jaxedit.io import checkpoint
 
-    G, params = checkpoint.load_stylegan2(dst)
+    G, params = stylegan2.load(dst)
     meta = checkpoint.read_meta(dst)
     assert meta["source"]["step"] == 3 and meta["source"]["trainer"] == "jaxedit.train.gan"
     # a second export to the same place needs --force

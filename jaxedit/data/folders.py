@@ -1,7 +1,7 @@
 """Host-side image loaders: a folder tree of PNG/JPEG files, or a prepared TFDS dataset (array_record).
 
 Both return plain Python iterators of numpy batches ``[B, R, R, 3]`` float32 in [-1, 1] (uint8 ->
-float only at the edge, :func:`jaxedit.data.images.from_uint8`); put them on devices with
+float only at the edge, :func:`jaxedit.io.images.from_uint8`); put them on devices with
 ``jaxedit.parallel.shard_batch``. Each image is converted to RGB, centre-cropped to a square
 (the largest centred square; odd leftovers go to the right/bottom) and resized with PIL to
 ``R x R`` (Lanczos by default; an image already ``R x R`` is passed through untouched). The order is
@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxedit.data.images import from_uint8
+from jaxedit.io.images import from_uint8
+from jaxedit.errors import InputError
 
 #: File suffixes (lower case) that :func:`image_folder` reads; everything else is ignored.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
@@ -44,7 +45,7 @@ def _resample(name: str):
     from PIL import Image
 
     if name not in _RESAMPLE:
-        raise ValueError(f"resample must be one of {_RESAMPLE}, got {name!r}")
+        raise InputError(f"resample must be one of {_RESAMPLE}, got {name!r}")
     return getattr(Image.Resampling, name.upper())
 
 
@@ -68,11 +69,11 @@ def crop_resize(image, resolution: int, resample: str = "lanczos") -> np.ndarray
 
 def _as_hwc(a: np.ndarray) -> np.ndarray:
     if a.dtype != np.uint8:
-        raise ValueError(f"expected uint8 images, got {a.dtype}")
+        raise InputError(f"expected uint8 images, got {a.dtype}")
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim == 3 and a.shape[-1] not in (3, 4):
-        raise ValueError(f"expected 1, 3 or 4 channels, got image of shape {a.shape}")
+        raise InputError(f"expected 1, 3 or 4 channels, got image of shape {a.shape}")
     return a
 
 
@@ -88,7 +89,7 @@ def _decode(data_or_path, resolution: int, resample: str, what: str) -> np.ndarr
             im.load()
             return crop_resize(im, resolution, resample)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot decode {what}: {type(e).__name__}: {e}") from e
+        raise InputError(f"cannot decode {what}: {type(e).__name__}: {e}") from e
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,13 +110,13 @@ def _index_batches(n: int, batch: int, seed: int, shuffle: bool, drop_remainder:
 def _check_batching(n: int, resolution: int, batch: int, drop_remainder: bool, epochs: int | None,
                     what: str) -> None:
     if resolution < 1:
-        raise ValueError(f"resolution must be >= 1, got {resolution}")
+        raise InputError(f"resolution must be >= 1, got {resolution}")
     if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+        raise InputError(f"batch must be >= 1, got {batch}")
     if epochs is not None and epochs < 1:
-        raise ValueError(f"epochs must be >= 1 or None (forever), got {epochs}")
+        raise InputError(f"epochs must be >= 1 or None (forever), got {epochs}")
     if drop_remainder and n < batch:
-        raise ValueError(f"{what} has {n} images, fewer than one batch of {batch} (drop_remainder=True)")
+        raise InputError(f"{what} has {n} images, fewer than one batch of {batch} (drop_remainder=True)")
 
 
 def _pipelined(index_batches: Iterator[np.ndarray], load_batch: Callable[[np.ndarray, Callable], Any],
@@ -266,13 +267,13 @@ def tfds_directory(name: str, data_dir: str | os.PathLike | None, split: str, re
         if k not in features:
             raise KeyError(f"TFDS dataset {name!r} has no feature {k!r}; features: {sorted(features)}")
     if not isinstance(features[image_key], tfds.features.Image):
-        raise ValueError(f"feature {image_key!r} of TFDS dataset {name!r} is {type(features[image_key]).__name__}, "
+        raise InputError(f"feature {image_key!r} of TFDS dataset {name!r} is {type(features[image_key]).__name__}, "
                          "not an Image; pass image_key=")
     _resample(resample)
     try:
         source = builder.as_data_source(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
     except NotImplementedError as e:
-        raise ValueError(
+        raise InputError(
             f"TFDS dataset {name!r} at {str(builder.data_path)!r} is not stored as array_record "
             f"({builder.info.file_format}); re-prepare it with file_format='array_record' or convert it with "
             "`tfds convert_format --out_file_format=array_record` (reading other formats needs TensorFlow)") from e

@@ -82,6 +82,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxedit.errors import InputError
 
 CIRCLE, SQUARE, TRIANGLE = 0, 1, 2
 SHAPE_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
@@ -125,13 +126,13 @@ class ShapesConfig:
 
     def __post_init__(self):
         if self.resolution < 1 or self.supersample < 1:
-            raise ValueError(f"resolution and supersample must be >= 1, got {self.resolution}, {self.supersample}")
+            raise InputError(f"resolution and supersample must be >= 1, got {self.resolution}, {self.supersample}")
         if self.spot_range[1] >= 1 / math.sqrt(2):
-            raise ValueError("spot_range max must be < 1/sqrt(2) so the spot stays inside the square and triangle")
+            raise InputError("spot_range max must be < 1/sqrt(2) so the spot stays inside the square and triangle")
         lo = min(self.x_range[0], self.y_range[0]) - self.scale_range[1] / 2
         hi = max(self.x_range[1], self.y_range[1]) + self.scale_range[1] / 2
         if lo < 0 or hi > 1:
-            raise ValueError("position and scale ranges let the object leave the canvas")
+            raise InputError("position and scale ranges let the object leave the canvas")
 
 
 # --------------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def render_block(config: ShapesBuilderConfig, seed: int, block_index: int, size:
     """Yield ``(index, example)`` for block ``block_index`` of a split (at most ``size`` in total)."""
     import jax
 
-    from jaxedit.data import images, shapes
+    from jaxedit.io import images, shapes
 
     block = config.block
     out = jax.device_get(shapes.sample(block_key(seed, block_index), block, config.shapes_config()))

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jaxedit.errors import InputError
 
 Array = jax.Array
 Layers = slice | range | Sequence[int] | np.ndarray | None
@@ -41,11 +42,11 @@ def _layer_mask(num_layers: int, layers: Layers) -> np.ndarray | None:
         arr = np.asarray(layers)
         if arr.dtype == bool:
             if arr.shape != (num_layers,):
-                raise ValueError(f"boolean layer mask must have shape ({num_layers},), got {arr.shape}")
+                raise InputError(f"boolean layer mask must have shape ({num_layers},), got {arr.shape}")
             return arr.astype(np.float32)
         idx = arr.astype(np.int64).reshape(-1)
     if idx.size and (idx.min() < -num_layers or idx.max() >= num_layers):
-        raise ValueError(f"layers {layers!r} out of range for {num_layers} W+ layers")
+        raise InputError(f"layers {layers!r} out of range for {num_layers} W+ layers")
     mask = np.zeros(num_layers, np.float32)
     mask[idx] = 1.0
     return mask
@@ -63,10 +64,10 @@ def shift(direction: Array, alpha: Array | float) -> Array:
         return alpha[..., None] * direction
     if direction.ndim == 2:
         if alpha.ndim == 0 or alpha.shape[-1] != direction.shape[0]:
-            raise ValueError(f"{direction.shape[0]} directions need alpha of shape [..., {direction.shape[0]}], "
+            raise InputError(f"{direction.shape[0]} directions need alpha of shape [..., {direction.shape[0]}], "
                              f"got {alpha.shape}")
         return jnp.einsum("...k,kd->...d", alpha, direction)
-    raise ValueError(f"direction must be [d] or [K, d], got {direction.shape}")
+    raise InputError(f"direction must be [d] or [K, d], got {direction.shape}")
 
 
 def apply(latent: Array, direction: Array, alpha: Array | float, layers: Layers = None) -> Array:
@@ -83,10 +84,10 @@ def apply(latent: Array, direction: Array, alpha: Array | float, layers: Layers 
     delta = shift(direction, alpha).astype(latent.dtype)  # [d] or [B, d]
     if latent.ndim == 2:
         if layers is not None:
-            raise ValueError("layers only apply to W+ latents [B, L, d]")
+            raise InputError("layers only apply to W+ latents [B, L, d]")
         return latent + delta
     if latent.ndim != 3:
-        raise ValueError(f"latent must be [B, d] or [B, L, d], got {latent.shape}")
+        raise InputError(f"latent must be [B, d] or [B, L, d], got {latent.shape}")
     delta = delta[..., None, :]  # [1, d] or [B, 1, d]
     mask = _layer_mask(latent.shape[1], layers)
     if mask is not None:
@@ -203,13 +204,13 @@ def fit_boundary(latents: Array, scores: Array, top_fraction: float | int = 0.02
     latents = np.asarray(latents, np.float32).reshape(len(latents), -1)
     scores = np.asarray(scores).reshape(-1)
     if scores.shape[0] != latents.shape[0]:
-        raise ValueError(f"{latents.shape[0]} latents but {scores.shape[0]} scores")
+        raise InputError(f"{latents.shape[0]} latents but {scores.shape[0]} scores")
     n = latents.shape[0]
     chosen = int(n * top_fraction) if 0 < top_fraction <= 1 else int(top_fraction)
     chosen = min(chosen, n // 2)
     train_num = int(chosen * (1.0 - val_split) + 1e-9)
     if train_num < 1:
-        raise ValueError(f"too few samples: {chosen} per class, {train_num} for training")
+        raise InputError(f"too few samples: {chosen} per class, {train_num} for training")
     order = np.argsort(-scores, kind="stable")
     pos, neg = latents[order[:chosen]], latents[order[n - chosen:]]
     key = jax.random.key(0) if key is None else key
@@ -261,7 +262,7 @@ def pca_directions(samples_or_sampler: Array | Callable[[Array], Array], k: int,
     """
     if callable(samples_or_sampler):
         if n_batches is None or key is None:
-            raise ValueError("a sampler needs key= and n_batches=")
+            raise InputError("a sampler needs key= and n_batches=")
         keys = jax.random.split(key, n_batches)
         first = samples_or_sampler(keys[0])
         d = first.shape[-1]
@@ -337,7 +338,7 @@ def directions(kind: str, params: dict[str, Any], latent_dim: int | None = None)
         if kind == "proj":
             A = A / jnp.linalg.norm(A, axis=0, keepdims=True)
     else:
-        raise ValueError(f"unknown deformator kind {kind!r}; expected 'ortho', 'linear' or 'proj'")
+        raise InputError(f"unknown deformator kind {kind!r}; expected 'ortho', 'linear' or 'proj'")
     return _fit_dim(A.T, latent_dim)
 
 
@@ -358,5 +359,5 @@ def deformator_shift(kind: str, params: dict[str, Any], coords: Array, latent_di
             norm = jnp.linalg.norm(out, axis=-1, keepdims=True)
             out = out * (jnp.linalg.norm(coords, axis=-1, keepdims=True) / jnp.where(norm > 0, norm, 1.0))
     else:
-        raise ValueError(f"unknown deformator kind {kind!r}; expected 'ortho', 'linear' or 'proj'")
+        raise InputError(f"unknown deformator kind {kind!r}; expected 'ortho', 'linear' or 'proj'")
     return _fit_dim(out, latent_dim)

@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jaxedit.errors import InputError
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -111,7 +112,7 @@ def render(G: Any, gparams: Any, latents: Array, batch: int = 16, space: str = "
     rendered with ``lax.map`` over fixed-size chunks: one compiled program per (shape, batch).
     """
     if space not in ("z", "w"):
-        raise ValueError(f"space must be 'z' or 'w', got {space!r}")
+        raise InputError(f"space must be 'z' or 'w', got {space!r}")
     return _render(G, gparams, jnp.asarray(latents), batch, space, psi, noise_mode)
 
 

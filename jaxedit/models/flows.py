@@ -33,6 +33,7 @@ from flax import nnx
 
 from jaxedit.config import JSONConfig
 from jaxedit.nn.handle import ModelHandle
+from jaxedit.errors import InputError
 
 _ACTIVATIONS = {"tanh": jnp.tanh, "softplus": jax.nn.softplus, "elu": jax.nn.elu, "relu": jax.nn.relu}
 
@@ -46,7 +47,7 @@ class CNFConfig(JSONConfig):
 
     def __post_init__(self):
         if self.nonlinearity not in _ACTIVATIONS:
-            raise ValueError(f"nonlinearity {self.nonlinearity!r} not in {sorted(_ACTIVATIONS)}")
+            raise InputError(f"nonlinearity {self.nonlinearity!r} not in {sorted(_ACTIVATIONS)}")
 
 
 def _torch_uniform(fan_in: int):
@@ -97,7 +98,7 @@ class CNF(ModelHandle):
 
     def _check(self, z):
         if z.ndim != 2 or z.shape[1] != self.cfg.dim:
-            raise ValueError(f"flow expects latents [B, {self.cfg.dim}], got {list(z.shape)}")
+            raise InputError(f"flow expects latents [B, {self.cfg.dim}], got {list(z.shape)}")
 
     def forward(self, params: dict, z: jax.Array, *, rtol: float = 1e-6, atol: float = 1e-6,
                 steps: int | None = None) -> jax.Array:

@@ -24,8 +24,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxedit.config import JSONConfig
+from jaxedit.io import checkpoint
 from jaxedit.data.shapes import FACTOR_NAMES
 from jaxedit.nn.handle import ModelHandle
+from jaxedit.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +110,7 @@ class Probe(ModelHandle):
     def __call__(self, params: dict, images: jax.Array) -> dict[str, jax.Array]:
         r = self.cfg.resolution
         if images.ndim != 4 or images.shape[1:] != (r, r, 3):
-            raise ValueError(f"probe expects images [B, {r}, {r}, 3], got {list(images.shape)}")
+            raise InputError(f"probe expects images [B, {r}, {r}, 3], got {list(images.shape)}")
         return self.model(params)(images)
 
     def predict(self, params: dict, images: jax.Array) -> dict[str, jax.Array]:
@@ -120,9 +122,4 @@ class Probe(ModelHandle):
 
 def load(path) -> tuple[Probe, dict]:
     """A probe checkpoint written by ``jaxedit train-probe`` -> ``(Probe handle, params)``."""
-    from jaxedit import checkpoint
-
-    ck = checkpoint.load(path, expected_kind="probe")
-    P = Probe(ProbeConfig.from_dict(ck.model))
-    checkpoint.check_tree(P.param_shapes(), ck.params, str(ck.path))
-    return P, ck.params
+    return checkpoint.load_handle(path, "probe", lambda cfg: Probe(ProbeConfig.from_dict(cfg)))

@@ -20,6 +20,7 @@ from flax import nnx
 
 from jaxedit.config import JSONConfig
 from jaxedit.nn.handle import ModelHandle
+from jaxedit.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,6 @@ class Reconstructor(ModelHandle):
 
     def __call__(self, params: dict, img_a: jax.Array, img_b: jax.Array) -> tuple[jax.Array, jax.Array]:
         if img_a.shape != img_b.shape or img_a.ndim != 4 or img_a.shape[-1] != self.cfg.img_channels:
-            raise ValueError(f"reconstructor expects two [B, H, W, {self.cfg.img_channels}] images, got "
+            raise InputError(f"reconstructor expects two [B, H, W, {self.cfg.img_channels}] images, got "
                              f"{list(img_a.shape)} and {list(img_b.shape)}")
         return self.model(params)(img_a, img_b)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxedit.nn import ops
+from jaxedit.errors import InputError
 
 
 class Buffer(nnx.Variable):
@@ -49,7 +50,7 @@ class Conv2d(nnx.Module):
                  bias: bool = True, activation: str = "linear", up: int = 1,
                  conv_clamp: float | None = None):
         if up not in (1, 2):
-            raise ValueError(f"up must be 1 or 2, got {up}")
+            raise InputError(f"up must be 1 or 2, got {up}")
         self.activation = activation
         self.up = up
         self.conv_clamp = conv_clamp

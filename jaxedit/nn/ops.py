@@ -20,6 +20,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jaxedit.errors import InputError
 
 SQRT2 = math.sqrt(2.0)
 FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
@@ -42,7 +43,7 @@ def bias_act(x: jax.Array, bias: jax.Array | None, act: str = "linear", gain: fl
         x = jnp.where(x >= 0, x, 0.2 * x)
         gain = gain * SQRT2
     elif act != "linear":
-        raise ValueError(f"unknown activation {act!r}")
+        raise InputError(f"unknown activation {act!r}")
     if gain != 1.0:
         x = x * gain
     if clamp is not None:
@@ -159,7 +160,7 @@ def up_conv2d(x: jax.Array, w: jax.Array) -> jax.Array:
 
 def _up_conv2d_phases(x: jax.Array, w: jax.Array) -> jax.Array:
     if w.shape[:2] != (3, 3):
-        raise ValueError(f"up-sampling conv expects a 3x3 kernel, got {w.shape}")
+        raise InputError(f"up-sampling conv expects a 3x3 kernel, got {w.shape}")
     both, last = ((1, 1), (1, 1)), ((0, 1), (0, 1))
     taps2 = lambda v: jnp.stack([v[2], v[0]])  # correlation window (x[m-1], x[m]) <- (W[2], W[0])
     ee = _conv(x, jnp.stack([taps2(w[2]), taps2(w[0])]), both)

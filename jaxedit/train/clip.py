@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from jaxedit.config import JSONConfig
+from jaxedit.errors import InputError
 from jaxedit.data import shapes
 
 EVAL_SALT = 0x5EED
@@ -47,7 +48,7 @@ def learn_merges(texts: list[str], max_merges: int = 2000) -> list[tuple[str, st
     CLIP's byte-to-unicode table)."""
     counts = collections.Counter(w for t in texts for w in _words(t))
     if any(ord(c) < 33 or ord(c) > 126 for w in counts for c in w):
-        raise ValueError("learn_merges: captions must be printable ASCII")
+        raise InputError("learn_merges: captions must be printable ASCII")
     words = {w: (*w[:-1], w[-1] + "</w>") for w in counts}
     merges: list[tuple[str, str]] = []
     while len(merges) < max_merges:
@@ -139,10 +140,10 @@ def train(cfg: CLIPTrainConfig, dst: str | Path, force: bool = False, log_every:
     """
     import json
 
-    from jaxedit import checkpoint
+    from jaxedit.io import checkpoint
     from jaxedit.models.clip import CLIP
-    from jaxedit.progress import Progress
-    from jaxedit.text.tokenizer import Tokenizer
+    from jaxedit.io.progress import Progress
+    from jaxedit.models.clip.tokenizer import Tokenizer
     from jaxedit.train.gan import _manager, _restore, _save, _StopRequest
 
     dst = checkpoint.check_writable(dst, force)
@@ -165,7 +166,7 @@ def train(cfg: CLIPTrainConfig, dst: str | Path, force: bool = False, log_every:
         run.mkdir(parents=True, exist_ok=True)
         cfg_file = run / "config.json"
         if cfg_file.exists() and json.loads(cfg_file.read_text()) != cfg.to_dict():
-            raise ValueError(f"{cfg_file}: the run was started with another config; use a new run directory")
+            raise InputError(f"{cfg_file}: the run was started with another config; use a new run directory")
         cfg_file.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         mngr = _manager(run)
         start = mngr.latest_step() or 0
@@ -264,26 +265,3 @@ def zero_shot(model, params, tok, key: jax.Array, n: int, data: shapes.ShapesCon
         count += batch
     return {"images": count, "zero_shot_accuracy": {f: hits[f] / count for f in prompts},
             "chance": {f: 1 / len(p) for f, p in prompts.items()}}
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("train-clip", help="train the small shapes-world CLIP (BPE merges + ViT/text transformer)")
-    p.add_argument("dst", help="checkpoint directory to write")
-    p.add_argument("--steps", type=int, default=CLIPTrainConfig.steps)
-    p.add_argument("--batch", type=int, default=CLIPTrainConfig.batch)
-    p.add_argument("--lr", type=float, default=CLIPTrainConfig.lr)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--partial-captions", type=float, default=CLIPTrainConfig.partial_captions,
-                   help="fraction of captions that name a random subset of the factors (short prompts)")
-    p.add_argument("--run", help="run directory for resumable checkpoints (run again to resume)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing jaxedit checkpoint")
-    p.set_defaults(fn=_cli)
-
-
-def _cli(args) -> None:
-    import json
-
-    cfg = CLIPTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                          partial_captions=args.partial_captions)
-    _, report = train(cfg, args.dst, args.force, run_dir=args.run)
-    print(json.dumps(report, indent=2))

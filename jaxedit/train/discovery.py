@@ -35,6 +35,7 @@ import optax
 
 from jaxedit.config import JSONConfig
 from jaxedit.models.reconstructor import Reconstructor, ReconstructorConfig
+from jaxedit.errors import InputError
 
 METHODS = ("linear", "warped", "curvilinear")
 DEFAULT_EPS = {"linear": (0.5, 6.0), "warped": (0.1, 0.2), "curvilinear": (0.1, 6.0)}
@@ -66,13 +67,13 @@ class DiscoveryConfig(JSONConfig):
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+            raise InputError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.space not in ("z", "w"):
-            raise ValueError(f"space must be 'z' or 'w', got {self.space!r}")
+            raise InputError(f"space must be 'z' or 'w', got {self.space!r}")
         if self.deformator not in ("proj", "ortho"):
-            raise ValueError(f"deformator must be 'proj' or 'ortho', got {self.deformator!r}")
+            raise InputError(f"deformator must be 'proj' or 'ortho', got {self.deformator!r}")
         if self.batch % 2:
-            raise ValueError("batch must be even (sign-balanced magnitudes)")
+            raise InputError("batch must be even (sign-balanced magnitudes)")
         if self.reconstructor.num_directions != self.num_directions:
             object.__setattr__(self, "reconstructor",
                                dataclasses.replace(self.reconstructor, num_directions=self.num_directions))
@@ -91,13 +92,14 @@ class DiscoveryConfig(JSONConfig):
 
 def generator_path(spec: str) -> Path:
     """A checkpoint path as given, else the embedded default model of that name."""
-    from jaxedit import checkpoint
+    from jaxedit.io import checkpoint
+    from jaxedit.models import stylegan2
 
     return Path(spec) if checkpoint.is_checkpoint(spec) else checkpoint.default_path(spec)
 
 
 # ------------------------------------------------------------------------------ shifts
-class Shift(NamedTuple):
+class DirectionModel(NamedTuple):
     init: Callable[[jax.Array], Any]  # key -> params
     apply: Callable[..., tuple[jax.Array, jax.Array]]  # (params, x [B,d], k [B], eps [B], key) -> (x', aux loss)
 
@@ -106,7 +108,7 @@ def _alternating(K: int, N: int) -> jax.Array:
     return jnp.tile(jnp.asarray([1.0, -1.0]), (K, N))
 
 
-def make_shift(cfg: DiscoveryConfig, dim: int) -> Shift:
+def make_shift(cfg: DiscoveryConfig, dim: int) -> DirectionModel:
     K = cfg.num_directions
     if cfg.method == "linear":
         from jaxedit.edits import linear
@@ -120,7 +122,7 @@ def make_shift(cfg: DiscoveryConfig, dim: int) -> Shift:
         def apply(p, x, k, eps, key):
             coords = eps[:, None] * jax.nn.one_hot(k, dim if kind == "ortho" else K, dtype=x.dtype)
             return x + linear.deformator_shift(kind, p, coords, dim), jnp.zeros(())
-        return Shift(init, apply)
+        return DirectionModel(init, apply)
 
     if cfg.method == "warped":
         from jaxedit.edits import warped
@@ -137,20 +139,20 @@ def make_shift(cfg: DiscoveryConfig, dim: int) -> Shift:
         def apply(p, x, k, eps, key):
             full = dict(p, alphas=_alternating(K, N))
             return jax.vmap(lambda xi, ki, ei: warped.unit_step(full, xi, ki, ei))(x, k, eps), jnp.zeros(())
-        return Shift(init, apply)
+        return DirectionModel(init, apply)
 
     from jaxedit.edits import curvilinear
     from jaxedit.models.flows import CNF, CNFConfig
 
     if K > dim:
-        raise ValueError(f"curvilinear: {K} axes but the latent has {dim} dimensions")
+        raise InputError(f"curvilinear: {K} axes but the latent has {dim} dimensions")
     flow = CNF(CNFConfig(dim=dim, hidden=tuple(cfg.flow_hidden), T=cfg.flow_T))
 
     def apply(p, x, k, eps, key):
         x2, dlogp = curvilinear.edit_axes(flow, p, x, k, eps, logp=True, hutchinson_key=key, steps=cfg.flow_steps,
                                           rtol=1e-5, atol=1e-5)
         return x2, jnp.mean(dlogp ** 2)
-    return Shift(flow.init, apply)
+    return DirectionModel(flow.init, apply)
 
 
 def sample_eps(cfg: DiscoveryConfig, key: jax.Array, n: int) -> jax.Array:
@@ -169,10 +171,10 @@ class Trainer:
     """Holds the frozen generator, R and the shift; ``step(state, i)`` is one jitted update."""
 
     def __init__(self, cfg: DiscoveryConfig, G=None, gparams=None):
-        from jaxedit import checkpoint
+        from jaxedit.io import checkpoint
 
         if G is None:
-            G, gparams = checkpoint.load_stylegan2(generator_path(cfg.generator))
+            G, gparams = stylegan2.load(generator_path(cfg.generator))
         self.cfg, self.G, self.gp = cfg, G, gparams
         self.dim = G.cfg.w_dim if cfg.space == "w" else G.cfg.z_dim
         self.R = Reconstructor(dataclasses.replace(cfg.reconstructor, img_channels=G.cfg.img_channels))
@@ -233,6 +235,11 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------ runs
+def load_run_config(run_dir: str | Path) -> DiscoveryConfig:
+    """The config stored in a run directory."""
+    return _resolve(None, Path(run_dir))
+
+
 def _resolve(cfg: DiscoveryConfig | None, run: Path) -> DiscoveryConfig:
     path = run / CONFIG_FILE
     stored = DiscoveryConfig.from_dict(json.loads(path.read_text())) if path.is_file() else None
@@ -244,7 +251,7 @@ def _resolve(cfg: DiscoveryConfig | None, run: Path) -> DiscoveryConfig:
         a, b = stored.to_dict(), cfg.to_dict()
         diff = sorted(k for k in a if a.get(k) != b.get(k) and k not in ("steps", "ckpt_every", "log_every"))
         if diff:
-            raise ValueError(f"{run} was started with a different config (differs in {', '.join(diff)}); "
+            raise InputError(f"{run} was started with a different config (differs in {', '.join(diff)}); "
                              "use a new run directory")
     run.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -254,7 +261,7 @@ def _resolve(cfg: DiscoveryConfig | None, run: Path) -> DiscoveryConfig:
 def train(cfg: DiscoveryConfig | None, run_dir: str | Path, *, steps: int | None = None, progress: bool = True,
           trainer: Trainer | None = None) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir``; returns ``{'step', 'rca', ...}``."""
-    from jaxedit.progress import Progress
+    from jaxedit.io.progress import Progress
     from jaxedit.train.gan import _manager, _restore, _save, _StopRequest
 
     run = Path(run_dir)
@@ -315,7 +322,7 @@ def load_run(run_dir: str | Path) -> tuple[DiscoveryConfig, dict, int]:
 
 
 def _abstract_state(cfg: DiscoveryConfig):
-    from jaxedit import checkpoint
+    from jaxedit.io import checkpoint
 
     meta = checkpoint.read_meta(generator_path(cfg.generator))["model"]
     dim = meta["w_dim"] if cfg.space == "w" else meta["z_dim"]
@@ -326,8 +333,8 @@ def _abstract_state(cfg: DiscoveryConfig):
 
 
 def load_editor(path: str | Path):
-    """An :class:`jaxedit.edits.editors.Editor` from a discovery run directory (latest checkpoint)."""
-    from jaxedit.edits import editors, linear
+    """An :class:`jaxedit.edits.registry.Editor` from a discovery run directory (latest checkpoint)."""
+    from jaxedit.edits import registry as editors, linear
 
     cfg, params, _ = load_run(path)
     p = params["shift"]
@@ -357,33 +364,3 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
     cfg, params, step = load_run(run_dir)
     tr = Trainer(cfg)
     return dict(step=step, **tr.evaluate(params, jax.random.fold_in(tr.key, 0xE7A1)))
-
-
-# ------------------------------------------------------------------------------ CLI
-def register_cli(sub) -> None:
-    p = sub.add_parser("discover", help="discover latent directions (linear / warped / curvilinear) with a "
-                                        "reconstructor; resumable")
-    p.add_argument("run", help="run directory (config, checkpoints); rerun the same command to resume")
-    p.add_argument("--method", choices=METHODS, help="needed for a new run")
-    p.add_argument("--generator", default=DiscoveryConfig.generator)
-    p.add_argument("--space", choices=("z", "w"), default="w")
-    p.add_argument("--directions", type=int, default=DiscoveryConfig.num_directions)
-    p.add_argument("--steps", type=int, default=DiscoveryConfig.steps)
-    p.add_argument("--batch", type=int, default=DiscoveryConfig.batch)
-    p.add_argument("--eps", help="magnitude range MIN:MAX (default: the method's reference range)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(fn=_cli)
-
-
-def _cli(args) -> None:
-    run = Path(args.run)
-    cfg = None
-    if args.method:
-        eps = tuple(float(v) for v in args.eps.split(":")) if args.eps else None
-        cfg = DiscoveryConfig(method=args.method, generator=args.generator, space=args.space,
-                              num_directions=args.directions, steps=args.steps, batch=args.batch, eps_range=eps,
-                              seed=args.seed)
-    elif (run / CONFIG_FILE).is_file():
-        cfg = dataclasses.replace(_resolve(None, run), steps=args.steps)
-    out = train(cfg, run)
-    print(json.dumps(out, indent=1))

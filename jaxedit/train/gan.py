@@ -55,7 +55,6 @@ API::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import importlib.util
@@ -76,9 +75,10 @@ from flax import nnx
 
 from jaxedit import parallel
 from jaxedit.config import JSONConfig, enable_compilation_cache
-from jaxedit.models.discriminator import Discriminator, DiscriminatorConfig
+from jaxedit.models.stylegan2.discriminator import Discriminator, DiscriminatorConfig
 from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
 from jaxedit.nn.layers import Buffer
+from jaxedit.errors import InputError
 
 Params = dict[str, Any]
 CONFIG_FILE = "config.json"
@@ -140,17 +140,17 @@ class GANConfig(JSONConfig):
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         object.__setattr__(self, "data", dict(self.data))
         if G.img_resolution != D.img_resolution or G.img_channels != D.img_channels:
-            raise ValueError(f"G makes {G.img_resolution}px x {G.img_channels} images but D reads "
+            raise InputError(f"G makes {G.img_resolution}px x {G.img_channels} images but D reads "
                              f"{D.img_resolution}px x {D.img_channels}")
         if G.c_dim or D.c_dim:
             raise NotImplementedError("conditional GAN training is not supported yet (c_dim must be 0)")
         if self.batch < 1 or self.batch % max(1, min(D.mbstd_group_size or self.batch, self.batch)):
-            raise ValueError(f"batch {self.batch} must be a positive multiple of the minibatch-stddev group "
+            raise InputError(f"batch {self.batch} must be a positive multiple of the minibatch-stddev group "
                              f"size {D.mbstd_group_size}")
         if self.pl_weight and self.G_reg_interval is None:
-            raise ValueError("path-length regularization needs G_reg_interval (non-lazy PL is not supported)")
+            raise InputError("path-length regularization needs G_reg_interval (non-lazy PL is not supported)")
         if "kind" not in self.data:
-            raise ValueError("data needs a 'kind' ('shapes' or 'toy')")
+            raise InputError("data needs a 'kind' ('shapes' or 'toy')")
 
     @property
     def total_steps(self) -> int:
@@ -230,7 +230,7 @@ def load_config(spec: str | GANConfig | dict) -> GANConfig:
     module = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ValueError(f"{path} defines no get_config()")
+        raise InputError(f"{path} defines no get_config()")
     cfg = module.get_config(arg) if arg else module.get_config()
     return load_config(cfg)
 
@@ -241,7 +241,7 @@ def apply_overrides(cfg: GANConfig, sets: list[str]) -> GANConfig:
     for item in sets:
         key, sep, text = item.partition("=")
         if not sep:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+            raise InputError(f"--set {item!r}: expected KEY=VALUE")
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
@@ -250,10 +250,10 @@ def apply_overrides(cfg: GANConfig, sets: list[str]) -> GANConfig:
         *parents, leaf = key.split(".")
         for p in parents:
             if not isinstance(node.get(p), dict):
-                raise ValueError(f"--set {item!r}: {p!r} is not a config section")
+                raise InputError(f"--set {item!r}: {p!r} is not a config section")
             node = node[p]
         if node is not d["data"] and leaf not in node:
-            raise ValueError(f"--set {item!r}: unknown key {key!r}")
+            raise InputError(f"--set {item!r}: unknown key {key!r}")
         node[leaf] = value
     return GANConfig.from_dict(d)
 
@@ -287,7 +287,7 @@ def make_source(data: dict, resolution: int) -> Callable[[jax.Array, int], jax.A
         kwargs.setdefault("resolution", resolution)
         scfg = shapes.ShapesConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
         return lambda key, batch: shapes.sample(key, batch, scfg)["image"]
-    raise ValueError(f"unknown data kind {kind!r} (expected 'shapes' or 'toy')")
+    raise InputError(f"unknown data kind {kind!r} (expected 'shapes' or 'toy')")
 
 
 # ----------------------------------------------------------------- pure helpers
@@ -296,9 +296,9 @@ def make_source(data: dict, resolution: int) -> Callable[[jax.Array, int], jax.A
 def param_labels(handle) -> Params:
     """``'train'`` for trainable leaves, ``'buffer'`` for Buffer leaves (``w_avg``, ``noise_const``)."""
     if isinstance(handle, StyleGAN2):
-        from jaxedit.models.stylegan2 import Generator as cls
+        from jaxedit.models.stylegan2.generator import Generator as cls
     else:
-        from jaxedit.models.discriminator import DiscriminatorModule as cls
+        from jaxedit.models.stylegan2.discriminator import DiscriminatorModule as cls
     abstract = nnx.eval_shape(lambda: cls(handle.cfg, rngs=nnx.Rngs(0)))
     _, buffers, _ = nnx.split(abstract, Buffer, ...)
     buffer_paths = {tuple(p) for p, _ in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(buffers))[0]}
@@ -361,7 +361,7 @@ class GANTrainer:
         self.D = Discriminator(cfg.D)
         self.mesh = mesh if mesh is not None else parallel.data_mesh()
         if cfg.batch % self.mesh.size:
-            raise ValueError(f"batch {cfg.batch} does not split over {self.mesh.size} devices")
+            raise InputError(f"batch {cfg.batch} does not split over {self.mesh.size} devices")
         self.source = make_source(cfg.data, cfg.G.img_resolution)
         self.g_labels = param_labels(self.G)
         self.d_labels = param_labels(self.D)
@@ -616,7 +616,7 @@ def export(run_dir: str | os.PathLike, dst: str | os.PathLike | None = None, *, 
 
 
 def _export_params(cfg: GANConfig, g_ema, step: int, run_dir: Path, dst, force: bool) -> Path:
-    from jaxedit import checkpoint
+    from jaxedit.io import checkpoint
 
     if dst is None:
         dst, force = run_dir / EXPORT_DIR, True  # the run's own export is always refreshed
@@ -649,7 +649,7 @@ def _resolve_run_config(config: GANConfig | None, run_dir: Path, kimg: float | N
         a, b = stored.to_dict(), config.to_dict()
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
         if diff:
-            raise ValueError(f"{run_dir} was started with a different config (differs in {', '.join(diff)}); "
+            raise InputError(f"{run_dir} was started with a different config (differs in {', '.join(diff)}); "
                              f"use a new run directory, or resume without --config")
         if a == b:
             return config
@@ -698,8 +698,8 @@ def train(config: GANConfig | str | dict | None, run_dir: str | os.PathLike, *, 
     ``steps`` (this call only) set the total length of the run, counted from its start. At the
     end G_ema is exported to ``RUN_DIR/G_ema`` and, if given, to ``export_to``.
     """
-    from jaxedit.data import images as imio
-    from jaxedit.progress import Progress
+    from jaxedit.io import images as imio
+    from jaxedit.io.progress import Progress
 
     run_dir = Path(run_dir)
     cfg = _resolve_run_config(None if config is None else load_config(config), run_dir, kimg)
@@ -806,47 +806,3 @@ def train(config: GANConfig | str | dict | None, run_dir: str | os.PathLike, *, 
     print(f"train-gan: done at step {step} ({kimg_of(step):g} kimg, {rate:.3g} kimg/s after compile); "
           f"G_ema -> {', '.join(exported)}", file=stream, flush=True)
     return summary
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def cmd_train_gan(args) -> None:
-    enable_compilation_cache()
-    run_dir = Path(args.run_dir)
-    if args.export_only:
-        print(f"exported {export(run_dir, args.export, force=args.force)}")
-        return
-    resuming = (run_dir / CONFIG_FILE).is_file()
-    if args.config is None and not resuming:
-        args.config = "shapes32-stylegan2"
-    cfg = None if args.config is None else load_config(args.config)
-    if cfg is None and (args.set or args.batch or args.seed is not None):
-        cfg = load_run_config(run_dir)
-    if cfg is not None:
-        changes = {k: v for k, v in (("batch", args.batch), ("seed", args.seed)) if v is not None}
-        cfg = apply_overrides(cfg.replace(**changes), args.set or [])
-    train(cfg, run_dir, kimg=args.kimg, steps=args.steps, export_to=args.export, force_export=args.force)
-
-
-def register_cli(subparsers) -> argparse.ArgumentParser:
-    """Add the ``train-gan`` subcommand to a ``jaxedit`` argparse subparsers object."""
-    p = subparsers.add_parser(
-        "train-gan", help="train a StyleGAN2 (resumable; rerun the same command to resume)",
-        description="Train a StyleGAN2 on data rendered on the fly. Rerunning with the same RUN_DIR resumes "
-                    "from its last checkpoint (the stored config.json is used; --kimg may extend the run).")
-    p.add_argument("run_dir", help="run directory (config.json, checkpoints/, samples/, log.jsonl, G_ema/)")
-    p.add_argument("--config", help=f"preset ({', '.join(PRESETS)}), path/to/config.py[:arg] or config.json; "
-                                    "default: the stored config when resuming, else shapes32-stylegan2")
-    p.add_argument("--kimg", type=float, help="total length of the run in thousands of real images")
-    p.add_argument("--steps", type=int, help="total length in iterations (overrides --kimg)")
-    p.add_argument("--batch", type=int, help="batch size (new runs only)")
-    p.add_argument("--seed", type=int, help="random seed (new runs only)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set r1_gamma=0.2 --set G.z_dim=64 (repeatable)")
-    p.add_argument("--export", metavar="DST", help="also write G_ema as a jaxedit checkpoint to DST at the end")
-    p.add_argument("--export-only", action="store_true",
-                   help="do not train: export G_ema of the latest checkpoint (to --export DST or RUN_DIR/G_ema)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing jaxedit checkpoint at --export DST")
-    p.set_defaults(fn=cmd_train_gan)
-    return p

@@ -88,10 +88,10 @@ def evaluate(P: Probe, params, key: jax.Array, n: int, data: shapes.ShapesConfig
 
 def train(cfg: ProbeTrainConfig, dst: str | Path | None = None, force: bool = False, log_every: int = 100):
     """Train, evaluate on held-out renders and (optionally) save to ``dst``; returns (params, report)."""
-    from jaxedit.progress import Progress
+    from jaxedit.io.progress import Progress
 
     if dst is not None:
-        from jaxedit import checkpoint
+        from jaxedit.io import checkpoint
 
         checkpoint.check_writable(dst, force)
     P = Probe(cfg.probe)
@@ -114,7 +114,7 @@ def train(cfg: ProbeTrainConfig, dst: str | Path | None = None, force: bool = Fa
     report.update(train_seconds=round(train_s, 1), steps=cfg.steps, batch=cfg.batch,
                   images_seen=cfg.steps * cfg.batch)
     if dst is not None:
-        from jaxedit import checkpoint
+        from jaxedit.io import checkpoint
 
         checkpoint.save(dst, kind="probe", model=cfg.probe.to_dict(), params=params,
                         source={"trained_by": "jaxedit train-probe",
@@ -129,25 +129,3 @@ def _plain(x):
     if isinstance(x, (tuple, list)):
         return [_plain(v) for v in x]
     return x
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("train-probe", help="train the shapes-world probe (factors + label map) on fresh renders")
-    p.add_argument("dst", help="checkpoint directory to write")
-    p.add_argument("--steps", type=int, default=ProbeTrainConfig.steps)
-    p.add_argument("--batch", type=int, default=ProbeTrainConfig.batch)
-    p.add_argument("--lr", type=float, default=ProbeTrainConfig.lr)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--force", action="store_true", help="overwrite an existing jaxedit checkpoint")
-    p.set_defaults(fn=_cli)
-
-
-def _cli(args) -> None:
-    import json
-
-    cfg = ProbeTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                           probe=ProbeConfig(resolution=args.resolution),
-                           data=shapes.ShapesConfig(resolution=args.resolution))
-    _, report = train(cfg, args.dst, args.force)
-    print(json.dumps(report, indent=2))

@@ -28,7 +28,10 @@ import numpy as np
 from flax import nnx
 
 from jaxedit.config import JSONConfig
+from jaxedit.io import checkpoint
+from jaxedit.models.clip.tokenizer import Tokenizer
 from jaxedit.nn.handle import ModelHandle, compiled
+from jaxedit.errors import InputError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -61,20 +64,20 @@ class CLIPConfig(JSONConfig):
 
     def __post_init__(self):
         if self.activation not in ("quick_gelu", "gelu"):
-            raise ValueError(f"CLIPConfig.activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
+            raise InputError(f"CLIPConfig.activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
         if self.is_vit:
             if not self.vision_patch_size or self.image_resolution % self.vision_patch_size:
-                raise ValueError(f"CLIPConfig: image_resolution {self.image_resolution} is not a multiple of "
+                raise InputError(f"CLIPConfig: image_resolution {self.image_resolution} is not a multiple of "
                                  f"vision_patch_size {self.vision_patch_size}")
         elif len(self.vision_layers) != 4 or self.image_resolution % 32:
-            raise ValueError(f"CLIPConfig: a ResNet tower needs 4 stages and a resolution multiple of 32, got "
+            raise InputError(f"CLIPConfig: a ResNet tower needs 4 stages and a resolution multiple of 32, got "
                              f"vision_layers {self.vision_layers}, image_resolution {self.image_resolution}")
         pool_width = self.vision_width if self.is_vit else self.vision_width * 32
         if self.heads_vision < 1 or self.transformer_heads < 1:
-            raise ValueError(f"CLIPConfig: attention heads ({self.heads_vision}, {self.transformer_heads}) must be "
+            raise InputError(f"CLIPConfig: attention heads ({self.heads_vision}, {self.transformer_heads}) must be "
                              ">= 1 (the reference rule is width // 64)")
         if pool_width % self.heads_vision or self.transformer_width % self.transformer_heads:
-            raise ValueError(f"CLIPConfig: widths ({pool_width}, {self.transformer_width}) are not multiples of "
+            raise InputError(f"CLIPConfig: widths ({pool_width}, {self.transformer_width}) are not multiples of "
                              f"the heads ({self.heads_vision}, {self.transformer_heads})")
 
     @property
@@ -304,7 +307,7 @@ class CLIP(ModelHandle):
         """``[B, R, R, 3]`` preprocessed images -> ``[B, embed_dim]`` (not normalized)."""
         r = self.cfg.image_resolution
         if images.ndim != 4 or tuple(images.shape[1:]) != (r, r, 3):
-            raise ValueError(f"CLIP.encode_image expects images [B, {r}, {r}, 3], got {list(images.shape)} "
+            raise InputError(f"CLIP.encode_image expects images [B, {r}, {r}, 3], got {list(images.shape)} "
                              "(see jaxedit.models.clip.preprocess)")
         return self._encode_image(params, images)
 
@@ -318,7 +321,7 @@ class CLIP(ModelHandle):
         Shorter ``L`` gives the same features as zero padding to ``context_length`` (causal mask)."""
         if tokens.ndim != 2 or tokens.shape[1] > self.cfg.context_length or not jnp.issubdtype(tokens.dtype,
                                                                                                  jnp.integer):
-            raise ValueError(f"CLIP.encode_text expects integer tokens [B, L <= {self.cfg.context_length}], got "
+            raise InputError(f"CLIP.encode_text expects integer tokens [B, L <= {self.cfg.context_length}], got "
                              f"{tokens.dtype} {list(tokens.shape)}")
         return self._encode_text(params, tokens)
 
@@ -363,13 +366,13 @@ def preprocess(images: jax.Array, resolution: int, mode: str = "clip") -> jax.Ar
       [-1, 1] renders).
     """
     if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"preprocess expects images [B, H, W, 3], got {list(images.shape)}")
+        raise InputError(f"preprocess expects images [B, H, W, 3], got {list(images.shape)}")
     if mode not in PREPROCESS_MODES:
-        raise ValueError(f"preprocess mode must be one of {PREPROCESS_MODES}, got {mode!r}")
+        raise InputError(f"preprocess mode must be one of {PREPROCESS_MODES}, got {mode!r}")
     b, h, w, _ = images.shape
     if mode == "none":
         if (h, w) != (resolution, resolution):
-            raise ValueError(f"preprocess mode 'none' needs {resolution}x{resolution} images, got {h}x{w}")
+            raise InputError(f"preprocess mode 'none' needs {resolution}x{resolution} images, got {h}x{w}")
         return images
     if mode == "styleclip":
         ah, aw = jnp.asarray(_area_matrix(h, resolution)), jnp.asarray(_area_matrix(w, resolution))
@@ -388,14 +391,9 @@ def preprocess(images: jax.Array, resolution: int, mode: str = "clip") -> jax.Ar
 def load(path) -> tuple[CLIP, dict]:
     """A ``kind="clip"`` checkpoint (``jaxedit convert clip`` or ``train-clip``) -> ``(CLIP handle, params)``.
 
-    Its tokenizer: ``jaxedit.text.tokenizer.Tokenizer.from_file(path)`` (the merges file beside the weights).
+    Its tokenizer: ``jaxedit.models.clip.tokenizer.Tokenizer.from_file(path)`` (the merges file beside the weights).
     """
-    from jaxedit import checkpoint
-
-    ck = checkpoint.load(path, expected_kind="clip")
-    model = CLIP(CLIPConfig.from_dict(ck.model))
-    checkpoint.check_tree(model.param_shapes(), ck.params, str(ck.path))
-    return model, ck.params
+    return checkpoint.load_handle(path, "clip", lambda cfg: CLIP(CLIPConfig.from_dict(cfg)))
 
 
 # ------------------------------------------------------------------------------ CLIP as an edit objective
@@ -414,7 +412,7 @@ class Guide:
 
     def __post_init__(self):
         if self.mode not in PREPROCESS_MODES:
-            raise ValueError(f"preprocess mode must be one of {PREPROCESS_MODES}, got {self.mode!r}")
+            raise InputError(f"preprocess mode must be one of {PREPROCESS_MODES}, got {self.mode!r}")
 
     def embed_images(self, params: dict, images: jax.Array) -> jax.Array:
         return self.model.encode_image(params, preprocess(images, self.model.cfg.image_resolution, self.mode))
@@ -427,11 +425,6 @@ def load_guide(path, mode: str | None = None):
     """A CLIP checkpoint -> ``(Guide, params, Tokenizer)``. ``mode`` defaults to the preprocessing
     recorded in the checkpoint (``"clip"`` for converted OpenAI models, ``"none"`` for shapes-clip);
     StyleCLIP's own loss used ``"styleclip"``."""
-    from jaxedit import checkpoint
-    from jaxedit.text.tokenizer import Tokenizer
-
-    ck = checkpoint.load(path, expected_kind="clip")
-    model = CLIP(CLIPConfig.from_dict(ck.model))
-    checkpoint.check_tree(model.param_shapes(), ck.params, str(ck.path))
-    mode = mode or ck.meta.get("source", {}).get("preprocess") or "clip"
-    return Guide(model, mode), ck.params, Tokenizer.from_file(ck.path)
+    model, params = load(path)
+    mode = mode or checkpoint.read_meta(path).get("source", {}).get("preprocess") or "clip"
+    return Guide(model, mode), params, Tokenizer.from_file(path)

@@ -47,6 +47,7 @@ from jaxedit.config import JSONConfig
 from jaxedit.nn import ops
 from jaxedit.nn.handle import ModelHandle
 from jaxedit.nn.layers import Dense
+from jaxedit.errors import InputError
 
 Params = dict[str, Any]
 ARCHITECTURES = ("resnet", "orig")
@@ -80,11 +81,11 @@ class DiscriminatorConfig(JSONConfig):
     def __post_init__(self):
         res = self.img_resolution
         if res < 8 or res & (res - 1):
-            raise ValueError(f"img_resolution must be a power of two >= 8, got {res}")
+            raise InputError(f"img_resolution must be a power of two >= 8, got {res}")
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+            raise InputError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.channels and len(self.channels) != len(self.resolutions):
-            raise ValueError(f"channels has {len(self.channels)} entries, expected one per resolution "
+            raise InputError(f"channels has {len(self.channels)} entries, expected one per resolution "
                              f"{self.resolutions}")
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
 
@@ -146,7 +147,7 @@ def down_conv2d(x: jax.Array, w: jax.Array) -> jax.Array:
     if kh == 1 and kw == 1:
         return ops.conv2d(downsample2d(x), w)
     if (kh, kw) != (3, 3):
-        raise ValueError(f"down-sampling conv expects a 1x1 or 3x3 kernel, got {w.shape}")
+        raise InputError(f"down-sampling conv expects a 1x1 or 3x3 kernel, got {w.shape}")
     z = _fir_axis(_fir_axis(x, 1, 2), 2, 2)  # [B, H+1, W+1, I]
     return jax.lax.conv_general_dilated(z, w, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -160,7 +161,7 @@ def minibatch_std(x: jax.Array, group_size: int | None, num_channels: int) -> ja
     n, h, w, c = x.shape
     g = n if group_size is None else min(group_size, n)
     if n % g:
-        raise ValueError(f"minibatch-stddev: batch {n} is not a multiple of the group size {g}")
+        raise InputError(f"minibatch-stddev: batch {n} is not a multiple of the group size {g}")
     f = num_channels
     y = x.reshape(g, n // g, h, w, f, c // f)
     y = y - jnp.mean(y, axis=0)
@@ -287,11 +288,11 @@ class Discriminator(ModelHandle):
         cfg = self.cfg
         shape = getattr(img, "shape", ())
         if len(shape) != 4 or tuple(shape[1:]) != (cfg.img_resolution, cfg.img_resolution, cfg.img_channels):
-            raise ValueError(f"img must have shape [B, {cfg.img_resolution}, {cfg.img_resolution}, "
+            raise InputError(f"img must have shape [B, {cfg.img_resolution}, {cfg.img_resolution}, "
                              f"{cfg.img_channels}], got {list(shape)}")
         if cfg.c_dim:
             if c is None or c.shape != (shape[0], cfg.c_dim):
-                raise ValueError(f"this discriminator is conditional: pass c of shape [B, {cfg.c_dim}]")
+                raise InputError(f"this discriminator is conditional: pass c of shape [B, {cfg.c_dim}]")
         else:
             c = None
         if not jnp.issubdtype(img.dtype, jnp.floating):

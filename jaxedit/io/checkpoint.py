@@ -15,23 +15,22 @@ jaxedit checkpoint (or empty) — nothing else the user owns is ever deleted.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
+from jaxedit.errors import CheckpointError
+
 FORMAT = "jaxedit-checkpoint"
 VERSION = 1
 META_FILE = "jaxedit.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or written; the message names the path."""
 
 
 @dataclasses.dataclass
@@ -50,13 +49,14 @@ def _orbax():
 
 
 def default_path(name: str) -> Path:
-    """Where an embedded default model lives: ``$JAXEDIT_CHECKPOINTS/<name>`` or the repo's ``checkpoints/<name>``."""
+    """Where an embedded default model lives: ``$JAXEDIT_CHECKPOINTS/<name>``, else the copy shipped
+    inside the package (``jaxedit/checkpoints/<name>``, the repository's ``checkpoints/``)."""
     root = os.environ.get("JAXEDIT_CHECKPOINTS")
-    base = Path(root) if root else Path(__file__).resolve().parents[1] / "checkpoints"
+    base = Path(root) if root else Path(str(importlib.resources.files("jaxedit.checkpoints")))
     path = base / name
     if not is_checkpoint(path):
-        raise CheckpointError(f"default model {name!r} not found at {path} (set JAXEDIT_CHECKPOINTS to the "
-                              "folder holding jaxedit's checkpoints/, or pass a checkpoint path)")
+        raise CheckpointError(f"default model {name!r} not found at {path} (set JAXEDIT_CHECKPOINTS to a folder "
+                              "holding jaxedit's default checkpoints, or pass a checkpoint path)")
     return path
 
 
@@ -134,14 +134,13 @@ def load(path: str | os.PathLike, expected_kind: str | None = None) -> Checkpoin
     return Checkpoint(kind=kind, model=meta["model"], params=params, meta=meta, path=path)
 
 
-def load_stylegan2(path: str | os.PathLike):
-    """-> ``(StyleGAN2 handle, params)`` with params checked against the config's shapes."""
-    from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
-
-    ck = load(path, expected_kind="stylegan2")
-    G = StyleGAN2(StyleGAN2Config.from_dict(ck.model))
-    check_tree(G.param_shapes(), ck.params, str(ck.path))
-    return G, ck.params
+def load_handle(path: str | os.PathLike, kind: str, make: Callable[[dict[str, Any]], Any]):
+    """-> ``(handle, params)``: ``make(model config dict)`` builds the hashable model handle, whose
+    ``param_shapes()`` the stored parameters are checked against (names and shapes)."""
+    ck = load(path, expected_kind=kind)
+    handle = make(ck.model)
+    check_tree(handle.param_shapes(), ck.params, str(ck.path))
+    return handle, ck.params
 
 
 def check_tree(expected: Any, actual: Any, where: str) -> None:

@@ -23,7 +23,7 @@ reference's ``1/sqrt(Cin)`` weight gain), keyed ``'b{res}.{conv0|conv1|torgb}'``
 Weight deltas (NaviGAN / CLIP-guided layer shift): ``deltas={'b16.conv1': D}`` adds ``D``
 (HWIO, shape of the stored weight) to the layer's *raw stored* weight (the one demodulation
 sees; the reference applies no equalized-lr gain to modulated conv weights, and ToRGB's gain
-acts on the style), shared by the batch. ``Shift(direction, scale)`` applies
+acts on the style), shared by the batch. ``WeightShift(direction, scale)`` applies
 ``W + scale[b] * direction`` per sample with shared convs only:
 ``conv(x, W + k X) = conv(x, W) + k conv(x, X)``, demodulated with the per-sample weight.
 Fully per-sample deltas: ``jax.vmap`` over ``synthesis`` (slower: grouped convs).
@@ -43,6 +43,7 @@ from jaxedit.config import JSONConfig
 from jaxedit.nn import ops
 from jaxedit.nn.handle import ModelHandle, compiled
 from jaxedit.nn.layers import Buffer, Conv2d, Dense
+from jaxedit.errors import InputError
 
 Params = dict[str, Any]
 NOISE_MODES = ("const", "random", "none")
@@ -75,14 +76,14 @@ class StyleGAN2Config(JSONConfig):
     def __post_init__(self):
         res = self.img_resolution
         if res < 4 or res & (res - 1):
-            raise ValueError(f"img_resolution must be a power of two >= 4, got {res}")
+            raise InputError(f"img_resolution must be a power of two >= 4, got {res}")
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+            raise InputError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.channels and len(self.channels) != len(self.resolutions):
-            raise ValueError(f"channels has {len(self.channels)} entries, expected one per block "
+            raise InputError(f"channels has {len(self.channels)} entries, expected one per block "
                              f"resolution {self.resolutions}")
         if self.z_dim == 0 and self.c_dim == 0:
-            raise ValueError("z_dim and c_dim cannot both be 0")
+            raise InputError("z_dim and c_dim cannot both be 0")
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
 
     @property
@@ -112,7 +113,7 @@ class StyleGAN2Config(JSONConfig):
         return out
 
 
-class Shift(NamedTuple):
+class WeightShift(NamedTuple):
     """Per-sample weight delta ``scale[b] * direction``; direction HWIO, scale scalar or ``[B]``."""
 
     direction: jax.Array
@@ -129,7 +130,7 @@ def _modulated_conv(x, s, w, *, up: bool, demodulate: bool, delta):
     into the (then per-sample) kernel, saving two passes over the activations.
     """
     direction = scale = None
-    if isinstance(delta, Shift):
+    if isinstance(delta, WeightShift):
         direction, scale = delta
     elif delta is not None:
         w = w + delta
@@ -146,7 +147,7 @@ def _modulated_conv(x, s, w, *, up: bool, demodulate: bool, delta):
         y = conv(x * s[:, None, None, :], w)
         return y if d is None else y * d[:, None, None, :]
     if direction.shape != w.shape:
-        raise ValueError(f"Shift direction has shape {direction.shape}, the layer weight {w.shape}")
+        raise InputError(f"WeightShift direction has shape {direction.shape}, the layer weight {w.shape}")
     o = w.shape[-1]
     k = jnp.broadcast_to(jnp.asarray(scale, x.dtype), (x.shape[0],))
     yy = conv(x * s[:, None, None, :], jnp.concatenate([w, direction], axis=-1))
@@ -348,7 +349,7 @@ class StyleGAN2(ModelHandle):
             _check_shape("z", z, (None, cfg.z_dim))
         if cfg.c_dim:
             if c is None:
-                raise ValueError(f"this generator is conditional: pass c of shape [B, {cfg.c_dim}]")
+                raise InputError(f"this generator is conditional: pass c of shape [B, {cfg.c_dim}]")
             _check_shape("c", c, (None, cfg.c_dim))
         return self.model(params).mapping(z, c, psi, cutoff)
 
@@ -375,17 +376,17 @@ class StyleGAN2(ModelHandle):
         keys (one per sample, so a sample's noise does not depend on its batch).
         """
         if noise_mode not in NOISE_MODES:
-            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+            raise InputError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         if noise_mode == "random" and key is None:
-            raise ValueError("noise_mode='random' needs a PRNG key")
+            raise InputError("noise_mode='random' needs a PRNG key")
         layer_ws = self.cfg.layer_ws()
         missing = sorted(set(layer_ws) - set(styles))
         if missing:
-            raise ValueError(f"styles lack layers {missing}")
+            raise InputError(f"styles lack layers {missing}")
         deltas = dict(deltas or {})
         unknown = sorted(set(deltas) - set(layer_ws))
         if unknown:
-            raise ValueError(f"deltas name unknown layers {unknown}; modulated layers are {list(layer_ws)}")
+            raise InputError(f"deltas name unknown layers {unknown}; modulated layers are {list(layer_ws)}")
         key = _as_typed_key(key if key is not None else jax.random.key(0))
         out = self._synthesize(params, styles, noise_mode, key, deltas, return_features)
         if return_features:  # jit returns dicts key-sorted: back to synthesis order
@@ -427,4 +428,4 @@ def _check_shape(name: str, x, expected: tuple[int | None, ...]) -> None:
     shape = getattr(x, "shape", None)
     if shape is None or len(shape) != len(expected) or any(e is not None and e != s for s, e in zip(shape, expected)):
         want = "[" + ", ".join("B" if e is None else str(e) for e in expected) + "]"
-        raise ValueError(f"{name} must have shape {want}, got {None if shape is None else list(shape)}")
+        raise InputError(f"{name} must have shape {want}, got {None if shape is None else list(shape)}")

@@ -33,11 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxedit.edits import linear, warped
+from jaxedit.errors import InputError
 
 METHODS = ("linear", "interfacegan", "ganspace", "warped", "curvilinear")
 
 
-class EditorError(ValueError):
+class EditorError(InputError):
     """A direction file or editor argument that cannot be used; the message names it."""
 
 
@@ -168,7 +169,7 @@ def load(method: str, path: str | Path, *, space: str | None = None, layers: str
     warped: WarpedGANSpace ``support_sets.pt`` or a jaxedit checkpoint. curvilinear: a
     DeCurvEd flow ``.pt`` or a jaxedit checkpoint.
     """
-    from converters import edits as conv
+    from jaxedit.converters import edits as conv
 
     path = Path(path)
     if not path.exists():
@@ -200,7 +201,7 @@ def load(method: str, path: str | Path, *, space: str | None = None, layers: str
             return Editor("warped", space or "z", {k: jnp.asarray(v) for k, v in conv.load_warped(path).items()},
                           lay, eps=eps)
         if method == "curvilinear":
-            from converters import decurved
+            from jaxedit.converters import decurved
 
             cfg, params = decurved.load_cnf(path)
             from jaxedit.models.flows import CNF

@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import ml_dtypes
 import numpy as np
+from jaxedit.errors import FormatError, InputError
 
 __all__ = [
     "ALLOWED_GLOBALS", "ALLOWED_GLOBAL_PREFIXES", "TorchFileError", "load", "PersistentObject",
@@ -112,7 +113,7 @@ _LEGACY_PROTOCOL = 1001
 _MAX_NESTING = 3  # _load_from_bytes streams inside streams
 
 
-class TorchFileError(ValueError):
+class TorchFileError(FormatError):
     """The file cannot be read safely; the message names the file and what is wrong."""
 
 
@@ -807,7 +808,7 @@ def module_state_dict(obj: PersistentObject | ScriptObject, *, include_non_persi
 
     def walk(node, prefix: str, path: tuple):
         if id(node) in path:
-            raise ValueError(f"module_state_dict: module cycle at {prefix.rstrip('.') or '<root>'!r}")
+            raise InputError(f"module_state_dict: module cycle at {prefix.rstrip('.') or '<root>'!r}")
         path = path + (id(node),)
         if isinstance(node, PersistentObject):
             st = node.state
@@ -817,7 +818,7 @@ def module_state_dict(obj: PersistentObject | ScriptObject, *, include_non_persi
                     if v is None or (group == "_buffers" and k in nonpersist and not include_non_persistent):
                         continue
                     if not isinstance(v, np.ndarray):
-                        raise ValueError(f"module_state_dict: {prefix + k!r} is a {type(v).__name__}, "
+                        raise InputError(f"module_state_dict: {prefix + k!r} is a {type(v).__name__}, "
                                          "not a tensor")
                     out[prefix + k] = v
             for k, child in (st.get("_modules") or {}).items():
@@ -851,7 +852,7 @@ def init_kwargs(obj: PersistentObject) -> dict:
     if kwargs is None:
         return {}
     if not isinstance(kwargs, dict):
-        raise ValueError(f"init_kwargs: {obj.class_name} has _init_kwargs of type {type(kwargs).__name__}")
+        raise InputError(f"init_kwargs: {obj.class_name} has _init_kwargs of type {type(kwargs).__name__}")
 
     def plain(v):
         if isinstance(v, dict):

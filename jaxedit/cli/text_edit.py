@@ -11,7 +11,7 @@ not constants baked into it.
 - ``--method shift``: the CLIP-guided shift of one conv layer's weights, one shift per prompt
   optimized over all the seeds; rows = prompts x seeds, columns = strengths k.
 - ``--method mapper``: StyleCLIP latent mappers ``w + 0.1 M(w)``, one per prompt, trained together
-  on fresh random latents (``--steps`` x ``--batch``) then applied to the seeds, or read from a
+  on fresh random latents (``--steps`` x ``--batch-size``) then applied to the seeds, or read from a
   mapper checkpoint (``--mapper``: ``--save-mapper`` or ``jaxedit convert mapper``); rows = seeds,
   columns = the original then one per prompt.
 """
@@ -21,38 +21,39 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-METHODS = ("optimize", "global", "shift", "mapper")
-DEFAULT_CLIP = "shapes-clip"
-MAPPER_LR = 0.5
+from jaxedit.cli.common import DEFAULT_CLIP, load_generator, model_path, parse_seeds, parse_strengths, seed_latents
+from jaxedit.converters.styleclip import load_fs3
+from jaxedit.edits import text
+from jaxedit.errors import UsageError
+from jaxedit.io import checkpoint
+from jaxedit.io import images as imio
+from jaxedit.io.progress import Progress
+from jaxedit.models import clip
+from jaxedit.models import mapper as mapper_lib
+
 DEFAULT_STRENGTHS = {"global": "0:4:5", "shift": "-3:3:7"}
 DEFAULT_STEPS = {"optimize": 100, "shift": 100, "mapper": 500}
-DEFAULT_LR = {"optimize": 0.1, "shift": 0.01, "mapper": MAPPER_LR}
+DEFAULT_LR = {"optimize": 0.1, "shift": 0.01, "mapper": 0.5}
 DEFAULT_L2 = {"optimize": 0.008, "shift": 0.05, "mapper": 0.8}
 
 
 def _load(args):
     """-> G, gparams, guide, clip params, tokenizer, prompts, seeds, z [N, z_dim], mappers ((Mapper, params) or None)."""
-    from jaxedit.config import enable_compilation_cache
 
-    enable_compilation_cache()
-    from jaxedit import checkpoint
-    from jaxedit.cli import DEFAULT_GENERATOR, UsageError, parse_seeds
-    from jaxedit.models import clip
 
-    G, gp = checkpoint.load_stylegan2(args.ckpt or checkpoint.default_path(DEFAULT_GENERATOR))
-    if G.cfg.c_dim:
-        raise UsageError("text-edit: conditional generators are not supported yet")
-    guide, cp, tok = clip.load_guide(args.clip or checkpoint.default_path(DEFAULT_CLIP), args.preprocess)
+    G, gp = load_generator(args.ckpt, unconditional="text-edit")
+    guide, cp, tok = clip.load_guide(model_path(args.clip, DEFAULT_CLIP), args.preprocess)
     if args.mapper:
         if args.method != "mapper":
             raise UsageError("--mapper is for --method mapper")
         if args.prompt:
             raise UsageError("--mapper: the prompts come from the mapper checkpoint; drop --prompt")
-        from jaxedit.edits import text
 
-        M, mparams, prompts = text.load_mappers(args.mapper)
+        M, mparams, prompts = mapper_lib.load_mappers(args.mapper)
         if (M.cfg.num_ws, M.cfg.w_dim) != (G.cfg.num_ws, G.cfg.w_dim):
             raise UsageError(f"--mapper {args.mapper}: maps W+ {M.cfg.num_ws} x {M.cfg.w_dim}, but the generator's "
                              f"W+ is {G.cfg.num_ws} x {G.cfg.w_dim}")
@@ -63,21 +64,16 @@ def _load(args):
         if not prompts:
             raise UsageError("text-edit: give at least one non-empty --prompt")
     seeds = parse_seeds(args.seeds)
-    z = np.stack([np.random.RandomState(s).randn(G.cfg.z_dim) for s in seeds]).astype(np.float32)
+    z = seed_latents(seeds, G.cfg.z_dim)
     return G, gp, guide, cp, tok, prompts, seeds, z, mappers
 
 
 def _tokens(tok, guide, texts):
-    import jax.numpy as jnp
 
     return jnp.asarray(tok(texts, context_length=guide.model.cfg.context_length, truncate=True))
 
 
 def _optimize(args, G, gp, guide, cp, tok, prompts, z):
-    import jax
-    import jax.numpy as jnp
-
-    from jaxedit.edits import text
 
     @jax.jit
     def run(gp, cp, z, tokens):
@@ -98,10 +94,6 @@ def _optimize(args, G, gp, guide, cp, tok, prompts, z):
 
 
 def _global(args, G, gp, guide, cp, tok, prompts, z, strengths):
-    import jax
-    import jax.numpy as jnp
-
-    from jaxedit.edits import text
 
     templates = args.template or ["{}"]
     fill = lambda t: [tpl.format(t) for tpl in templates]  # noqa: E731
@@ -129,7 +121,6 @@ def _global(args, G, gp, guide, cp, tok, prompts, z, strengths):
         return imgs, channels, dt
 
     if args.fs3:
-        from converters.styleclip import load_fs3
 
         fs3 = load_fs3(args.fs3, G, guide.model.cfg.embed_dim)
         stats, _ = jax.jit(lambda gp: (text.style_channel_stats(G, gp, key, args.stats_samples), 0))(gp)
@@ -144,11 +135,6 @@ def _global(args, G, gp, guide, cp, tok, prompts, z, strengths):
 
 
 def _shift(args, G, gp, guide, cp, tok, prompts, z, strengths):
-    import jax
-    import jax.numpy as jnp
-
-    from jaxedit.cli import UsageError
-    from jaxedit.edits import text
 
     if args.layer not in G.cfg.layer_ws():
         raise UsageError(f"--layer {args.layer!r}: not a modulated layer of this generator; choose from "
@@ -171,14 +157,9 @@ def _shift(args, G, gp, guide, cp, tok, prompts, z, strengths):
 
 
 def _mapper(args, G, gp, guide, cp, tok, prompts, z, trained=None):
-    import jax
-    import jax.numpy as jnp
-
-    from jaxedit.edits import text
-    from jaxedit.progress import Progress
 
     tokens = _tokens(tok, guide, prompts)
-    M = trained[0] if trained else text.Mapper(text.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim))
+    M = trained[0] if trained else mapper_lib.Mapper(mapper_lib.MapperConfig.for_generator(G.cfg.num_ws, G.cfg.w_dim))
 
     bar = None if trained else Progress(total=args.steps, unit="step", desc=f"training {len(prompts)} mappers")
 
@@ -193,7 +174,7 @@ def _mapper(args, G, gp, guide, cp, tok, prompts, z, trained=None):
         embed = lambda x: guide.embed_images(cp, x)  # noqa: E731
         if mparams is None:
             mparams = text.train_mappers(M, G, gp, embed, t, jax.random.key(args.train_seed), steps=args.steps,
-                                         batch=args.batch, psi=args.psi, lr=args.lr, l2_lambda=args.l2,
+                                         batch=args.batch_size, psi=args.psi, lr=args.lr, l2_lambda=args.l2,
                                          identity=embed if args.id_lambda else None, id_lambda=args.id_lambda,
                                          report=report, report_every=max(1, args.steps // 100)).params
         w0 = G.mapping(gp, z, psi=args.psi)
@@ -214,19 +195,15 @@ def _mapper(args, G, gp, guide, cp, tok, prompts, z, trained=None):
     N = z.shape[0]
     cells = imgs.reshape(len(prompts) + 1, N, *imgs.shape[1:]).transpose(1, 0, 2, 3, 4)  # rows = seeds
     if args.save_mapper:
-        text.save_mappers(args.save_mapper, M, mparams, prompts, force=args.force,
+        mapper_lib.save_mappers(args.save_mapper, M, mparams, prompts, force=args.force,
                           source={"trained_by": "jaxedit text-edit --method mapper", "steps": args.steps,
-                                  "batch": args.batch, "lr": args.lr, "l2": args.l2, "id_lambda": args.id_lambda,
+                                  "batch": args.batch_size, "lr": args.lr, "l2": args.l2, "id_lambda": args.id_lambda,
                                   "psi": args.psi,
                                   "clip": str(args.clip or DEFAULT_CLIP)})
     return cells.reshape(-1, *imgs.shape[1:]), len(prompts) + 1, cos0, cos1, {"ws": ws}
 
 
-def cmd_text_edit(args) -> None:
-    from jaxedit import checkpoint
-    from jaxedit.cli import UsageError
-    from jaxedit.data import images as imio
-    from jaxedit.edits.cli import parse_strengths
+def run_text_edit(args) -> None:
 
     out = Path(args.out)
     if args.method != "global":
@@ -235,8 +212,8 @@ def cmd_text_edit(args) -> None:
         args.l2 = DEFAULT_L2[args.method] if args.l2 is None else args.l2
         if args.steps <= 0:
             raise UsageError(f"--steps {args.steps}: must be positive")
-    if args.batch <= 0:
-        raise UsageError(f"--batch {args.batch}: must be positive")
+    if args.batch_size <= 0:
+        raise UsageError(f"--batch-size {args.batch_size}: must be positive")
     if not args.mapper and not any(p.strip() for p in args.prompt):
         raise UsageError("text-edit: give at least one non-empty --prompt")
     if args.id_lambda and (args.method not in ("optimize", "mapper") or args.mapper or args.id_lambda < 0):
@@ -272,50 +249,3 @@ def cmd_text_edit(args) -> None:
     if before is not None:
         for p, b, a in zip(prompts, np.asarray(before), np.asarray(after)):
             print(f"  {p!r}: CLIP cosine {float(np.mean(b)):.3f} -> {float(np.mean(a)):.3f}")
-
-
-def register_cli(sub) -> None:
-    from jaxedit.cli import DEFAULT_GENERATOR
-    from jaxedit.models.clip import PREPROCESS_MODES
-
-    p = sub.add_parser("text-edit", help="text-guided edits (StyleCLIP optimization / global directions / mapper, CLIP-guided "
-                                         "layer shift) of seeds: PNG grid, several prompts in one program")
-    p.add_argument("ckpt", nargs="?", help=f"jaxedit StyleGAN2 checkpoint (default: {DEFAULT_GENERATOR})")
-    p.add_argument("--prompt", action="append", default=[],
-                   help="target text; repeat for several prompts (all run in one program)")
-    p.add_argument("--method", choices=METHODS, default="optimize")
-    p.add_argument("--clip", help=f"jaxedit CLIP checkpoint (default: {DEFAULT_CLIP}; `jaxedit convert clip` for "
-                                  "OpenAI's)")
-    p.add_argument("--preprocess", choices=PREPROCESS_MODES, help="CLIP input preprocessing (default: the "
-                                                                   "checkpoint's; StyleCLIP used 'styleclip')")
-    p.add_argument("--seeds", default="0-7", help="seeds (z as NVIDIA's generate.py), e.g. 0-7 or 1,5,9")
-    p.add_argument("--psi", type=float, default=0.7, help="truncation psi of the start latents")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (optimize, shift: 100; mapper: 500)")
-    p.add_argument("--lr", type=float, default=None, help=f"optimize: peak lr (0.1); shift: Adam lr (0.01); mapper: "
-                                                          f"Adam lr ({MAPPER_LR})")
-    p.add_argument("--l2", type=float, default=None,
-                   help="optimize: weight of |w - w0|^2 (0.008); shift: lambda2 of |x|_2 (0.05); mapper: weight of "
-                        "mean (w' - w)^2 (0.8)")
-    p.add_argument("--id-lambda", type=float, default=0.0,
-                   help="optimize, mapper: weight of the identity term 1 - cos(F(edited), F(original)) with F the CLIP "
-                        "image tower (StyleCLIP: ArcFace for faces, which Python callers pass as `identity`); 0.2 "
-                        "nearly halves the collateral change of optimization on the shapes world")
-    p.add_argument("--layer", default="b16.conv1", help="shift: the conv layer whose weight is shifted")
-    p.add_argument("--strengths", help="global: alphas (default 0:4:5); shift: k (default -3:3:7); "
-                                       "START:STOP:NUM or a comma list (write --strengths=-3:3:7)")
-    p.add_argument("--neutral", default="a shape", help="global: the neutral text the direction starts from")
-    p.add_argument("--template", action="append", help="global: prompt template(s) with {} (default '{}')")
-    p.add_argument("--beta", type=float, default=0.1, help="global: channel-relevance threshold")
-    p.add_argument("--fs3", help="global: a released fs3.npy (default: computed for this generator and CLIP)")
-    p.add_argument("--fs3-images", type=int, default=16, help="global: images per channel for fs3")
-    p.add_argument("--stats-samples", type=int, default=20000, help="global: samples for the StyleSpace stats")
-    p.add_argument("--stats-seed", type=int, default=5)
-    p.add_argument("--batch", type=int, default=8, help="mapper: random latents per training step")
-    p.add_argument("--train-seed", type=int, default=0, help="mapper: seed of the training latents and init")
-    p.add_argument("--mapper", help="mapper: apply the mappers of this checkpoint (--save-mapper or `jaxedit convert "
-                                    "mapper`) instead of training; its prompts replace --prompt")
-    p.add_argument("--save-mapper", help="mapper: write the trained mappers as a checkpoint directory")
-    p.add_argument("--save", help=".npz with the result (optimize, mapper: ws; global: fs3, dt; shift: the shifts x)")
-    p.add_argument("--force", action="store_true", help="overwrite --save / --save-mapper")
-    p.add_argument("--out", required=True, help="PNG grid")
-    p.set_defaults(fn=cmd_text_edit)

@@ -38,6 +38,7 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
+from jaxedit.errors import InputError
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 MAX_MERGES = 49152 - 256 - 2  # the reference reads lines 1..48894 of its merges file
@@ -48,7 +49,7 @@ _WS = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _WS_RE = re.compile(f"[{_WS}]+")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(InputError):
     """A merges file cannot be read, or a text does not fit; the message names the file or text."""
 
 

@@ -1,0 +1,272 @@
+"""The ``jaxedit`` command line: the parser of every command, dispatch, and the error policy.
+
+This module imports nothing heavy, so ``jaxedit --help`` answers at once; a command's module
+(:mod:`jaxedit.cli.convert`, ``generate``, ``edit``, ``text_edit``, ``train``) is imported only
+when that command runs. The same flag means the same thing in every command (``--out``,
+``--seeds``, ``--psi``, ``--batch-size``, ``--force``).
+
+Errors: a :class:`~jaxedit.errors.UsageError` (a flag) is one line and exit 2; any other
+:class:`~jaxedit.errors.JaxeditError` (a file, key, value or shape) is one line and exit 1;
+Ctrl-C exits 130. Anything else is a bug: its traceback is shown, with a line asking to report it.
+Compiled programs are cached in ``$JAXEDIT_CACHE`` (default ``~/.cache/jaxedit/xla``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from jaxedit import __version__
+from jaxedit.errors import JaxeditError, UsageError
+
+DEFAULT_GENERATOR = "shapes32-stylegan2"
+DEFAULT_CLIP = "shapes-clip"
+EDIT_METHODS = ("linear", "interfacegan", "ganspace", "warped", "curvilinear")
+TEXT_METHODS = ("optimize", "global", "shift", "mapper")
+DISCOVERY_METHODS = ("linear", "warped", "curvilinear")
+PREPROCESS_MODES = ("clip", "styleclip", "none")  # == jaxedit.models.clip.PREPROCESS_MODES (a test checks)
+CONVERT_KINDS = ("stylegan2", "clip", "mapper")
+FORWARD_CHECK_MAX_RESOLUTION = 256
+HELP_STRENGTHS = ("strengths (write --strengths=-3:3:7 when it starts with a minus): START:STOP:NUM (inclusive "
+                  "linspace) or a comma list; per method: linear = step along the unit direction, interfacegan (z) = "
+                  "signed distance to the boundary, ganspace = standard deviations, warped = path length (steps of "
+                  "--eps), curvilinear = shift along the flow axis")
+
+
+def _command(p: argparse.ArgumentParser, target: str) -> None:
+    """Run ``module:function`` of :mod:`jaxedit.cli` for this subcommand (imported only then)."""
+    p.set_defaults(run=target)
+
+
+def _generator_arg(p) -> None:
+    p.add_argument("ckpt", nargs="?", help=f"jaxedit StyleGAN2 checkpoint (default: the embedded {DEFAULT_GENERATOR})")
+
+
+def _seeds_arg(p, default: str) -> None:
+    p.add_argument("--seeds", default=default, help="seeds, e.g. 0-15 or 1,5,9-12 (z as NVIDIA's generate.py)")
+
+
+def _force_arg(p, what: str) -> None:
+    p.add_argument("--force", action="store_true", help=f"replace {what} if jaxedit wrote it")
+
+
+# ----------------------------------------------------------------------------------- commands
+def _add_convert(sub) -> None:
+    c = sub.add_parser("convert", help="convert a PyTorch checkpoint to a jaxedit checkpoint (no torch needed)")
+    c.add_argument("kind", choices=CONVERT_KINDS, help="what the file holds: stylegan2 (NVIDIA .pkl or rosinality "
+                                                       ".pt), clip (OpenAI TorchScript or state-dict .pt), mapper "
+                                                       "(a StyleCLIP latent mapper .pt)")
+    c.add_argument("src", help="source file")
+    c.add_argument("dst", help="destination checkpoint directory")
+    c.add_argument("--key", default=None, help="network inside the file (NVIDIA: G_ema (default), G; rosinality: "
+                                               "g_ema, g)")
+    c.add_argument("--vocab", help="clip: the BPE merges file (default: bpe_simple_vocab_16e6.txt.gz next to SRC)")
+    c.add_argument("--prompt", help="mapper: the text it was trained for (default: the file's opts['description'])")
+    _force_arg(c, "an existing jaxedit checkpoint at DST")
+    c.add_argument("--check-forward", action="store_true",
+                   help=f"also compare a forward pass after reloading above {FORWARD_CHECK_MAX_RESOLUTION} px "
+                        "(always done at or below; costs about 4x the source file in memory at 1024 px)")
+    _command(c, "convert:run_convert")
+
+
+def _add_generate(sub) -> None:
+    i = sub.add_parser("info", help="describe a jaxedit checkpoint")
+    i.add_argument("ckpt")
+    i.add_argument("--json", action="store_true", help="print the whole jaxedit.json")
+    _command(i, "generate:run_info")
+
+    s = sub.add_parser("sample", help="sample images from a generator into a PNG grid")
+    _generator_arg(s)
+    _seeds_arg(s, "0-15")
+    s.add_argument("--z", help="z vectors from a .npy file [N, z_dim] instead of seeds")
+    s.add_argument("--c", help="labels from a .npy file [N, c_dim] (conditional generators)")
+    s.add_argument("--class", dest="class_idx", type=int, help="class index for every sample (conditional)")
+    s.add_argument("--psi", type=float, default=1.0, help="truncation psi (default 1: none)")
+    s.add_argument("--cutoff", type=int, help="truncate only the first N ws")
+    s.add_argument("--noise", choices=("const", "random", "none"), default="const")
+    s.add_argument("--noise-seed", type=int, default=0, help="seed of random noise (per image: seed ^ image seed)")
+    s.add_argument("--batch-size", type=int, default=32, help="images per device batch chunk")
+    s.add_argument("--cols", type=int, help="grid columns")
+    s.add_argument("--out", help="PNG grid to write")
+    s.add_argument("--save-images", help="write raw float32 NHWC images (unclipped) to this .npy")
+    s.add_argument("--save-w", help="write ws [N, num_ws, w_dim] to this .npy")
+    _command(s, "generate:run_sample")
+
+    d = sub.add_parser("demo", help="write a look at the default model (samples, truncation, style mixing) as PNGs")
+    _generator_arg(d)
+    d.add_argument("--out", default="jaxedit-demo", help="output folder")
+    d.add_argument("--seed", type=int, default=0)
+    _command(d, "generate:run_demo")
+
+
+def _edit_args(p) -> None:
+    _generator_arg(p)
+    p.add_argument("--method", required=True, choices=EDIT_METHODS)
+    p.add_argument("--directions", required=True,
+                   help="direction file (.npy linear/InterFaceGAN, GANSpace .npz, WarpedGANSpace support_sets.pt, "
+                        "DeCurvEd flow .pt) or a checkpoint written by `jaxedit discover`")
+    p.add_argument("--strengths", default="-3:3:7", help=HELP_STRENGTHS)
+    _seeds_arg(p, "0-7")
+    p.add_argument("--space", choices=("z", "w"), help="latent space the directions live in (default per method)")
+    p.add_argument("--layers", help="W+ layer range START:END to edit (space w), e.g. 0:4")
+    p.add_argument("--eps", type=float, default=0.2, help="warped: unit step length (default 0.2)")
+    p.add_argument("--psi", type=float, default=1.0, help="truncation psi")
+    p.add_argument("--batch-size", type=int, default=64, help="frames rendered per chunk")
+    p.add_argument("--out", required=True)
+
+
+def _add_edit(sub) -> None:
+    e = sub.add_parser("edit", help="edit seeds along one direction: PNG grid, rows = seeds, columns = strengths")
+    _edit_args(e)
+    e.add_argument("--direction", type=int, default=0, help="direction / path / axis index k")
+    _command(e, "edit:run_edit")
+    t = sub.add_parser("traverse", help="traverse every direction: one PNG per seed, rows = directions")
+    _edit_args(t)
+    t.add_argument("--limit", type=int, help="only the first N directions")
+    _command(t, "edit:run_traverse")
+
+
+def _add_text_edit(sub) -> None:
+    p = sub.add_parser("text-edit", help="text-guided edits (StyleCLIP optimization / global directions / mapper, "
+                                         "CLIP-guided layer shift) of seeds: PNG grid, several prompts in one program")
+    _generator_arg(p)
+    p.add_argument("--prompt", action="append", default=[],
+                   help="target text; repeat for several prompts (all run in one program)")
+    p.add_argument("--method", choices=TEXT_METHODS, default="optimize")
+    p.add_argument("--clip", help=f"jaxedit CLIP checkpoint (default: {DEFAULT_CLIP}; `jaxedit convert clip` for "
+                                  "OpenAI's)")
+    p.add_argument("--preprocess", choices=PREPROCESS_MODES, help="CLIP input preprocessing (default: the "
+                                                                   "checkpoint's; StyleCLIP used 'styleclip')")
+    _seeds_arg(p, "0-7")
+    p.add_argument("--psi", type=float, default=0.7, help="truncation psi of the start latents")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (optimize, shift: 100; mapper: 500)")
+    p.add_argument("--lr", type=float, default=None, help="optimize: peak lr (0.1); shift: Adam lr (0.01); mapper: "
+                                                          "Adam lr (0.5)")
+    p.add_argument("--l2", type=float, default=None,
+                   help="optimize: weight of |w - w0|^2 (0.008); shift: lambda2 of |x|_2 (0.05); mapper: weight of "
+                        "mean (w' - w)^2 (0.8)")
+    p.add_argument("--id-lambda", type=float, default=0.0,
+                   help="optimize, mapper: weight of the identity term 1 - cos(F(edited), F(original)) with F the CLIP "
+                        "image tower (StyleCLIP: ArcFace for faces, which Python callers pass as `identity`); 0.2 "
+                        "nearly halves the collateral change of optimization on the shapes world")
+    p.add_argument("--layer", default="b16.conv1", help="shift: the conv layer whose weight is shifted")
+    p.add_argument("--strengths", help="global: alphas (default 0:4:5); shift: k (default -3:3:7); "
+                                       "START:STOP:NUM or a comma list (write --strengths=-3:3:7)")
+    p.add_argument("--neutral", default="a shape", help="global: the neutral text the direction starts from")
+    p.add_argument("--template", action="append", help="global: prompt template(s) with {} (default '{}')")
+    p.add_argument("--beta", type=float, default=0.1, help="global: channel-relevance threshold")
+    p.add_argument("--fs3", help="global: a released fs3.npy (default: computed for this generator and CLIP)")
+    p.add_argument("--fs3-images", type=int, default=16, help="global: images per channel for fs3")
+    p.add_argument("--stats-samples", type=int, default=20000, help="global: samples for the StyleSpace stats")
+    p.add_argument("--stats-seed", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=8, help="mapper: random latents per training step")
+    p.add_argument("--train-seed", type=int, default=0, help="mapper: seed of the training latents and init")
+    p.add_argument("--mapper", help="mapper: apply the mappers of this checkpoint (--save-mapper or `jaxedit convert "
+                                    "mapper`) instead of training; its prompts replace --prompt")
+    p.add_argument("--save-mapper", help="mapper: write the trained mappers as a checkpoint directory")
+    p.add_argument("--save", help=".npz with the result (optimize, mapper: ws; global: fs3, dt; shift: the shifts x)")
+    _force_arg(p, "--save / --save-mapper")
+    p.add_argument("--out", required=True, help="PNG grid")
+    _command(p, "text_edit:run_text_edit")
+
+
+def _add_train(sub) -> None:
+    g = sub.add_parser(
+        "train-gan", help="train a StyleGAN2 (resumable; rerun the same command to resume)",
+        description="Train a StyleGAN2 on data rendered on the fly. Rerunning with the same RUN_DIR resumes "
+                    "from its last checkpoint (the stored config.json is used; --kimg may extend the run).")
+    g.add_argument("run_dir", help="run directory (config.json, checkpoints/, samples/, log.jsonl, G_ema/)")
+    g.add_argument("--config", help="preset (tiny, shapes32-stylegan2), path/to/config.py[:arg] or config.json; "
+                                    "default: the stored config when resuming, else shapes32-stylegan2")
+    g.add_argument("--kimg", type=float, help="total length of the run in thousands of real images")
+    g.add_argument("--steps", type=int, help="total length in iterations (overrides --kimg)")
+    g.add_argument("--batch-size", type=int, help="batch size (new runs only)")
+    g.add_argument("--seed", type=int, help="random seed (new runs only)")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set r1_gamma=0.2 --set G.z_dim=64 (repeatable)")
+    g.add_argument("--export", metavar="DST", help="also write G_ema as a jaxedit checkpoint to DST at the end")
+    g.add_argument("--export-only", action="store_true",
+                   help="do not train: export G_ema of the latest checkpoint (to --export DST or RUN_DIR/G_ema)")
+    _force_arg(g, "an existing jaxedit checkpoint at --export DST")
+    _command(g, "train:run_train_gan")
+
+    p = sub.add_parser("train-probe", help="train the shapes-world probe (factors + label map) on fresh renders")
+    p.add_argument("dst", help="checkpoint directory to write")
+    p.add_argument("--steps", type=int, help="training steps (default 5000)")
+    p.add_argument("--batch-size", type=int, help="images per step (default 128)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=int, default=32)
+    _force_arg(p, "an existing jaxedit checkpoint at DST")
+    _command(p, "train:run_train_probe")
+
+    c = sub.add_parser("train-clip", help="train the small shapes-world CLIP (BPE merges + ViT/text transformer)")
+    c.add_argument("dst", help="checkpoint directory to write")
+    c.add_argument("--steps", type=int, help="training steps")
+    c.add_argument("--batch-size", type=int, help="image-caption pairs per step")
+    c.add_argument("--lr", type=float, help="AdamW peak learning rate")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--partial-captions", type=float,
+                   help="fraction of captions that name a random subset of the factors (short prompts)")
+    c.add_argument("--run", help="run directory for resumable checkpoints (run again to resume)")
+    _force_arg(c, "an existing jaxedit checkpoint at DST")
+    _command(c, "train:run_train_clip")
+
+    d = sub.add_parser("discover", help="discover latent directions (linear / warped / curvilinear) with a "
+                                        "reconstructor; resumable")
+    d.add_argument("run", help="run directory (config, checkpoints); rerun the same command to resume")
+    d.add_argument("--method", choices=DISCOVERY_METHODS, help="needed for a new run")
+    d.add_argument("--generator", help=f"generator checkpoint or default model name (default {DEFAULT_GENERATOR})")
+    d.add_argument("--space", choices=("z", "w"), help="latent space (default w)")
+    d.add_argument("--directions", type=int, help="number of directions K (default 16)")
+    d.add_argument("--steps", type=int, help="total training steps (a larger value extends a run)")
+    d.add_argument("--batch-size", type=int, help="latents per step")
+    d.add_argument("--eps", help="magnitude range MIN:MAX (default: the method's reference range)")
+    d.add_argument("--seed", type=int)
+    _command(d, "train:run_discover")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxedit", description="Speed-first semantic image editing in the latent spaces "
+                                                            "of pretrained generators (JAX).")
+    p.add_argument("--version", action="version", version=f"jaxedit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_convert, _add_generate, _add_edit, _add_text_edit, _add_train):
+        add(sub)
+    return p
+
+
+def _report_bug(exc_type, exc, tb) -> None:
+    traceback.print_exception(exc_type, exc, tb)
+    print("jaxedit: this is a bug in jaxedit, not in your input: please report it with the traceback above",
+          file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (0, 1 input error, 2 usage error, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    module, _, function = args.run.partition(":")
+    try:
+        getattr(importlib.import_module(f"jaxedit.cli.{module}"), function)(args)
+    except UsageError as e:
+        print(f"jaxedit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except JaxeditError as e:
+        print(f"jaxedit {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("jaxedit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def entry_point() -> None:
+    """The ``jaxedit`` console script: bugs keep their traceback plus a line asking to report them."""
+    sys.excepthook = _report_bug
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

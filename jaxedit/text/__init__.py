@@ -1,1 +1,0 @@
-"""Text utilities: CLIP's byte-level BPE tokenizer (:mod:`jaxedit.text.tokenizer`)."""
