@@ -15,10 +15,14 @@ FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
 
 def fixture(name: str) -> Path:
-    """Path of a reference fixture; skips the test (with the reason) when fixtures are absent."""
+    """Path of a reference fixture; when it is absent, skips the test (with the reason), or fails it
+    where ``JAXEDIT_REQUIRE_FIXTURES=1`` (CI)."""
     path = FIXTURES / name
     if not path.exists():
-        pytest.skip(f"reference fixture {name} not found (expected ../shared/fixtures beside the repo: {FIXTURES})")
+        missing = f"reference fixture {name} not found (expected ../shared/fixtures beside the repo: {FIXTURES})"
+        if os.environ.get("JAXEDIT_REQUIRE_FIXTURES") == "1":
+            pytest.fail(missing)
+        pytest.skip(missing)
     return path
 
 
