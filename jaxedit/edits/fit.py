@@ -67,8 +67,9 @@ def check_provenance(provenance: dict[str, Any] | None, generator_name: str, gen
     other_gen = made.get("sha256") not in (None, generator_sha256)
     other_space = prov.get("space") not in (None, space)
     if other_gen or other_space:
-        raise InputError(f"the directions were made for {_describe(made.get('name'), made.get('sha256'), prov.get('space'))}"
-                         f", not for {_describe(generator_name, generator_sha256, space)}")
+        made_for = _describe(made.get("name"), made.get("sha256"), prov.get("space"))
+        raise InputError(f"the directions were made for {made_for}, not for "
+                         f"{_describe(generator_name, generator_sha256, space)}")
 
 
 def _describe(name, sha256, space) -> str:
