@@ -9,35 +9,92 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from jaxedit import parallel
 from jaxedit.cli.common import load_generator, load_npy, parse_seeds, seed_latents
 from jaxedit.data import shapes
-from jaxedit.errors import UsageError
+from jaxedit.errors import CheckpointError, UsageError
 from jaxedit.io import checkpoint
 from jaxedit.io import images as imio
-from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
+from jaxedit.models.stylegan2 import StyleGAN2Config
+
+
+def _stored_shapes(ckpt: str) -> dict[str, tuple[int, ...]]:
+    """Shape of every stored parameter array, from the orbax metadata (no array is read)."""
+    try:
+        tree = ocp.StandardCheckpointHandler().metadata(Path(ckpt, "params").absolute())
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt}: its parameter tree params/ is missing or incomplete") from None
+    return {jax.tree_util.keystr(k, simple=True, separator="."): tuple(getattr(a, "shape", ()))
+            for k, a in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _model_facts(kind: str, model: dict, meta: dict) -> list[str]:
+    """The few numbers that say what a model is, one ``name = value`` line each."""
+    if kind == "stylegan2":
+        cfg = StyleGAN2Config.from_dict(model)
+        chans = ", ".join(f"{r}: {c}" for r, c in cfg.block_channels.items())
+        return [f"resolution = {cfg.img_resolution} x {cfg.img_resolution} x {cfg.img_channels}",
+                f"z_dim = {cfg.z_dim}, w_dim = {cfg.w_dim}, c_dim = {cfg.c_dim}, num_ws = {cfg.num_ws}",
+                f"mapping_layers = {cfg.mapping_layers}, architecture = {cfg.architecture}, "
+                f"conv_clamp = {cfg.conv_clamp}",
+                f"channels = {chans}",
+                f"modulated layers (StyleSpace, weight deltas) = {', '.join(cfg.layer_ws())}"]
+    if kind == "clip":
+        vl = model["vision_layers"]
+        tower = (f"ViT, {vl} layers x {model['vision_width']}, patch {model['vision_patch_size']}"
+                 if isinstance(vl, int) else f"ResNet {tuple(vl)}, width {model['vision_width']}")
+        return [f"image tower = {tower}, {model['image_resolution']} px",
+                f"text tower = {model['transformer_layers']} layers x {model['transformer_width']}, "
+                f"{model['transformer_heads']} heads, context {model['context_length']}, vocab {model['vocab_size']}",
+                f"embed_dim = {model['embed_dim']}"]
+    if kind == "probe":
+        return [f"resolution = {model['resolution']}",
+                f"outputs = {model['num_factors']} factors, {model['num_shapes']} shapes, "
+                f"{model['num_labels']}-class label map",
+                f"widths = {model['widths']}, decoder_widths = {model['decoder_widths']}"]
+    if kind == "styleclip-mapper":
+        prompts = meta.get("prompts") or []
+        return [f"mappers = {len(prompts)}: {prompts}",
+                f"w_dim = {model['w_dim']}, num_ws = {model['num_ws']}, groups (coarse, medium, fine) = "
+                f"{model['groups']}, depth = {model['depth']}, norm = {model['norm']}, strength = {model['strength']}"]
+    facts = [f"{k} = {v}" for k, v in model.items()]
+    if kind == "editor":
+        prov = dict(meta.get("provenance") or {})
+        gen = prov.pop("generator", None)
+        if isinstance(gen, dict):
+            facts.append(f"generator = {gen.get('name')} (sha256 {str(gen.get('sha256'))[:12]})")
+        facts += [f"provenance.{k} = {v}" for k, v in prov.items()]
+    return facts
+
+
+def _source_line(src: dict) -> str:
+    """Where the weights came from: file and sha256 prefix, or how they were trained."""
+    scalars = [f"{k} {v}" for k, v in src.items()
+               if isinstance(v, (str, int, float)) and k not in ("file", "sha256", "note")]
+    head = [src["file"]] if "file" in src else []
+    if "sha256" in src:
+        head.append(f"sha256 {src['sha256'][:12]}")
+    return ", ".join(head + scalars) or "not recorded"
 
 
 def run_info(args) -> None:
-
+    """The kind, the model's key facts, the parameter count and the source; ``--json``: all of jaxedit.json."""
     meta = checkpoint.read_meta(args.ckpt)
     if args.json:
         print(json.dumps(meta, indent=2, sort_keys=True))
         return
-    print(f"{args.ckpt}: {meta['kind']} checkpoint (jaxedit format v{meta['version']})")
-    for k, v in meta.get("model", {}).items():
-        print(f"  model.{k} = {v}")
-    for k, v in meta.get("source", {}).items():
-        print(f"  source.{k} = {v}")
-    if meta.get("prompts"):
-        print(f"  prompts = {meta['prompts']}")
-    if meta["kind"] == "stylegan2":
-
-        G = StyleGAN2(StyleGAN2Config.from_dict(meta["model"]))
-        n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(G.param_shapes()))
-        print(f"  num_ws = {G.cfg.num_ws}; parameter elements = {n:,}")
-        print(f"  modulated layers (StyleSpace, weight deltas): {', '.join(G.cfg.layer_ws())}")
+    kind, model = meta["kind"], meta.get("model", {})
+    arrays = _stored_shapes(args.ckpt)
+    print(f"{args.ckpt}: {kind} checkpoint (jaxedit format v{meta['version']})")
+    for line in _model_facts(kind, model, meta):
+        print(f"  {line}")
+    if kind == "editor":
+        print("  arrays = " + ", ".join(f"{k} {list(v)}" for k, v in arrays.items()))
+    print(f"  parameters = {sum(int(np.prod(s)) for s in arrays.values()):,} in {len(arrays)} arrays")
+    print(f"  source = {_source_line(meta.get('source', {}))}")
+    print("  (--json: the whole jaxedit.json)")
 
 
 def run_sample(args) -> None:
