@@ -1,17 +1,17 @@
 #!/usr/bin/env python
-"""The default model ``shapes32-stylegan2``: its training config (config as code) and launcher.
+"""Launcher and speed benchmark of the default model ``shapes32-stylegan2``.
 
-``get_config()`` is read by ``jaxedit train-gan --config experiments/train_shapes32.py`` (and by
-the preset name ``shapes32-stylegan2``). Run it in the background, resumable (rerunning the same
-command continues from the last checkpoint; a SIGKILL loses at most one checkpoint interval,
+Its config lives in the package (``jaxedit.train.gan.shapes32_config``, the preset
+``shapes32-stylegan2``); ``get_config`` here is the same function, so ``--config
+experiments/train_shapes32.py`` still works. Run it in the background, resumable (rerunning the
+same command continues from the last checkpoint; a SIGKILL loses at most one checkpoint interval,
 20 kimg; SIGINT/SIGTERM save first)::
 
     mkdir -p runs && nohup jaxedit train-gan runs/shapes32-stylegan2 \
-        --config experiments/train_shapes32.py --export checkpoints/shapes32-stylegan2 --force \
+        --config shapes32-stylegan2 --export checkpoints/shapes32-stylegan2 --force \
         >> runs/shapes32-stylegan2.log 2>&1 &
 
-Follow it with
-``tail -f runs/shapes32-stylegan2.log`` (one progress line every 30 s) or
+Follow it with ``tail -f runs/shapes32-stylegan2.log`` (one progress line every 30 s) or
 ``runs/shapes32-stylegan2/log.jsonl``; sample grids land in ``runs/shapes32-stylegan2/samples``.
 Export the latest G_ema at any time, while it trains::
 
@@ -39,19 +39,7 @@ The training loop itself (pipelined dispatch, checkpoints and grids included) ra
 makes G's fwd+bwd ~5x faster (212 -> 40 ms, c64) -- measured by monkeypatching in a scratch
 benchmark, not part of the library yet.
 
-Recipe and why (the stylegan2-ada-pytorch ``auto`` config adapted to 32 px on CPU):
-- 32x32, z = w = 64 (about a dozen factors of variation; a small W keeps PCA, SVMs and flows
-  over W cheap), 2 mapping layers (``auto`` uses 2), skip G / resnet D as the reference.
-- Channels 4:64 8:64 16:32 32:16 for G and D ("c64"): the cheapest candidate measured; the
-  XLA:CPU step time is dominated by convolution backward passes, so FLOPs decide (see
-  ``--bench``). The shapes world is flat-coloured, so thin high-resolution layers suffice.
-- Batch 32, lr 0.0025 (``auto``), Adam (0, 0.99), lazy R1 every 16 with gamma 0.1 (``auto``'s
-  formula gives 0.0064 for 32 px / batch 32; flat synthetic images with sharp edges make D
-  confident quickly, so we regularize more), EMA 10 kimg with ramp-up 0.05, style mixing 0.9
-  (keeps per-layer styles separable for StyleSpace edits), no path-length regularization
-  (a double backward through G: too slow on CPU for its benefit here), no ADA (infinite data).
-- 2000 kimg (about 4 h at 0.14 kimg/s; ``--kimg`` extends or shortens a run), checkpoints every
-  20 kimg (about 2.5 min of training), grids every 100 kimg.
+The recipe and why: the docstring of ``jaxedit.train.gan.shapes32_config``.
 """
 
 from __future__ import annotations
@@ -62,56 +50,15 @@ import os
 import sys
 import time
 
-SHAPES = {"kind": "shapes", "resolution": 32}
+import jax
+import numpy as np
 
-# name -> (z = w dim, mapping layers, channels for 4, 8, 16, 32 (G and D))
-CANDIDATES = {
-    "c64": (64, 2, (64, 64, 32, 16)),
-    "c64w": (64, 2, (64, 64, 64, 32)),
-    "c128": (64, 2, (128, 128, 64, 32)),
-}
-DEFAULT = "c64"
-
-
-def get_config(arg: str | None = None):
-    """The shapes32-stylegan2 training config; ``arg`` picks another candidate (e.g. ``c128``)."""
-    from jaxedit.models.stylegan2.discriminator import DiscriminatorConfig
-    from jaxedit.models.stylegan2 import StyleGAN2Config
-    from jaxedit.train.gan import GANConfig
-
-    zw, mapping_layers, channels = CANDIDATES[arg or DEFAULT]
-    return GANConfig(
-        name="shapes32-stylegan2" if (arg or DEFAULT) == DEFAULT else f"shapes32-stylegan2-{arg}",
-        G=StyleGAN2Config(z_dim=zw, w_dim=zw, img_resolution=32, mapping_layers=mapping_layers,
-                          channels=channels, architecture="skip"),
-        D=DiscriminatorConfig(img_resolution=32, channels=channels, architecture="resnet",
-                              mbstd_group_size=4, mbstd_num_channels=1),
-        data=dict(SHAPES),
-        batch=32,
-        kimg=2000.0,
-        seed=0,
-        lr_G=0.0025,
-        lr_D=0.0025,
-        betas=(0.0, 0.99),
-        eps=1e-8,
-        r1_gamma=0.1,
-        D_reg_interval=16,
-        pl_weight=0.0,
-        G_reg_interval=4,
-        style_mixing_prob=0.9,
-        ema_kimg=10.0,
-        ema_rampup=0.05,
-        w_avg_beta=0.995,
-        ckpt_kimg=20.0,
-        sample_kimg=100.0,
-        grid_size=64,
-        log_seconds=30.0,
-    )
+from jaxedit.train.gan import SHAPES32_CANDIDATES as CANDIDATES
+from jaxedit.train.gan import GANTrainer
+from jaxedit.train.gan import shapes32_config as get_config
 
 
 # ----------------------------------------------------------------------------- benchmark
-
-
 def _busy_jiffies() -> int:
     with open("/proc/stat") as f:
         parts = [int(v) for v in f.readline().split()[1:]]
@@ -126,11 +73,6 @@ def bench(name: str, repeats: int = 12, batch: int | None = None) -> dict:
     median-based figure alongside. ``other_cpu_frac`` is the share of the machine's CPU time
     used by other processes during the timed runs.
     """
-    import jax
-    import numpy as np
-
-    from jaxedit.train.gan import GANTrainer
-
     cfg = get_config(name)
     if batch:
         cfg = cfg.replace(batch=batch)
@@ -173,8 +115,6 @@ def main(argv=None) -> int:
     if not args.bench:
         print(json.dumps(get_config().to_dict(), indent=2))
         return 0
-    import jax
-
     results = []
     for name in args.candidates.split(","):
         r = bench(name, args.repeats, args.batch)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxedit.errors import ConfigError
 from jaxedit.io import checkpoint
 from jaxedit.models.reconstructor import ReconstructorConfig
 from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
@@ -67,13 +68,34 @@ def test_learns(gen, tmp_path):
 
 def test_resume_is_exact(gen, tmp_path):
     short = dataclasses.replace(_two_directions(gen), steps=6, ckpt_every=3)
-    D.train(short, tmp_path / "b", steps=3, progress=False)  # "killed" after 3 steps
-    D.train(short, tmp_path / "b", progress=False)  # restarted: resumes at 3
-    D.train(short, tmp_path / "c", progress=False)  # uninterrupted
+    tr = D.Trainer(short)  # one compiled step for the three runs
+    assert D.train(short, tmp_path / "b", stop_at=3, progress=False, trainer=tr)["step"] == 3  # "killed" at 3
+    assert not (tmp_path / "b" / "eval.json").exists()
+    D.train(None, tmp_path / "b", progress=False, trainer=tr)  # the same command: resumes at 3 with the stored config
+    D.train(short, tmp_path / "c", progress=False, trainer=tr)  # uninterrupted
     _, pb, sb = D.load_run(tmp_path / "b")
     _, pc, sc = D.load_run(tmp_path / "c")
     assert sb == sc == 6
     jax.tree.map(np.testing.assert_array_equal, pb, pc)
+    assert D.load_run_config(tmp_path / "b").steps == 6  # resuming did not reset the step budget
+
+
+def test_cli_resume_keeps_the_stored_config_and_extends(gen, tmp_path, capsys):
+    from jaxedit.cli.main import main
+
+    run = tmp_path / "cli"
+    new = ["discover", str(run), "--method", "linear", "--generator", gen, "--directions", "2", "--batch-size", "4",
+           "--steps", "2", "--seed", "3"]
+    assert main(new[:-2] + ["--batch-size", "3"]) == 1  # odd batch: refused before any folder exists
+    assert not run.exists()
+    assert main(new) == 0
+    assert main(["discover", str(run), "--steps", "3"]) == 0  # extends; every other setting is the stored one
+    stored = D.load_run_config(run)
+    assert (stored.steps, stored.seed, stored.batch, stored.num_directions) == (3, 3, 4, 2)
+    assert D.load_run(run)[2] == 3
+    capsys.readouterr()
+    assert main(["discover", str(run), "--batch-size", "8"]) == 1
+    assert "batch 4 -> 8" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", [pytest.param("linear", marks=pytest.mark.slow), "warped"])
@@ -92,5 +114,5 @@ def test_editor_from_run_reproduces_the_trained_shift(gen, tmp_path, method):
 
 def test_resume_refuses_a_different_config(gen, tmp_path):
     D.train(cfg(gen, method="linear", steps=1), tmp_path / "r", progress=False)
-    with pytest.raises(ValueError, match="differs in method"):
+    with pytest.raises(ConfigError, match="method 'linear' -> 'warped'"):
         D.train(cfg(gen, method="warped", steps=1), tmp_path / "r", progress=False)

@@ -1,5 +1,7 @@
 """The shapes-world CLIP's own BPE merges: learned from captions, read back by the CLIP tokenizer."""
 
+import json
+
 import numpy as np
 
 from jaxedit.data import shapes
@@ -46,21 +48,29 @@ def test_partial_captions_name_only_true_factors():
     assert shapes.captions(f, 5) == shapes.captions(f, 5, partial=0.0)  # full captions unchanged
 
 
-def test_resumed_training_equals_uninterrupted(tmp_path):
-    import shutil
+def test_run_folder_resumes_extends_and_refuses_changes(tmp_path):
+    import dataclasses
 
     import jax
+    import pytest
 
-    cfg = C.CLIPTrainConfig(steps=4, batch=8, ckpt_every=2, corpus=300, eval_images=8, embed_dim=16,
+    from jaxedit.errors import ConfigError
+
+    cfg = C.CLIPTrainConfig(steps=4, batch=8, ckpt_every=2, log_every=1, corpus=300, eval_images=8, embed_dim=16,
                             vision_width=16, vision_layers=1, text_width=16, text_layers=1, heads=2,
                             resolution=16, context_length=24, partial_captions=0.5)
-    full, _ = C.train(cfg, tmp_path / "a", run_dir=tmp_path / "run-a", log_every=1)
-    shutil.copytree(tmp_path / "run-a", tmp_path / "run-b")
-    shutil.rmtree(tmp_path / "run-b" / "checkpoints" / "4")  # as if killed after step 2's save
-    resumed, report = C.train(cfg, tmp_path / "b", run_dir=tmp_path / "run-b", log_every=1)
+    full, report = C.train(cfg, tmp_path / "a", progress=False)  # run folder a.run beside DST
+    assert report["step"] == 4 and (tmp_path / "a" / C.VOCAB_FILE).is_file()
+    assert C.CLIPTrainConfig.from_dict(json.loads((tmp_path / "a.run" / "config.json").read_text())).decay_steps == 4
+
+    part, report = C.train(cfg, tmp_path / "b", progress=False, stop_at=2)  # as if killed after step 2's save
+    assert report == {"step": 2} and not (tmp_path / "b").exists()
+    resumed, report = C.train(None, tmp_path / "b", progress=False)  # the stored config
     assert report["resumed_at"] == 2
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    other = C.CLIPTrainConfig(**{**cfg.to_dict(), "lr": 0.5})
-    with __import__("pytest").raises(ValueError, match="config.json"):
-        C.train(other, tmp_path / "c", run_dir=tmp_path / "run-b")
+
+    _, report = C.train(dataclasses.replace(cfg, steps=5), tmp_path / "b", force=True, progress=False)  # extends
+    assert (report["resumed_at"], report["step"]) == (4, 5)
+    with pytest.raises(ConfigError, match="lr 0.001 -> 0.5"):
+        C.train(dataclasses.replace(cfg, steps=5, lr=0.5), tmp_path / "c", run_dir=tmp_path / "b.run")

@@ -20,6 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxedit.errors import ConfigError, InputError
+from jaxedit.io import checkpoint
+from jaxedit.models import stylegan2
 from jaxedit.models.stylegan2.discriminator import Discriminator, DiscriminatorConfig, downsample2d, minibatch_std
 from jaxedit.train import gan
 
@@ -46,9 +49,9 @@ def test_discriminator_output_shape_and_checks():
     pc = Dc.init(jax.random.key(0, impl="rbg"))
     c = jnp.eye(3)[jnp.arange(4) % 3]
     assert jax.jit(Dc)(pc, jnp.zeros((4, 8, 8, 3)), c).shape == (4,)
-    with pytest.raises(ValueError, match="conditional"):
+    with pytest.raises(InputError, match="conditional"):
         Dc(pc, jnp.zeros((4, 8, 8, 3)))
-    with pytest.raises(ValueError, match="img must have shape"):
+    with pytest.raises(InputError, match="img must have shape"):
         Dc(pc, jnp.zeros((4, 16, 16, 3)), c)
 
 
@@ -161,23 +164,41 @@ def test_config_roundtrip_file_and_overrides(tmp_path):
     assert loaded.G.img_resolution == 8 and loaded.ckpt_steps == 2
     over = gan.apply_overrides(loaded, ["r1_gamma=0.5", "G.z_dim=32", 'data.kind="toy"'])
     assert over.r1_gamma == 0.5 and over.G.z_dim == 32
-    with pytest.raises(ValueError, match="unknown key"):
+    with pytest.raises(ConfigError, match="unknown key"):
         gan.apply_overrides(loaded, ["nope=1"])
-    with pytest.raises(ValueError, match="G makes"):
+    with pytest.raises(ConfigError, match="G makes"):
         loaded.replace(D=DiscriminatorConfig(img_resolution=16, channels=(4, 4, 4)))
 
-    default = gan.load_config("shapes32-stylegan2")  # the preset is the experiments/ launcher's get_config()
-    repo = Path(gan.__file__).resolve().parents[2]
-    assert default == gan.load_config(str(repo / "experiments" / "train_shapes32.py"))
+    default = gan.load_config("shapes32-stylegan2")  # the preset lives in the package (no source checkout needed)
+    assert default == gan.shapes32_config() and default.name == "shapes32-stylegan2"
     assert default.G.img_resolution == 32 and default.data["kind"] == "shapes" and default.pl_weight == 0
+    assert gan.load_config("shapes32-stylegan2:c128").G.channels == (128, 128, 64, 32)
+    repo = Path(__file__).resolve().parents[1]  # the experiments/ launcher is a thin alias of the preset
+    assert gan.load_config(str(repo / "experiments" / "train_shapes32.py")) == default
+    with pytest.raises(ConfigError, match="neither a preset"):
+        gan.load_config("no-such-preset")
 
 
-def test_cli_parses_train_gan():
+def test_cli_parses_the_trainers():
     from jaxedit.cli.main import build_parser
 
-    args = build_parser().parse_args(["train-gan", "runs/x", "--kimg", "5", "--set", "r1_gamma=0.2", "--export", "out"])
+    parse = build_parser().parse_args
+    args = parse(["train-gan", "runs/x", "--kimg", "5", "--set", "r1_gamma=0.2", "--export", "out"])
     assert args.run == "train:run_train_gan" and args.run_dir == "runs/x" and args.kimg == 5.0
     assert args.set == ["r1_gamma=0.2"] and args.export == "out" and not args.export_only
+    args = parse(["discover", "runs/d", "--steps", "9"])  # the run folder does not clash with the dispatch target
+    assert args.run == "train:run_discover" and args.run_dir == "runs/d" and args.method is None
+    for cmd in ("train-clip", "train-probe"):
+        args = parse([cmd, "ckpt/x", "--run", "runs/x"])
+        assert args.run == f"train:run_{cmd.replace('-', '_')}" and args.run_dir == "runs/x"
+        assert parse([cmd, "ckpt/x"]).run_dir is None and args.seed is None and args.steps is None
+
+
+def test_cli_bad_setting_leaves_no_run_folder(tmp_path, capsys):
+    from jaxedit.cli.main import main
+
+    assert main(["train-gan", str(tmp_path / "r"), "--config", "tiny", "--batch-size", "6"]) == 1
+    assert "minibatch-stddev" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_progress_plain_lines_when_not_a_tty():
@@ -198,7 +219,7 @@ def test_progress_plain_lines_when_not_a_tty():
 
 
 def _cli(run_dir, config, *args):
-    return [sys.executable, "-m", "jaxedit.cli", "train-gan", str(run_dir), "--config", str(config), *args]
+    return [sys.executable, "-m", "jaxedit.cli.main", "train-gan", str(run_dir), "--config", str(config), *args]
 
 
 def _finalized_steps(run_dir: Path) -> list[int]:
@@ -252,9 +273,6 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
 
     # 4. the exported G_ema is a jaxedit StyleGAN2 checkpoint (what `jaxedit sample` reads)
-    from jaxedit.io import checkpoint
-    from jaxedit.models import stylegan2
-
     G, params = stylegan2.load(fresh / gan.EXPORT_DIR)
     assert G.cfg.img_resolution == 8
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fresh_state["G_ema"])):
@@ -310,11 +328,9 @@ def test_cli_export_only(tmp_path):
     out = subprocess.run(_cli(run, config, "--steps", "3"), env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     dst = tmp_path / "exported"
-    cmd = [sys.executable, "-m", "jaxedit.cli", "train-gan", str(run), "--export-only", "--export", str(dst)]
+    cmd = [sys.executable, "-m", "jaxedit.cli.main", "train-gan", str(run), "--export-only", "--export", str(dst)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    from jaxedit.io import checkpoint
-
     G, params = stylegan2.load(dst)
     meta = checkpoint.read_meta(dst)
     assert meta["source"]["step"] == 3 and meta["source"]["trainer"] == "jaxedit.train.gan"

@@ -1,6 +1,8 @@
 """``jaxedit train-gan``, ``train-probe``, ``train-clip`` and ``discover``: the trainers' commands.
 
-A flag left out keeps the trainer's default for a new run (and the stored value when resuming)."""
+Every trainer is a run folder (:mod:`jaxedit.train.runs`): the same command resumes. A flag left
+out keeps the trainer's default for a new run and the stored value when resuming; a flag that
+changes a stored setting other than the run's length or intervals is an error naming the field."""
 
 from __future__ import annotations
 
@@ -8,15 +10,16 @@ import dataclasses
 import json
 from pathlib import Path
 
-from jaxedit.cli.common import DEFAULT_GENERATOR, check_positive
+from jaxedit.cli.common import check_positive
 from jaxedit.config import enable_compilation_cache
-from jaxedit.data import shapes
 from jaxedit.errors import UsageError
-from jaxedit.models.probe import ProbeConfig
 from jaxedit.train import clip as train_clip
 from jaxedit.train import discovery
 from jaxedit.train import gan
 from jaxedit.train import probe as train_probe
+from jaxedit.train import runs
+
+DEFAULT_GAN_CONFIG = "shapes32-stylegan2"
 
 
 def _given(**flags) -> dict:
@@ -26,22 +29,19 @@ def _given(**flags) -> dict:
 
 def run_train_gan(args) -> None:
     enable_compilation_cache()
-    check_positive("--batch-size", args.batch_size)
-    check_positive("--kimg", args.kimg)
-    check_positive("--steps", args.steps)
+    for flag, v in (("--batch-size", args.batch_size), ("--kimg", args.kimg), ("--steps", args.steps)):
+        check_positive(flag, v)
     run_dir = Path(args.run_dir)
     if args.export_only:
         print(f"exported {gan.export(run_dir, args.export, force=args.force)}")
         return
-    resuming = (run_dir / gan.CONFIG_FILE).is_file()
-    if args.config is None and not resuming:
-        args.config = "shapes32-stylegan2"
-    cfg = None if args.config is None else gan.load_config(args.config)
-    if cfg is None and (args.set or args.batch_size or args.seed is not None):
-        cfg = gan.load_run_config(run_dir)
-    if cfg is not None:
-        cfg = gan.apply_overrides(cfg.replace(**_given(batch=args.batch_size, seed=args.seed)), args.set or [])
-    gan.train(cfg, run_dir, kimg=args.kimg, steps=args.steps, export_to=args.export, force_export=args.force)
+    if args.config is not None:
+        base = gan.load_config(args.config)
+    else:
+        base = runs.read_config(run_dir, gan.GANConfig.from_dict) or gan.load_config(DEFAULT_GAN_CONFIG)
+    cfg = gan.apply_overrides(base.replace(**_given(batch=args.batch_size, seed=args.seed, kimg=args.kimg)),
+                              args.set or [])
+    gan.train(cfg, run_dir, stop_at=args.steps, export_to=args.export, force_export=args.force)
 
 
 def run_train_probe(args) -> None:
@@ -49,11 +49,13 @@ def run_train_probe(args) -> None:
     for flag, v in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--lr", args.lr),
                     ("--resolution", args.resolution)):
         check_positive(flag, v)
-    cfg = dataclasses.replace(train_probe.ProbeTrainConfig(), **_given(steps=args.steps, batch=args.batch_size,
-                                                                       lr=args.lr), seed=args.seed,
-                              probe=ProbeConfig(resolution=args.resolution),
-                              data=shapes.ShapesConfig(resolution=args.resolution))
-    _, report = train_probe.train(cfg, args.dst, args.force)
+    run_dir = Path(args.run_dir) if args.run_dir else runs.default_run_dir(args.dst)
+    base = runs.read_config(run_dir, train_probe.ProbeTrainConfig.from_dict) or train_probe.ProbeTrainConfig()
+    given = _given(steps=args.steps, batch=args.batch_size, lr=args.lr, seed=args.seed)
+    if args.resolution is not None:
+        given.update(probe=dataclasses.replace(base.probe, resolution=args.resolution),
+                     data=dataclasses.replace(base.data, resolution=args.resolution))
+    _, report = train_probe.train(dataclasses.replace(base, **given), args.dst, run_dir=run_dir, force=args.force)
     print(json.dumps(report, indent=2))
 
 
@@ -63,10 +65,11 @@ def run_train_clip(args) -> None:
         check_positive(flag, v)
     if args.partial_captions is not None and not 0 <= args.partial_captions <= 1:
         raise UsageError(f"--partial-captions {args.partial_captions}: must be in [0, 1]")
-    cfg = dataclasses.replace(train_clip.CLIPTrainConfig(), seed=args.seed,
-                              **_given(steps=args.steps, batch=args.batch_size, lr=args.lr,
-                                       partial_captions=args.partial_captions))
-    _, report = train_clip.train(cfg, args.dst, args.force, run_dir=args.run)
+    run_dir = Path(args.run_dir) if args.run_dir else runs.default_run_dir(args.dst)
+    base = runs.read_config(run_dir, train_clip.CLIPTrainConfig.from_dict) or train_clip.CLIPTrainConfig()
+    cfg = dataclasses.replace(base, **_given(steps=args.steps, batch=args.batch_size, lr=args.lr, seed=args.seed,
+                                             partial_captions=args.partial_captions))
+    _, report = train_clip.train(cfg, args.dst, run_dir=run_dir, force=args.force)
     print(json.dumps(report, indent=2))
 
 
@@ -86,15 +89,14 @@ def run_discover(args) -> None:
     enable_compilation_cache()
     for flag, v in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--directions", args.directions)):
         check_positive(flag, v)
-    run = Path(args.run)
+    run_dir = Path(args.run_dir)
     eps = _eps_range(args.eps)
-    cfg = None
-    if args.method:
-        cfg = dataclasses.replace(discovery.DiscoveryConfig(), method=args.method,
-                                  **_given(generator=args.generator or DEFAULT_GENERATOR, space=args.space,
-                                           num_directions=args.directions, steps=args.steps,
-                                           batch=args.batch_size, eps_range=eps, seed=args.seed))
-    elif (run / discovery.CONFIG_FILE).is_file():
-        cfg = dataclasses.replace(discovery.load_run_config(run), **_given(steps=args.steps))
-    out = discovery.train(cfg, run)
-    print(json.dumps(out, indent=1))
+    base = runs.read_config(run_dir, discovery.DiscoveryConfig.from_dict)
+    if base is None:
+        if not args.method:
+            raise UsageError(f"{run_dir} holds no discovery run: give --method to start one")
+        base = discovery.DiscoveryConfig(method=args.method)
+    cfg = dataclasses.replace(base, **_given(method=args.method, generator=args.generator, space=args.space,
+                                             num_directions=args.directions, steps=args.steps,
+                                             batch=args.batch_size, eps_range=eps, seed=args.seed))
+    print(json.dumps(discovery.train(cfg, run_dir), indent=1))

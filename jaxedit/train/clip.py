@@ -8,6 +8,10 @@ go in as [-1, 1] pixels at the render size, preprocess mode ``"none"``). It then
 zero-shot retrieval accuracy per factor word on held-out renders (:func:`zero_shot`): for each
 factor (shape, colour, size, spot colour, spot size, position, background) every render is
 classified by the most similar of that factor's prompts.
+
+Training is a resumable run folder (:mod:`jaxedit.train.runs`; default ``DST.run``): rerunning the
+same command resumes, a larger ``steps`` extends the run (the cosine schedule keeps the horizon
+``decay_steps`` it started with, then stays at its final rate), the finished model goes to DST.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import dataclasses
 import gzip
 import math
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,12 @@ import numpy as np
 import optax
 
 from jaxedit.config import JSONConfig
-from jaxedit.errors import InputError
 from jaxedit.data import shapes
+from jaxedit.errors import InputError
+from jaxedit.io import checkpoint
+from jaxedit.models.clip import CLIP, CLIPConfig
+from jaxedit.models.clip.tokenizer import Tokenizer
+from jaxedit.train import runs
 
 EVAL_SALT = 0x5EED
 VOCAB_FILE = "bpe_vocab.txt.gz"
@@ -91,6 +98,7 @@ def caption_corpus(n: int, seed: int, data: shapes.ShapesConfig, partial: float 
 @dataclasses.dataclass(frozen=True)
 class CLIPTrainConfig(JSONConfig):
     steps: int = 3000
+    decay_steps: int | None = None  # cosine schedule horizon; None: the run's first ``steps``
     batch: int = 128
     lr: float = 1e-3
     warmup: int = 200
@@ -108,12 +116,15 @@ class CLIPTrainConfig(JSONConfig):
     corpus: int = 20000  # captions the BPE merges are learned from
     eval_images: int = 2048
     partial_captions: float = 0.0  # fraction of captions naming a random subset of the factors
-    ckpt_every: int = 250  # steps between resumable checkpoints (with a run directory)
+    ckpt_every: int = 250  # steps between checkpoints of the run folder
+    log_every: int = 50  # steps between log.jsonl rows
 
 
-def model_config(cfg: CLIPTrainConfig, vocab_size: int):
-    from jaxedit.models.clip import CLIPConfig
+# Fields that may change when a run resumes (a larger ``steps`` extends it).
+MUTABLE = frozenset({"steps", "ckpt_every", "log_every"})
 
+
+def model_config(cfg: CLIPTrainConfig, vocab_size: int) -> CLIPConfig:
     return CLIPConfig(embed_dim=cfg.embed_dim, image_resolution=cfg.resolution, vision_layers=cfg.vision_layers,
                       vision_width=cfg.vision_width, vision_patch_size=cfg.vision_patch_size,
                       context_length=cfg.context_length, vocab_size=vocab_size, transformer_width=cfg.text_width,
@@ -129,49 +140,33 @@ def clip_loss(model, params, images: jax.Array, tokens: jax.Array) -> tuple[jax.
     return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def train(cfg: CLIPTrainConfig, dst: str | Path, force: bool = False, log_every: int = 50,
-          run_dir: str | Path | None = None):
-    """Learn the merges, train, evaluate zero-shot and save to ``dst``; returns (params, report).
+def train(cfg: CLIPTrainConfig | None, dst: str | Path, *, run_dir: str | Path | None = None, force: bool = False,
+          stop_at: int | None = None, progress: bool = True) -> tuple[Any, dict[str, Any]]:
+    """Learn the merges, train (or resume) in ``run_dir``, evaluate zero-shot, save to ``dst``; -> (params, report).
 
-    With ``run_dir`` the training state is saved there every ``cfg.ckpt_every`` steps (orbax; also
-    on SIGINT/SIGTERM) and a second call with the same config resumes where it stopped: every
-    step's batch is a function of the seed and the step index, so a resumed run equals an
-    uninterrupted one. ``run_dir`` keeps the config it was started with; another config is an error.
+    ``run_dir`` defaults to ``DST.run``; ``cfg`` None resumes with its stored config, otherwise
+    only :data:`MUTABLE` may differ. Every step's batch is a function of the seed and the step
+    index, so a resumed run equals an uninterrupted one. ``stop_at``: end this call at that step
+    (nothing is evaluated or saved to ``dst``; the report has only ``step``).
     """
-    import json
-
-    from jaxedit.io import checkpoint
-    from jaxedit.models.clip import CLIP
-    from jaxedit.io.progress import Progress
-    from jaxedit.models.clip.tokenizer import Tokenizer
-    from jaxedit.train.gan import _manager, _restore, _save, _StopRequest
-
     dst = checkpoint.check_writable(dst, force)
+    run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(dst)
+    stored = runs.read_config(run_dir, CLIPTrainConfig.from_dict)
+    if cfg is not None and cfg.decay_steps is None:
+        cfg = dataclasses.replace(cfg, decay_steps=stored.decay_steps if stored else cfg.steps)
+    cfg = runs.resolve(run_dir, cfg, CLIPTrainConfig.from_dict, MUTABLE)
     data = shapes.ShapesConfig(resolution=cfg.resolution)
-    t0 = time.perf_counter()
     merges = learn_merges(caption_corpus(cfg.corpus, cfg.seed + 7, data, cfg.partial_captions))
-    tmp_vocab = write_merges(merges, Path(f"/tmp/jaxedit-{id(cfg)}-{VOCAB_FILE}"))
-    tok = Tokenizer.from_file(tmp_vocab)
-    tmp_vocab.unlink(missing_ok=True)
+    tok = Tokenizer(merges)
     model = CLIP(model_config(cfg, tok.vocab_size))
     key = jax.random.key(cfg.seed)
-    sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(cfg.warmup, cfg.steps // 4), cfg.steps, cfg.lr * 0.02)
+    horizon = cfg.decay_steps or cfg.steps
+    sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(cfg.warmup, horizon // 4), horizon, cfg.lr * 0.02)
     opt = optax.adamw(sched, weight_decay=cfg.weight_decay)
-    params = model.init(jax.random.fold_in(key, 1))
-    state = {"params": params, "opt": opt.init(params)}
 
-    mngr, start = None, 0
-    if run_dir is not None:
-        run = Path(run_dir)
-        run.mkdir(parents=True, exist_ok=True)
-        cfg_file = run / "config.json"
-        if cfg_file.exists() and json.loads(cfg_file.read_text()) != cfg.to_dict():
-            raise InputError(f"{cfg_file}: the run was started with another config; use a new run directory")
-        cfg_file.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        mngr = _manager(run)
-        start = mngr.latest_step() or 0
-        if start:
-            state, _ = _restore(mngr, start, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state))
+    def init():
+        params = model.init(jax.random.fold_in(key, 1))
+        return {"params": params, "opt": opt.init(params)}
 
     @jax.jit
     def render(k):
@@ -179,44 +174,32 @@ def train(cfg: CLIPTrainConfig, dst: str | Path, force: bool = False, log_every:
         return b["image"], b["factors"]
 
     @jax.jit
-    def step(state, images, tokens):
+    def update(state, images, tokens):
         (loss, acc), grads = jax.value_and_grad(lambda p: clip_loss(model, p, images, tokens),
                                                 has_aux=True)(state["params"])
         updates, opt_state = opt.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, math.log(100.0))  # the reference's clamp
-        return {"params": params, "opt": opt_state}, loss, acc
+        return {"params": params, "opt": opt_state}, {"loss": loss, "batch_acc": acc}
 
-    bar = Progress(total=cfg.steps, unit="step", desc="train-clip", initial=start)
-    i, stopped = start, None
-    with _StopRequest() as stop:
-        while i < cfg.steps:
-            images, factors = render(jax.random.fold_in(key, 1000 + i))
-            texts = shapes.captions(factors, 1000 + i, data, partial=cfg.partial_captions)
-            state, loss, acc = step(state, images, tok(texts, context_length=cfg.context_length, truncate=True))
-            i += 1
-            if i == start + 1:  # the first step compiled: measure the rate from here
-                jax.block_until_ready(loss)
-                bar.restart_rate(i)
-            if i % log_every == 0 or i == cfg.steps:
-                bar.update(i, loss=float(loss), batch_acc=float(acc))
-            if mngr is not None and (i % cfg.ckpt_every == 0 or i == cfg.steps or stop.requested):
-                _save(mngr, i, state, {"step": i, "time": time.time()})
-            if stop.requested:
-                stopped = stop.requested
-                break
-    bar.close()
-    if mngr is not None:
-        mngr.wait_until_finished()
-        mngr.close()
-    if stopped:
-        raise KeyboardInterrupt(f"train-clip stopped by {stopped} at step {i}; run again to resume")
+    def step(state, i):  # captions are made on the host from the rendered factors
+        images, factors = render(jax.random.fold_in(key, 1000 + i))
+        texts = shapes.captions(factors, 1000 + i, data, partial=cfg.partial_captions)
+        return update(state, images, tok(texts, context_length=cfg.context_length, truncate=True))
+
+    total = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    with runs.Run(run_dir, cfg, desc="train-clip", progress=progress) as run:
+        state, start = run.restore(jax.eval_shape(init))
+        state = init() if state is None else state
+        state, summary = run.loop(state, step, start=start, total=total, ckpt_every=cfg.ckpt_every,
+                                  log_every=cfg.log_every)
     params = state["params"]
-    train_s = time.perf_counter() - t0
+    if summary["step"] < cfg.steps:
+        return params, {"step": summary["step"]}
     report = zero_shot(model, params, tok, jax.random.fold_in(key, EVAL_SALT), cfg.eval_images, data,
                        cfg.context_length)
-    report.update(train_seconds=round(train_s, 1), steps=cfg.steps, batch=cfg.batch, merges=len(merges),
-                  vocab_size=tok.vocab_size, resumed_at=start)
+    report.update(step=summary["step"], train_seconds=summary["seconds"], batch=cfg.batch, merges=len(merges),
+                  vocab_size=tok.vocab_size, resumed_at=start, run_dir=str(run_dir))
     checkpoint.save(dst, kind="clip", model=model.cfg.to_dict(), params=params,
                     source={"trained_by": "jaxedit train-clip", "train_config": cfg.to_dict(),
                             "vocab": VOCAB_FILE, "preprocess": "none"},

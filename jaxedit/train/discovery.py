@@ -14,9 +14,10 @@ Magnitude samplers (reference defaults): linear eps ~ U[-6, 6] with |eps| < 0.5 
 warped and curvilinear draw half the batch from U[min, max] and half from U[-max, -min]
 (sign-balanced), with [0.1, 0.2] and [0.1, 6.0].
 
-One jitted step (both renders, R, the loss and the Adam update); resumable with orbax (a run
-killed and restarted continues from its last checkpoint with the same key schedule); progress
-bar with steps/s, losses and the running accuracy. ``jaxedit discover RUN --method ...``.
+One jitted step (both renders, R, the loss and the Adam update). The run folder is managed by
+:mod:`jaxedit.train.runs`: a run killed and restarted continues from its last checkpoint with the
+same key schedule (bit-exact), a larger ``steps`` extends it, only :data:`MUTABLE` may change on
+resume; ``eval.json`` holds the final accuracy. ``jaxedit discover RUN --method ...``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -34,13 +34,18 @@ import numpy as np
 import optax
 
 from jaxedit.config import JSONConfig
+from jaxedit import edits
+from jaxedit.edits import curvilinear, linear, warped
+from jaxedit.errors import ConfigError
+from jaxedit.io import checkpoint
+from jaxedit.models import stylegan2
+from jaxedit.models.flows import CNF, CNFConfig
 from jaxedit.models.reconstructor import Reconstructor, ReconstructorConfig
-from jaxedit.errors import InputError
+from jaxedit.train import runs
 
 METHODS = ("linear", "warped", "curvilinear")
 DEFAULT_EPS = {"linear": (0.5, 6.0), "warped": (0.1, 0.2), "curvilinear": (0.1, 6.0)}
-CONFIG_FILE = "config.json"
-CKPT_DIR = "checkpoints"
+CONFIG_FILE, CKPT_DIR = runs.CONFIG_FILE, runs.CKPT_DIR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +72,13 @@ class DiscoveryConfig(JSONConfig):
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise InputError(f"method must be one of {METHODS}, got {self.method!r}")
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.space not in ("z", "w"):
-            raise InputError(f"space must be 'z' or 'w', got {self.space!r}")
+            raise ConfigError(f"space must be 'z' or 'w', got {self.space!r}")
         if self.deformator not in ("proj", "ortho"):
-            raise InputError(f"deformator must be 'proj' or 'ortho', got {self.deformator!r}")
+            raise ConfigError(f"deformator must be 'proj' or 'ortho', got {self.deformator!r}")
         if self.batch % 2:
-            raise InputError("batch must be even (sign-balanced magnitudes)")
+            raise ConfigError(f"batch {self.batch} must be even (sign-balanced magnitudes)")
         if self.reconstructor.num_directions != self.num_directions:
             object.__setattr__(self, "reconstructor",
                                dataclasses.replace(self.reconstructor, num_directions=self.num_directions))
@@ -92,9 +97,6 @@ class DiscoveryConfig(JSONConfig):
 
 def generator_path(spec: str) -> Path:
     """A checkpoint path as given, else the embedded default model of that name."""
-    from jaxedit.io import checkpoint
-    from jaxedit.models import stylegan2
-
     return Path(spec) if checkpoint.is_checkpoint(spec) else checkpoint.default_path(spec)
 
 
@@ -111,8 +113,6 @@ def _alternating(K: int, N: int) -> jax.Array:
 def make_shift(cfg: DiscoveryConfig, dim: int) -> DirectionModel:
     K = cfg.num_directions
     if cfg.method == "linear":
-        from jaxedit.edits import linear
-
         if cfg.deformator == "ortho":
             init = lambda key: {"log_mat_half": jax.random.normal(key, (dim, dim))}  # the reference's random init
         else:
@@ -125,8 +125,6 @@ def make_shift(cfg: DiscoveryConfig, dim: int) -> DirectionModel:
         return DirectionModel(init, apply)
 
     if cfg.method == "warped":
-        from jaxedit.edits import warped
-
         N = cfg.dipoles
 
         def init(key):
@@ -141,11 +139,8 @@ def make_shift(cfg: DiscoveryConfig, dim: int) -> DirectionModel:
             return jax.vmap(lambda xi, ki, ei: warped.unit_step(full, xi, ki, ei))(x, k, eps), jnp.zeros(())
         return DirectionModel(init, apply)
 
-    from jaxedit.edits import curvilinear
-    from jaxedit.models.flows import CNF, CNFConfig
-
     if K > dim:
-        raise InputError(f"curvilinear: {K} axes but the latent has {dim} dimensions")
+        raise ConfigError(f"curvilinear: {K} axes but the latent has {dim} dimensions")
     flow = CNF(CNFConfig(dim=dim, hidden=tuple(cfg.flow_hidden), T=cfg.flow_T))
 
     def apply(p, x, k, eps, key):
@@ -171,8 +166,6 @@ class Trainer:
     """Holds the frozen generator, R and the shift; ``step(state, i)`` is one jitted update."""
 
     def __init__(self, cfg: DiscoveryConfig, G=None, gparams=None):
-        from jaxedit.io import checkpoint
-
         if G is None:
             G, gparams = stylegan2.load(generator_path(cfg.generator))
         self.cfg, self.G, self.gp = cfg, G, gparams
@@ -235,95 +228,47 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------ runs
+# Fields that may change when a run resumes (a larger ``steps`` extends it).
+MUTABLE = frozenset({"steps", "ckpt_every", "log_every"})
+EVAL_SALT = 0xE7A1
+
+
 def load_run_config(run_dir: str | Path) -> DiscoveryConfig:
-    """The config stored in a run directory."""
-    return _resolve(None, Path(run_dir))
+    """The config stored in a run folder."""
+    return runs.resolve(run_dir, None, DiscoveryConfig.from_dict, MUTABLE)
 
 
-def _resolve(cfg: DiscoveryConfig | None, run: Path) -> DiscoveryConfig:
-    path = run / CONFIG_FILE
-    stored = DiscoveryConfig.from_dict(json.loads(path.read_text())) if path.is_file() else None
-    if cfg is None:
-        if stored is None:
-            raise FileNotFoundError(f"{run} has no {CONFIG_FILE}: give --method to start a new run")
-        return stored
-    if stored is not None:
-        a, b = stored.to_dict(), cfg.to_dict()
-        diff = sorted(k for k in a if a.get(k) != b.get(k) and k not in ("steps", "ckpt_every", "log_every"))
-        if diff:
-            raise InputError(f"{run} was started with a different config (differs in {', '.join(diff)}); "
-                             "use a new run directory")
-    run.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    return cfg
-
-
-def train(cfg: DiscoveryConfig | None, run_dir: str | Path, *, steps: int | None = None, progress: bool = True,
+def train(cfg: DiscoveryConfig | None, run_dir: str | Path, *, stop_at: int | None = None, progress: bool = True,
           trainer: Trainer | None = None) -> dict[str, Any]:
-    """Train (or resume) the run in ``run_dir``; returns ``{'step', 'rca', ...}``."""
-    from jaxedit.io.progress import Progress
-    from jaxedit.train.gan import _manager, _restore, _save, _StopRequest
+    """Train (or resume) the run in ``run_dir``; returns ``{'step', 'rca', ...}``.
 
-    run = Path(run_dir)
-    cfg = _resolve(cfg, run)
-    total = cfg.steps if steps is None else steps
+    ``cfg`` None resumes with the stored config; otherwise it may differ from the stored one only
+    in :data:`MUTABLE`. ``stop_at``: end this call at that step (the run stays resumable).
+    """
+    run_dir = Path(run_dir)
+    cfg = runs.resolve(run_dir, cfg, DiscoveryConfig.from_dict, MUTABLE)
     tr = trainer or Trainer(cfg)
-    mngr = _manager(run)
-    start = mngr.latest_step() or 0
-    state = tr.init_state()
-    if start:
-        state, _ = _restore(mngr, start, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state))
-    bar = Progress(total, unit="step", desc=f"discover-{cfg.method}", initial=start,
-                   interval=None if progress else math.inf)
-    i, window, t0, stopped = start, [], time.perf_counter(), None
-    with _StopRequest() as stop:
-        while i < total:
-            state, m = tr.step(state, i)
-            i += 1
-            if i == start + 1:  # the first step compiled: measure the rate from here
-                jax.block_until_ready(m)
-                bar.restart_rate(i)
-            window.append(m)
-            if i % cfg.log_every == 0 or i == total:
-                mean = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
-                bar.update(i, **mean)
-                window = []
-            if i % cfg.ckpt_every == 0 or i == total or stop.requested:
-                _save(mngr, i, state, {"step": i, "time": time.time()})
-            if stop.requested:
-                stopped = stop.requested
-                break
-    mngr.wait_until_finished()
-    mngr.close()
-    bar.close()
-    out = {"step": i, "seconds": round(time.perf_counter() - t0, 1), "stopped": stopped}
-    if i >= total:
-        out.update(tr.evaluate(state["params"], jax.random.fold_in(tr.key, 0xE7A1)))
-        (run / "eval.json").write_text(json.dumps(out, indent=1) + "\n")
+    total = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    with runs.Run(run_dir, cfg, desc=f"discover-{cfg.method}", progress=progress) as run:
+        state, start = run.restore(jax.eval_shape(tr.init_state))
+        state = tr.init_state() if state is None else state
+        state, summary = run.loop(state, tr.step, start=start, total=total, ckpt_every=cfg.ckpt_every,
+                                  log_every=cfg.log_every, on_save=lambda i, st: _export_editor(run_dir, cfg, i, st))
+    out = {"step": summary["step"], "seconds": summary["seconds"]}
+    if out["step"] >= cfg.steps:
+        out.update(tr.evaluate(state["params"], jax.random.fold_in(tr.key, EVAL_SALT)))
+        (run_dir / "eval.json").write_text(json.dumps(out, indent=1) + "\n")
     return out
 
 
 def load_run(run_dir: str | Path) -> tuple[DiscoveryConfig, dict, int]:
     """-> (config, params {'R', 'shift'}, step) of a run's latest checkpoint."""
-    from jaxedit.train.gan import _manager, _restore
-
-    run = Path(run_dir)
-    cfg = _resolve(None, run)
-    tr_shapes = jax.eval_shape(lambda: _abstract_state(cfg))
-    mngr = _manager(run, read_only=True)
-    try:
-        step = mngr.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{run}: no checkpoint in {run / CKPT_DIR}")
-        state, _ = _restore(mngr, step, tr_shapes)
-    finally:
-        mngr.close()
+    cfg = load_run_config(run_dir)
+    state, _, step = runs.load_checkpoint(run_dir, jax.eval_shape(lambda: _abstract_state(cfg)))
     return cfg, state["params"], step
 
 
 def _abstract_state(cfg: DiscoveryConfig):
-    from jaxedit.io import checkpoint
-
     meta = checkpoint.read_meta(generator_path(cfg.generator))["model"]
     dim = meta["w_dim"] if cfg.space == "w" else meta["z_dim"]
     R = Reconstructor(dataclasses.replace(cfg.reconstructor, img_channels=meta.get("img_channels", 3)))
@@ -332,28 +277,36 @@ def _abstract_state(cfg: DiscoveryConfig):
     return {"params": params, "opt": optax.adam(cfg.lr).init(params)}
 
 
-def load_editor(path: str | Path):
-    """An :class:`jaxedit.edits.registry.Editor` from a discovery run directory (latest checkpoint)."""
-    from jaxedit.edits import registry as editors, linear
-
-    cfg, params, _ = load_run(path)
-    p = params["shift"]
+def editor_from_shift(cfg: DiscoveryConfig, shift: dict[str, Any]) -> edits.Editor:
+    """The editor of a run's trained shift parameters (``params['shift']``)."""
     if cfg.method == "linear":
-        kind = cfg.deformator
-        dim = p["log_mat_half"].shape[0] if kind == "ortho" else p["weight"].shape[0]
-        dirs = linear.directions(kind, p, dim)[:cfg.num_directions]
-        if kind == "proj":
-            dirs = dirs / jnp.linalg.norm(dirs, axis=-1, keepdims=True)
-        return editors.Editor("linear", cfg.space, {"directions": jnp.asarray(dirs)})
+        dim = shift["log_mat_half"].shape[0] if cfg.deformator == "ortho" else shift["weight"].shape[0]
+        dirs = linear.directions(cfg.deformator, shift, dim)[:cfg.num_directions]
+        return edits.Linear(space=cfg.space, directions=jnp.asarray(dirs))
     if cfg.method == "warped":
-        K = p["support_sets"].shape[0]
-        full = dict(p, alphas=_alternating(K, p["support_sets"].shape[1] // 2))
-        return editors.Editor("warped", cfg.space, full, eps=cfg.eps[1])
-    from jaxedit.models.flows import CNF, CNFConfig
-
-    dim = p["layer0"]["layer"]["kernel"].shape[0]
+        K, M = shift["support_sets"].shape[:2]
+        return edits.Warped(space=cfg.space, support_sets=shift["support_sets"], alphas=_alternating(K, M // 2),
+                            log_gamma=shift["log_gamma"], eps=cfg.eps[1])
+    dim = shift["layer0"]["layer"]["kernel"].shape[0]
     flow = CNF(CNFConfig(dim=dim, hidden=tuple(cfg.flow_hidden), T=cfg.flow_T))
-    return editors.Editor("curvilinear", cfg.space, {"flow": p, "num_axes": cfg.num_directions}, flow=flow)
+    return edits.Curvilinear(space=cfg.space, flow_params=shift, flow=flow, num_axes=cfg.num_directions)
+
+
+def load_editor(path: str | Path) -> edits.Editor:
+    """The editor of a discovery run's latest checkpoint (``jaxedit.edits.load(RUN)`` reads the copy
+    that :func:`_export_editor` writes at each checkpoint)."""
+    cfg, params, _ = load_run(path)
+    return editor_from_shift(cfg, params["shift"])
+
+
+def _export_editor(run_dir: Path, cfg: DiscoveryConfig, step: int, state: dict[str, Any]) -> None:
+    """Write the run's editor to ``RUN/editor`` (:data:`jaxedit.edits.RUN_EDITOR`): the loop's ``on_save``.
+    Recommended strengths: the trained magnitudes (warped: the reference traversal, 16 steps)."""
+    hi = cfg.eps[1] * (16 if cfg.method == "warped" else 1)
+    edits.save(editor_from_shift(cfg, state["params"]["shift"]), run_dir / edits.RUN_EDITOR, force=True,
+               provenance={"generator": {"name": cfg.generator}, "space": cfg.space, "layers": None,
+                           "method": f"jaxedit discover --method {cfg.method}", "step": step,
+                           "strength_range": [-hi, hi]})
 
 
 def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
@@ -363,4 +316,4 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     cfg, params, step = load_run(run_dir)
     tr = Trainer(cfg)
-    return dict(step=step, **tr.evaluate(params, jax.random.fold_in(tr.key, 0xE7A1)))
+    return dict(step=step, **tr.evaluate(params, jax.random.fold_in(tr.key, EVAL_SALT)))

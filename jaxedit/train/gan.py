@@ -39,16 +39,16 @@ Engineering:
   (:mod:`jaxedit.parallel`); on one device this is a no-op.
 - The host never waits on the device except to keep at most two iterations in flight and
   to fetch the logged scalars about once a second.
-- Orbax ``CheckpointManager`` (async, keep the last 2) in ``RUN_DIR/checkpoints``; a run
-  killed at any moment (even SIGKILL during a save) resumes from the last finalized
-  checkpoint. SIGINT/SIGTERM save a checkpoint and exit cleanly.
-- ``RUN_DIR/config.json`` (the full config), ``log.jsonl`` (metrics), ``samples/*.png``
-  (fixed-z G_ema grids), and at the end ``RUN_DIR/G_ema`` (or ``--export DST``): a jaxedit
-  StyleGAN2 checkpoint that ``jaxedit sample`` reads.
+- The run folder is managed by :mod:`jaxedit.train.runs` (config.json, checkpoints/ kept 2,
+  log.jsonl; a run killed at any moment, even by SIGKILL during a save, resumes from its last
+  complete checkpoint; SIGINT/SIGTERM save first). ``kimg`` and the intervals
+  (:data:`MUTABLE`) may change on resume. Trainer outputs: ``samples/*.png`` (fixed-z G_ema
+  grids) and at the end ``RUN_DIR/G_ema`` (or ``--export DST``), a jaxedit StyleGAN2
+  checkpoint that ``jaxedit sample`` reads.
 
 API::
 
-    cfg = load_config("experiments/train_shapes32.py")       # or a preset name, or GANConfig(...)
+    cfg = load_config("shapes32-stylegan2")                   # a preset, path/to/config.py, or GANConfig(...)
     train(cfg, "runs/shapes32")                               # resumes if runs/shapes32 has checkpoints
     export("runs/shapes32", "checkpoints/shapes32-stylegan2")  # G_ema of the latest checkpoint
 """
@@ -61,11 +61,8 @@ import importlib.util
 import json
 import math
 import os
-import signal
-import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -74,16 +71,19 @@ import optax
 from flax import nnx
 
 from jaxedit import parallel
-from jaxedit.config import JSONConfig, enable_compilation_cache
-from jaxedit.models.stylegan2.discriminator import Discriminator, DiscriminatorConfig
+from jaxedit.config import JSONConfig
+from jaxedit.data import shapes
+from jaxedit.errors import CheckpointError, ConfigError
+from jaxedit.io import checkpoint
+from jaxedit.io import images as imio
 from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
+from jaxedit.models.stylegan2.discriminator import Discriminator, DiscriminatorConfig, DiscriminatorModule
+from jaxedit.models.stylegan2.generator import Generator
 from jaxedit.nn.layers import Buffer
-from jaxedit.errors import InputError
+from jaxedit.train import runs
 
 Params = dict[str, Any]
-CONFIG_FILE = "config.json"
-LOG_FILE = "log.jsonl"
-CKPT_DIR = "checkpoints"
+CONFIG_FILE, LOG_FILE, CKPT_DIR = runs.CONFIG_FILE, runs.LOG_FILE, runs.CKPT_DIR
 SAMPLES_DIR = "samples"
 EXPORT_DIR = "G_ema"
 
@@ -140,17 +140,17 @@ class GANConfig(JSONConfig):
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         object.__setattr__(self, "data", dict(self.data))
         if G.img_resolution != D.img_resolution or G.img_channels != D.img_channels:
-            raise InputError(f"G makes {G.img_resolution}px x {G.img_channels} images but D reads "
+            raise ConfigError(f"G makes {G.img_resolution}px x {G.img_channels} images but D reads "
                              f"{D.img_resolution}px x {D.img_channels}")
         if G.c_dim or D.c_dim:
-            raise NotImplementedError("conditional GAN training is not supported yet (c_dim must be 0)")
+            raise ConfigError("conditional GAN training is not supported yet (G.c_dim and D.c_dim must be 0)")
         if self.batch < 1 or self.batch % max(1, min(D.mbstd_group_size or self.batch, self.batch)):
-            raise InputError(f"batch {self.batch} must be a positive multiple of the minibatch-stddev group "
+            raise ConfigError(f"batch {self.batch} must be a positive multiple of the minibatch-stddev group "
                              f"size {D.mbstd_group_size}")
         if self.pl_weight and self.G_reg_interval is None:
-            raise InputError("path-length regularization needs G_reg_interval (non-lazy PL is not supported)")
+            raise ConfigError("path-length regularization needs G_reg_interval (non-lazy PL is not supported)")
         if "kind" not in self.data:
-            raise InputError("data needs a 'kind' ('shapes' or 'toy')")
+            raise ConfigError("data needs a 'kind' ('shapes' or 'toy')")
 
     @property
     def total_steps(self) -> int:
@@ -173,8 +173,8 @@ class GANConfig(JSONConfig):
         return dataclasses.replace(self, **changes)
 
 
-# Fields that may differ between the stored config of a run and the one given on resume.
-RESUMABLE_CHANGES = {"kimg", "ckpt_kimg", "ckpt_steps", "sample_kimg", "sample_steps", "log_seconds", "name"}
+# Fields that may change when a run resumes (its length, intervals, logging, name).
+MUTABLE = frozenset({"kimg", "ckpt_kimg", "ckpt_steps", "sample_kimg", "sample_steps", "log_seconds", "name"})
 
 
 def tiny_config(resolution: int = 16, **changes) -> GANConfig:
@@ -190,48 +190,77 @@ def tiny_config(resolution: int = 16, **changes) -> GANConfig:
     return cfg.replace(**changes)
 
 
-def _repo_experiments() -> Path:
-    return Path(__file__).resolve().parents[2] / "experiments"
-
-
-PRESETS: dict[str, Callable[[], GANConfig] | str] = {
-    "tiny": tiny_config,
-    # The default model's recipe lives, spelled out, in the experiments/ launcher.
-    "shapes32-stylegan2": "train_shapes32.py",
+# name -> (z = w dim, mapping layers, channels at 4, 8, 16, 32 px (G and D)); bench: experiments/train_shapes32.py
+SHAPES32_CANDIDATES = {
+    "c64": (64, 2, (64, 64, 32, 16)),
+    "c64w": (64, 2, (64, 64, 64, 32)),
+    "c128": (64, 2, (128, 128, 64, 32)),
 }
 
 
-def load_config(spec: str | GANConfig | dict) -> GANConfig:
-    """A preset name, ``path/to/config.py`` (big_vision style ``get_config(arg)``; ``path.py:arg``
-    passes ``arg``), a ``config.json`` path, a dict, or a :class:`GANConfig`."""
+def shapes32_config(candidate: str | None = None) -> GANConfig:
+    """The default model ``shapes32-stylegan2``: stylegan2-ada-pytorch's ``auto`` config adapted to 32 px on CPU.
+
+    - 32x32, z = w = 64 (about a dozen factors of variation; a small W keeps PCA, SVMs and flows
+      over W cheap), 2 mapping layers (``auto``), skip G / resnet D as the reference.
+    - Channels 4:64 8:64 16:32 32:16 ("c64", the cheapest candidate measured: XLA:CPU steps are
+      dominated by conv backward passes; the flat-coloured shapes world needs few channels).
+    - Batch 32, lr 0.0025 (``auto``), Adam (0, 0.99), lazy R1 every 16 with gamma 0.1 (``auto``'s
+      0.0064 is too weak: flat images with sharp edges make D confident quickly), EMA 10 kimg with
+      ramp-up 0.05, style mixing 0.9 (keeps per-layer styles separable for StyleSpace edits), no
+      path-length regularization (a double backward through G: too slow on CPU), no ADA.
+    - 2000 kimg (``--kimg`` extends a run), checkpoints every 20 kimg, grids every 100 kimg.
+
+    ``candidate`` picks another width (:data:`SHAPES32_CANDIDATES`; ``--config shapes32-stylegan2:c128``).
+    """
+    name = candidate or "c64"
+    if name not in SHAPES32_CANDIDATES:
+        raise ConfigError(f"shapes32-stylegan2: unknown candidate {name!r} (one of {', '.join(SHAPES32_CANDIDATES)})")
+    zw, mapping_layers, channels = SHAPES32_CANDIDATES[name]
+    return GANConfig(
+        name="shapes32-stylegan2" if name == "c64" else f"shapes32-stylegan2-{name}",
+        G=StyleGAN2Config(z_dim=zw, w_dim=zw, img_resolution=32, mapping_layers=mapping_layers,
+                          channels=channels, architecture="skip"),
+        D=DiscriminatorConfig(img_resolution=32, channels=channels, architecture="resnet",
+                              mbstd_group_size=4, mbstd_num_channels=1),
+        data={"kind": "shapes", "resolution": 32}, batch=32, kimg=2000.0, seed=0, lr_G=0.0025, lr_D=0.0025,
+        betas=(0.0, 0.99), eps=1e-8, r1_gamma=0.1, D_reg_interval=16, pl_weight=0.0, G_reg_interval=4,
+        style_mixing_prob=0.9, ema_kimg=10.0, ema_rampup=0.05, w_avg_beta=0.995, ckpt_kimg=20.0,
+        sample_kimg=100.0, grid_size=64, log_seconds=30.0)
+
+
+# config functions: ``--config NAME`` or ``--config NAME:ARG`` (ARG passed to the function)
+PRESETS: dict[str, Callable[..., GANConfig]] = {
+    "tiny": lambda arg=None: tiny_config(int(arg) if arg else 16),
+    "shapes32-stylegan2": shapes32_config,
+}
+
+
+def load_config(spec: str | os.PathLike | GANConfig | dict) -> GANConfig:
+    """A preset name (``name`` or ``name:arg``), ``path/to/config.py`` (big_vision style
+    ``get_config(arg)``; ``path.py:arg`` passes ``arg``), a ``config.json`` path, a dict, or a :class:`GANConfig`."""
     if isinstance(spec, GANConfig):
         return spec
     if isinstance(spec, dict):
         return GANConfig.from_dict(spec)
-    if not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"get_config() must return a GANConfig or a dict, got {type(spec).__name__}")
     spec = str(spec)
-    if spec in PRESETS:
-        preset = PRESETS[spec]
-        if callable(preset):
-            return preset()
-        path = _repo_experiments() / preset
-        if not path.is_file():
-            raise FileNotFoundError(f"preset {spec!r} is defined by {path}, which is missing (a source "
-                                    f"checkout has it; or pass --config path/to/{preset})")
-        spec = str(path)
+    name, _, arg = spec.partition(":")
+    if name in PRESETS:
+        return PRESETS[name](arg or None)
     path_part, _, arg = spec.partition(":") if spec.count(":") == 1 and not os.path.exists(spec) else (spec, "", "")
     path = Path(path_part)
     if not path.is_file():
-        raise FileNotFoundError(f"config {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+        raise ConfigError(f"--config {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
     if path.suffix == ".json":
         return GANConfig.from_dict(json.loads(path.read_text()))
     mod_spec = importlib.util.spec_from_file_location(f"_jaxedit_config_{path.stem}", path)
     module = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise InputError(f"{path} defines no get_config()")
+        raise ConfigError(f"{path} defines no get_config()")
     cfg = module.get_config(arg) if arg else module.get_config()
+    if not isinstance(cfg, (GANConfig, dict)):
+        raise ConfigError(f"{path}: get_config() must return a GANConfig or a dict, got {type(cfg).__name__}")
     return load_config(cfg)
 
 
@@ -241,7 +270,7 @@ def apply_overrides(cfg: GANConfig, sets: list[str]) -> GANConfig:
     for item in sets:
         key, sep, text = item.partition("=")
         if not sep:
-            raise InputError(f"--set {item!r}: expected KEY=VALUE")
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
@@ -250,10 +279,10 @@ def apply_overrides(cfg: GANConfig, sets: list[str]) -> GANConfig:
         *parents, leaf = key.split(".")
         for p in parents:
             if not isinstance(node.get(p), dict):
-                raise InputError(f"--set {item!r}: {p!r} is not a config section")
+                raise ConfigError(f"--set {item!r}: {p!r} is not a config section")
             node = node[p]
         if node is not d["data"] and leaf not in node:
-            raise InputError(f"--set {item!r}: unknown key {key!r}")
+            raise ConfigError(f"--set {item!r}: unknown key {key!r}")
         node[leaf] = value
     return GANConfig.from_dict(d)
 
@@ -282,12 +311,10 @@ def make_source(data: dict, resolution: int) -> Callable[[jax.Array, int], jax.A
     if kind == "toy":
         return lambda key, batch: toy_images(key, batch, resolution)
     if kind == "shapes":
-        from jaxedit.data import shapes
-
         kwargs.setdefault("resolution", resolution)
         scfg = shapes.ShapesConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
         return lambda key, batch: shapes.sample(key, batch, scfg)["image"]
-    raise InputError(f"unknown data kind {kind!r} (expected 'shapes' or 'toy')")
+    raise ConfigError(f"unknown data kind {kind!r} (expected 'shapes' or 'toy')")
 
 
 # ----------------------------------------------------------------- pure helpers
@@ -295,10 +322,7 @@ def make_source(data: dict, resolution: int) -> Callable[[jax.Array, int], jax.A
 
 def param_labels(handle) -> Params:
     """``'train'`` for trainable leaves, ``'buffer'`` for Buffer leaves (``w_avg``, ``noise_const``)."""
-    if isinstance(handle, StyleGAN2):
-        from jaxedit.models.stylegan2.generator import Generator as cls
-    else:
-        from jaxedit.models.stylegan2.discriminator import DiscriminatorModule as cls
+    cls = Generator if isinstance(handle, StyleGAN2) else DiscriminatorModule
     abstract = nnx.eval_shape(lambda: cls(handle.cfg, rngs=nnx.Rngs(0)))
     _, buffers, _ = nnx.split(abstract, Buffer, ...)
     buffer_paths = {tuple(p) for p, _ in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(buffers))[0]}
@@ -361,7 +385,7 @@ class GANTrainer:
         self.D = Discriminator(cfg.D)
         self.mesh = mesh if mesh is not None else parallel.data_mesh()
         if cfg.batch % self.mesh.size:
-            raise InputError(f"batch {cfg.batch} does not split over {self.mesh.size} devices")
+            raise ConfigError(f"batch {cfg.batch} does not split over {self.mesh.size} devices")
         self.source = make_source(cfg.data, cfg.G.img_resolution)
         self.g_labels = param_labels(self.G)
         self.d_labels = param_labels(self.D)
@@ -554,57 +578,22 @@ class GANTrainer:
         return jax.random.normal(jax.random.key(self.cfg.seed + 123457), (self.cfg.grid_size, self.cfg.G.z_dim))
 
 
-# ------------------------------------------------------------------- checkpoints
+# ------------------------------------------------------------------- runs
 
 
-def _manager(run_dir: Path, max_to_keep: int = 2, read_only: bool = False):
-    import orbax.checkpoint as ocp
-
-    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-                                        cleanup_tmp_directories=not read_only,
-                                        enable_async_checkpointing=not read_only)
-    return ocp.CheckpointManager((run_dir / CKPT_DIR).absolute(), options=opts,
-                                 item_names=("state", "meta"))
-
-
-def _save(mngr, step: int, state, meta: dict[str, Any]) -> None:
-    import orbax.checkpoint as ocp
-
-    host = jax.tree.map(lambda a: np.array(a, copy=True), state)  # safe against donation of the device buffers
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)),
-              force=True)
-
-
-def _restore(mngr, step: int, abstract_state):
-    import orbax.checkpoint as ocp
-
-    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_state)
-    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                     meta=ocp.args.JsonRestore()))
-    return out["state"], out["meta"]
+def load_run_config(run_dir: str | os.PathLike) -> GANConfig:
+    """The config stored in a GAN run folder."""
+    cfg = runs.read_config(run_dir, GANConfig.from_dict)
+    if cfg is None:
+        raise CheckpointError(f"{run_dir} is not a GAN run folder (no {CONFIG_FILE})")
+    return cfg
 
 
 def load_state(run_dir: str | os.PathLike, step: int | None = None):
     """-> ``(config, state, step)`` of a run's latest (or given) checkpoint, as numpy arrays."""
-    run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    trainer = GANTrainer(cfg)
-    mngr = _manager(run_dir, read_only=True)
-    try:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"{run_dir}: no checkpoint in {run_dir / CKPT_DIR}")
-        state, _ = _restore(mngr, step, trainer.abstract_state())
-    finally:
-        mngr.close()
+    state, _, step = runs.load_checkpoint(run_dir, GANTrainer(cfg).abstract_state(), step)
     return cfg, state, step
-
-
-def load_run_config(run_dir: str | os.PathLike) -> GANConfig:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a GAN run directory (no {CONFIG_FILE})")
-    return GANConfig.from_dict(json.loads(path.read_text()))
 
 
 def export(run_dir: str | os.PathLike, dst: str | os.PathLike | None = None, *, step: int | None = None,
@@ -616,8 +605,6 @@ def export(run_dir: str | os.PathLike, dst: str | os.PathLike | None = None, *, 
 
 
 def _export_params(cfg: GANConfig, g_ema, step: int, run_dir: Path, dst, force: bool) -> Path:
-    from jaxedit.io import checkpoint
-
     if dst is None:
         dst, force = run_dir / EXPORT_DIR, True  # the run's own export is always refreshed
     source = {"trainer": "jaxedit.train.gan", "run_dir": str(run_dir.absolute()), "step": int(step),
@@ -627,182 +614,50 @@ def _export_params(cfg: GANConfig, g_ema, step: int, run_dir: Path, dst, force: 
                            source=source, force=force)
 
 
-# ------------------------------------------------------------------------- training
-
-
-def _resolve_run_config(config: GANConfig | None, run_dir: Path, kimg: float | None) -> GANConfig:
-    """The run's config: ``config`` for a new run (stored), the stored one on resume.
-
-    On resume ``config`` may be None; if given it must equal the stored one up to
-    :data:`RESUMABLE_CHANGES` (length, intervals, logging). ``kimg`` extends or shortens the
-    run; the changes are written back so a plain resume later uses them.
-    """
-    path = run_dir / CONFIG_FILE
-    stored = GANConfig.from_dict(json.loads(path.read_text())) if path.is_file() else None
-    if config is None:
-        if stored is None:
-            raise FileNotFoundError(f"{run_dir} has no {CONFIG_FILE}: give a config to start a new run")
-        config = stored
-    if kimg is not None:
-        config = config.replace(kimg=float(kimg))
-    if stored is not None:
-        a, b = stored.to_dict(), config.to_dict()
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
-        if diff:
-            raise InputError(f"{run_dir} was started with a different config (differs in {', '.join(diff)}); "
-                             f"use a new run directory, or resume without --config")
-        if a == b:
-            return config
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    tmp.replace(path)
-    return config
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM -> finish the current iteration, save, exit (a second signal aborts)."""
-
-    def __init__(self):
-        self.requested = None
-        self._old = {}
-
-    def __enter__(self):
-        if threading_main():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        if self.requested is not None:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def train(config: GANConfig | str | dict | None, run_dir: str | os.PathLike, *, kimg: float | None = None,
-          steps: int | None = None, export_to: str | os.PathLike | None = None, force_export: bool = False,
-          progress: bool = True, stream=None) -> dict[str, Any]:
+def train(config: GANConfig | str | dict | None, run_dir: str | os.PathLike, *, stop_at: int | None = None,
+          export_to: str | os.PathLike | None = None, force_export: bool = False, progress: bool = True,
+          stream: IO[str] | None = None) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir``; returns a summary dict.
 
-    ``config`` may be None to resume with the stored ``config.json``. ``kimg`` (stored) or
-    ``steps`` (this call only) set the total length of the run, counted from its start. At the
-    end G_ema is exported to ``RUN_DIR/G_ema`` and, if given, to ``export_to``.
+    ``config`` None resumes with the stored config; otherwise it may differ from the stored one
+    only in :data:`MUTABLE` (a larger ``kimg`` extends the run). ``stop_at``: end this call at that
+    iteration (counted from the start of the run) instead of at ``kimg``. At the end G_ema is
+    exported to ``RUN_DIR/G_ema`` and, if given, to ``export_to``.
     """
-    from jaxedit.io import images as imio
-    from jaxedit.io.progress import Progress
-
     run_dir = Path(run_dir)
-    cfg = _resolve_run_config(None if config is None else load_config(config), run_dir, kimg)
-    total = int(steps) if steps is not None else cfg.total_steps
-    stream = stream if stream is not None else sys.stderr
-    kimg_of = lambda s: s * cfg.batch / 1000
-
+    cfg = runs.resolve(run_dir, None if config is None else load_config(config), GANConfig.from_dict, MUTABLE)
+    total = int(stop_at) if stop_at is not None else cfg.total_steps
     trainer = GANTrainer(cfg)
-    mngr = _manager(run_dir)
-    start = mngr.latest_step() or 0
-    if start:
-        state, _ = _restore(mngr, start, trainer.abstract_state())
-        state = parallel.replicate(state, trainer.mesh)
-        print(f"train-gan: resumed {run_dir} from step {start} ({kimg_of(start):g} kimg) of {total}",
-              file=stream, flush=True)
-    else:
-        state = trainer.init_state()
-        print(f"train-gan: new run {run_dir} ({cfg.name or 'unnamed config'}): {total} iterations of batch "
-              f"{cfg.batch} ({kimg_of(total):g} kimg) on {trainer.mesh.size} {jax.devices()[0].platform} "
-              f"device(s)", file=stream, flush=True)
-    samples = run_dir / SAMPLES_DIR
-    ckpt_every, sample_every = cfg.ckpt_every, cfg.sample_every
-    grid_z = trainer.grid_z()
-    if sample_every and not (samples / "reals.png").exists():
-        reals = trainer._reals(jax.random.key(cfg.seed + 7, impl=cfg.prng_impl), cfg.grid_size)
-        imio.save_grid(np.asarray(reals), samples / "reals.png")
-
-    bar = Progress(kimg_of(total), unit="kimg", desc="train-gan", stream=stream,
-                   interval=None if progress else math.inf, initial=kimg_of(start))
-    pending: list[dict[str, Any]] = []  # device scalars not fetched yet
-    window: dict[str, list[float]] = {}  # fetched scalars for the next log row
-    in_flight: list[jax.Array] = []
-    seen_programs: set[str] = set()
-    t_start = time.perf_counter()
-    t_fetch = t_log = t_start
-    compile_seconds = 0.0
-    step, stop_reason = start, None
-
-    def fetch():
-        nonlocal pending
-        for m in jax.device_get(pending):
-            for k, v in m.items():
-                window.setdefault(k, []).append(float(v))
-        pending = []
-
-    def save(step):
-        meta = {"step": step, "nimg": step * cfg.batch, "time": time.time(), "config_name": cfg.name}
-        _save(mngr, step, state, meta)
-
-    with _StopRequest() as stop:
-        while step < total:
-            programs = trainer.programs(step)
-            t0 = time.perf_counter()
-            state, metrics = trainer.iteration(state, step)
-            step += 1
-            pending.append(metrics)
-            if not programs <= seen_programs:  # a phase ran for the first time: exclude its compile from the rate
-                jax.block_until_ready(metrics)
-                seen_programs |= programs
-                compile_seconds += time.perf_counter() - t0
-                bar.restart_rate(kimg_of(step))
-            in_flight.append(metrics["loss_D"])
-            if len(in_flight) > 2:  # bounded look-ahead: at most two iterations queued on the device
-                in_flight.pop(0).block_until_ready()
-            now = time.perf_counter()
-            last = step == total
-            if now - t_fetch >= 1.0 or last:
-                fetch()
-                t_fetch = now
-                shown = {k: window[k][-1] for k in ("loss_G", "loss_D", "r1_penalty", "pl_penalty") if k in window}
-                bar.update(kimg_of(step), **shown)
-            if now - t_log >= cfg.log_seconds or last:
-                fetch()
-                row = {"step": step, "kimg": kimg_of(step), "time": time.time(), "kimg_per_s": bar.rate(),
-                       **{k: float(np.mean(v)) for k, v in window.items()}}
-                with open(run_dir / LOG_FILE, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                window = {}
-                t_log = now
-            if sample_every and (step % sample_every == 0 or last):
-                imio.save_grid(trainer.sample(state["G_ema"], grid_z), samples / f"fakes{step:08d}.png")
-            saved = bool(ckpt_every and step % ckpt_every == 0) or last
-            if saved:
-                save(step)
-            if stop.requested:
-                stop_reason = stop.requested
-                if not saved:
-                    save(step)
-                break
-        bar.close()
-        mngr.wait_until_finished()
-        mngr.close()
-    elapsed = time.perf_counter() - t_start
-    rate = kimg_of(step - start) / max(elapsed - compile_seconds, 1e-9)
-    summary = {"run_dir": str(run_dir), "start_step": start, "step": step, "kimg": kimg_of(step),
-               "seconds": elapsed, "compile_seconds": compile_seconds, "kimg_per_s": rate, "stopped": stop_reason}
-    if stop_reason:
-        print(f"train-gan: {stop_reason}: saved step {step}; rerun the same command to resume", file=stream, flush=True)
-        return summary
-    exported = [str(_export_params(cfg, state["G_ema"], step, run_dir, None, True))]
     if export_to is not None:
-        exported.append(str(_export_params(cfg, state["G_ema"], step, run_dir, export_to, force_export)))
-    summary["exported"] = exported
-    print(f"train-gan: done at step {step} ({kimg_of(step):g} kimg, {rate:.3g} kimg/s after compile); "
-          f"G_ema -> {', '.join(exported)}", file=stream, flush=True)
-    return summary
+        checkpoint.check_writable(export_to, force_export)
+    with runs.Run(run_dir, cfg, desc="train-gan", unit="kimg", scale=cfg.batch / 1000, progress=progress,
+                  stream=stream) as run:
+        state, start = run.restore(trainer.abstract_state())
+        if state is None:
+            state = trainer.init_state()
+            run.print(f"{cfg.name or 'unnamed config'}: {total} iterations of batch {cfg.batch} "
+                      f"({total * cfg.batch / 1000:g} kimg) on {trainer.mesh.size} {jax.devices()[0].platform} device(s)")
+        else:
+            state = parallel.replicate(state, trainer.mesh)
+        samples = run_dir / SAMPLES_DIR
+        sample_every, grid_z = cfg.sample_every, trainer.grid_z()
+        if sample_every and not (samples / "reals.png").exists():
+            reals = trainer._reals(jax.random.key(cfg.seed + 7, impl=cfg.prng_impl), cfg.grid_size)
+            imio.save_grid(np.asarray(reals), samples / "reals.png")
+
+        def sample(step: int, state) -> None:
+            if sample_every and (step % sample_every == 0 or step == total):
+                imio.save_grid(trainer.sample(state["G_ema"], grid_z), samples / f"fakes{step:08d}.png")
+
+        state, summary = run.loop(
+            state, trainer.iteration, start=start, total=total, ckpt_every=cfg.ckpt_every,
+            log_seconds=cfg.log_seconds, programs=trainer.programs, after_step=sample,
+            meta=lambda step: {"nimg": step * cfg.batch, "config_name": cfg.name},
+            show=("loss_G", "loss_D", "r1_penalty", "pl_penalty"))
+        step = summary["step"]
+        exported = [str(_export_params(cfg, state["G_ema"], step, run_dir, None, True))]
+        if export_to is not None:
+            exported.append(str(_export_params(cfg, state["G_ema"], step, run_dir, export_to, force_export)))
+        run.print(f"done at step {step} ({step * cfg.batch / 1000:g} kimg, {summary['kimg_per_s']:.3g} kimg/s "
+                  f"after compile); G_ema -> {', '.join(exported)}")
+    return dict(summary, kimg=step * cfg.batch / 1000, exported=exported)

@@ -3,13 +3,13 @@
 Loss: cross-entropy on the shape, ``factor_weight`` x L1 on the factor vector (the metric is
 its mean absolute error), cross-entropy on the per-pixel labels. Every step renders its own
 batch inside the one jitted update, so there is no data pipeline. Evaluation uses renders
-from a key the training never sees.
+from a key the training never sees. Training is a resumable run folder (:mod:`jaxedit.train.runs`;
+default ``DST.run``); the finished probe goes to DST.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxedit.config import JSONConfig
 from jaxedit.data import shapes
+from jaxedit.io import checkpoint
 from jaxedit.models.probe import Probe, ProbeConfig
+from jaxedit.train import runs
 
 EVAL_SALT = 0x5EED
+# Fields that may change when a run resumes (a larger ``steps`` extends it).
+MUTABLE = frozenset({"steps", "ckpt_every", "log_every"})
 
 
 @dataclasses.dataclass(frozen=True)
-class ProbeTrainConfig:
+class ProbeTrainConfig(JSONConfig):
     steps: int = 4000
+    decay_steps: int | None = None  # cosine schedule horizon; None: the run's first ``steps``
     batch: int = 64
     lr: float = 2e-3
     warmup: int = 200
@@ -34,8 +40,24 @@ class ProbeTrainConfig:
     label_weight: float = 1.0
     seed: int = 0
     eval_images: int = 4096
+    ckpt_every: int = 500
+    log_every: int = 100
     probe: ProbeConfig = ProbeConfig()
     data: shapes.ShapesConfig = shapes.ShapesConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["data"] = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.data).items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ProbeTrainConfig":
+        d = dict(d)
+        if isinstance(d.get("probe"), dict):
+            d["probe"] = ProbeConfig.from_dict(d["probe"])
+        if isinstance(d.get("data"), dict):
+            d["data"] = shapes.ShapesConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["data"].items()})
+        return super().from_dict(d)
 
 
 def losses(P: Probe, params, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -86,46 +108,49 @@ def evaluate(P: Probe, params, key: jax.Array, n: int, data: shapes.ShapesConfig
             "factor_mae_max": float(mae.max()), "label_iou": [float(v) for v in iou], "label_miou": float(iou.mean())}
 
 
-def train(cfg: ProbeTrainConfig, dst: str | Path | None = None, force: bool = False, log_every: int = 100):
-    """Train, evaluate on held-out renders and (optionally) save to ``dst``; returns (params, report)."""
-    from jaxedit.io.progress import Progress
+def train(cfg: ProbeTrainConfig | None, dst: str | Path, *, run_dir: str | Path | None = None, force: bool = False,
+          stop_at: int | None = None, progress: bool = True) -> tuple[Any, dict[str, Any]]:
+    """Train (or resume) in ``run_dir``, evaluate on held-out renders, save to ``dst``; -> (params, report).
 
-    if dst is not None:
-        from jaxedit.io import checkpoint
-
-        checkpoint.check_writable(dst, force)
+    ``run_dir`` defaults to ``DST.run``; ``cfg`` None resumes with its stored config, otherwise
+    only :data:`MUTABLE` may differ (a larger ``steps`` extends the run; the cosine schedule keeps
+    its first horizon). ``stop_at``: end this call at that step (nothing saved to ``dst``).
+    """
+    dst = checkpoint.check_writable(dst, force)
+    run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(dst)
+    stored = runs.read_config(run_dir, ProbeTrainConfig.from_dict)
+    if cfg is not None and cfg.decay_steps is None:
+        cfg = dataclasses.replace(cfg, decay_steps=stored.decay_steps if stored else cfg.steps)
+    cfg = runs.resolve(run_dir, cfg, ProbeTrainConfig.from_dict, MUTABLE)
     P = Probe(cfg.probe)
     key = jax.random.key(cfg.seed)
-    params = P.init(jax.random.fold_in(key, 1))
-    warmup = min(cfg.warmup, cfg.steps // 4)
-    sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, cfg.steps, cfg.lr * 0.02)
+    horizon = cfg.decay_steps or cfg.steps
+    sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(cfg.warmup, horizon // 4), horizon, cfg.lr * 0.02)
     opt = optax.adam(sched)
-    opt_state = opt.init(params)
-    step = make_step(cfg, P, opt)
-    bar = Progress(total=cfg.steps, unit="step", desc="train-probe")
-    t0 = time.perf_counter()
-    for i in range(cfg.steps):
-        params, opt_state, m = step(params, opt_state, jax.random.fold_in(key, 1000 + i))
-        if (i + 1) % log_every == 0 or i + 1 == cfg.steps:
-            bar.update(i + 1, **{k: float(v) for k, v in m.items()})
-    bar.close()
-    train_s = time.perf_counter() - t0
+
+    def init():
+        params = P.init(jax.random.fold_in(key, 1))
+        return {"params": params, "opt": opt.init(params)}
+
+    update = make_step(cfg, P, opt)
+
+    def step(state, i):
+        params, opt_state, m = update(state["params"], state["opt"], jax.random.fold_in(key, 1000 + i))
+        return {"params": params, "opt": opt_state}, m
+
+    total = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    with runs.Run(run_dir, cfg, desc="train-probe", progress=progress) as run:
+        state, start = run.restore(jax.eval_shape(init))
+        state = init() if state is None else state
+        state, summary = run.loop(state, step, start=start, total=total, ckpt_every=cfg.ckpt_every,
+                                  log_every=cfg.log_every)
+    params = state["params"]
+    if summary["step"] < cfg.steps:
+        return params, {"step": summary["step"]}
     report = evaluate(P, params, jax.random.fold_in(key, EVAL_SALT), cfg.eval_images, cfg.data)
-    report.update(train_seconds=round(train_s, 1), steps=cfg.steps, batch=cfg.batch,
-                  images_seen=cfg.steps * cfg.batch)
-    if dst is not None:
-        from jaxedit.io import checkpoint
-
-        checkpoint.save(dst, kind="probe", model=cfg.probe.to_dict(), params=params,
-                        source={"trained_by": "jaxedit train-probe",
-                                "train_config": _plain(dataclasses.asdict(cfg))},
-                        extra={"metrics": report}, force=force)
+    report.update(step=summary["step"], train_seconds=summary["seconds"], batch=cfg.batch,
+                  images_seen=cfg.steps * cfg.batch, resumed_at=start, run_dir=str(run_dir))
+    checkpoint.save(dst, kind="probe", model=cfg.probe.to_dict(), params=params,
+                    source={"trained_by": "jaxedit train-probe", "train_config": cfg.to_dict()},
+                    extra={"metrics": report}, force=force)
     return params, report
-
-
-def _plain(x):
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return [_plain(v) for v in x]
-    return x
