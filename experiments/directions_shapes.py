@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ from jaxedit.io import checkpoint
 
 from jaxedit.models import stylegan2
 from jaxedit.data import shapes
-from jaxedit.edits import registry as editors, linear
+from jaxedit import edits
+from jaxedit.edits import linear
 from jaxedit.metrics import attributes as A
 from jaxedit.metrics import directions as D
 from jaxedit.models import probe as probe_lib
@@ -66,7 +68,8 @@ def matrix_for(prefix, name, G, gp, P, pp, ed, z, strengths, rows, batch):
     t0 = time.perf_counter()
     lat = ed.prepare(G, gp, z)
     ks = jnp.arange(ed.num_directions)
-    ch = jax.jit(lambda lat: D.sweep_changes(scorer(G, gp, P, pp, ed), ed.edit, lat, ks, strengths, batch))(lat)
+    ch = jax.jit(lambda ed, lat: D.sweep_changes(scorer(G, gp, P, pp, ed), functools.partial(edits.apply, ed), lat, ks,
+                                                 strengths, batch))(ed, lat)
     m = D.direction_factor_matrix(ch, strengths)
     dt = time.perf_counter() - t0
     frames = int(ed.num_directions * len(strengths) * z.shape[0])
@@ -99,7 +102,8 @@ def commutativity_for(G, gp, P, pp, ed, m, z, strength, batch):
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             ka, kb = rows.index(best[a]["direction"]), rows.index(best[b]["direction"])
-            c = D.commutativity(scorer(G, gp, P, pp, ed), ed.edit, lat, (ka, strength), (kb, strength), batch)
+            c = D.commutativity(scorer(G, gp, P, pp, ed), functools.partial(edits.apply, ed), lat, (ka, strength),
+                                (kb, strength), batch)
             out.append({"a": a, "b": b, "directions": [best[a]["direction"], best[b]["direction"]],
                         "mean_abs": float(np.mean(c[:-1])), "per_attribute": c.round(5).tolist()})
     return out
@@ -140,7 +144,7 @@ def main():
     report["interfacegan"] = {"n": args.n_label, "val_accuracy": acc, "label_seconds": round(t_label, 1),
                               "svm_seconds": round(t_svm, 1)}
     np.save(RESULTS / f"{args.name}_interfacegan_boundaries.npy", np.stack(normals))
-    families = {"interfacegan": (editors.Editor("interfacegan", "w", {"directions": jnp.asarray(np.stack(normals))}),
+    families = {"interfacegan": (edits.InterFaceGAN(space="w", directions=jnp.asarray(np.stack(normals))),
                                  list(shapes.FACTOR_NAMES), jnp.linspace(-2, 2, 5))}
 
     # GANSpace: exact PCA of W on device
@@ -151,7 +155,7 @@ def main():
         n_batches=args.n_pca // batch))(jax.random.fold_in(key, 3))
     report["ganspace"] = {"n": args.n_pca, "seconds": round(time.perf_counter() - t0, 1),
                           "var_ratio": np.asarray(pca["var_ratio"]).round(4).tolist()}
-    families["ganspace"] = (editors.Editor("ganspace", "w", {"comp": pca["comp"], "stdev": pca["stdev"]}),
+    families["ganspace"] = (edits.GANSpace(space="w", comp=pca["comp"], stdev=pca["stdev"]),
                             [f"pc{i}" for i in range(args.components)], jnp.linspace(-2, 2, 5))
 
     for method in ("linear", "warped", "curvilinear"):

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from conftest import fixture, max_abs, ref
-from jaxedit.converters import decurved
+from jaxedit.edits import formats
 from jaxedit.edits import curvilinear as C
 from jaxedit.models.flows import CNF, CNFConfig
 
 
 @pytest.fixture(scope="module")
 def flow():
-    cfg, params = decurved.load_cnf(fixture("decurved_cnf.pt"))
+    cfg, params = formats.load_cnf(fixture("decurved_cnf.pt"))
     return CNF(cfg), params
 
 
@@ -92,15 +92,15 @@ def test_gradients_match_finite_differences(flow):
 def test_converter_errors(tmp_path, monkeypatch):
     bad = tmp_path / "flow.pt"
     bad.write_bytes(b"garbage")
-    with pytest.raises(decurved.FlowFileError, match="flow.pt"):
-        decurved.load_cnf(bad)
-    sd = {k: np.asarray(v) for k, v in __import__("jaxedit").torchfile.load(fixture("decurved_cnf.pt"))
+    with pytest.raises(formats.EditFileError, match="flow.pt"):
+        formats.load_cnf(bad)
+    sd = {k: np.asarray(v) for k, v in formats.torchfile.load(fixture("decurved_cnf.pt"))
           ["state_dict"].items()}
     missing = {k: v for k, v in sd.items() if k != "chain.0.odefunc.diffeq.layers.1._hyper_gate.bias"}
-    monkeypatch.setattr(decurved.torchfile, "load", lambda path: {"state_dict": missing})
-    with pytest.raises(decurved.FlowFileError, match=r"flow.pt: missing key .*layers.1._hyper_gate.bias"):
-        decurved.load_cnf(bad)
+    monkeypatch.setattr(formats.torchfile, "load", lambda path: {"state_dict": missing})
+    with pytest.raises(formats.EditFileError, match=r"flow.pt: missing key .*layers.1._hyper_gate.bias"):
+        formats.load_cnf(bad)
     wrong = dict(sd, **{"chain.0.odefunc.diffeq.layers.2._layer.bias": np.zeros(5, np.float32)})
-    monkeypatch.setattr(decurved.torchfile, "load", lambda path: wrong)
-    with pytest.raises(decurved.FlowFileError, match=r"layers.2._layer.bias has shape \(5,\)"):
-        decurved.load_cnf(bad)
+    monkeypatch.setattr(formats.torchfile, "load", lambda path: wrong)
+    with pytest.raises(formats.EditFileError, match=r"layers.2._layer.bias has shape \(5,\)"):
+        formats.load_cnf(bad)

@@ -1,11 +1,14 @@
 """Linear edits: InterFaceGAN, GANSpace, discovery deformators, and their converters."""
 
+import json
+
 import numpy as np
 import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxedit.converters.edits import EditFileError, load_ganspace, load_interfacegan
+from jaxedit.edits import formats
+from jaxedit.edits.formats import EditFileError, load_ganspace, load_interfacegan
 from jaxedit.edits import linear as E
 
 
@@ -211,33 +214,29 @@ def test_load_ganspace(tmp_path):
 
 
 def test_load_deformator_kinds_and_errors(tmp_path, monkeypatch):
-    import json
-
-    import jaxedit.converters.edits as C
-
     rng = np.random.default_rng(0)
     W, b, L = rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=6).astype(np.float32), \
         rng.normal(size=(4, 4)).astype(np.float32)
     f = tmp_path / "models" / "deformator_100.pt"
     f.parent.mkdir()
     f.write_bytes(b"placeholder")
-    monkeypatch.setattr(C.torchfile, "load", lambda p: {"log_mat_half": L})
-    out = C.load_deformator(f)
+    monkeypatch.setattr(formats.torchfile, "load", lambda p: {"log_mat_half": L})
+    out = formats.load_deformator(f)
     assert out["kind"] == "ortho"
     A = np.asarray(E.ortho_matrix(L))
     np.testing.assert_allclose(A @ A.T, np.eye(4), atol=1e-5)  # expm of a skew matrix is orthogonal
-    monkeypatch.setattr(C.torchfile, "load", lambda p: {"deformator": {"linear.weight": W, "linear.bias": b}})
-    with pytest.raises(C.EditFileError, match="deformator_100.pt: .*pass kind="):
-        C.load_deformator(f)
+    monkeypatch.setattr(formats.torchfile, "load", lambda p: {"deformator": {"linear.weight": W, "linear.bias": b}})
+    with pytest.raises(formats.EditFileError, match="deformator_100.pt: .*pass kind="):
+        formats.load_deformator(f)
     (tmp_path / "args.json").write_text(json.dumps({"deformator": "proj"}))
-    out = C.load_deformator(f)
+    out = formats.load_deformator(f)
     assert out["kind"] == "proj"
     coords = np.asarray([[0.0, 2.5, 0.0]], np.float32)
     shift = np.asarray(E.deformator_shift("proj", out["params"], coords))
     expect = coords @ W.T + b  # the reference: linear output rescaled to |coords|
     np.testing.assert_allclose(shift, expect * 2.5 / np.linalg.norm(expect), rtol=1e-5)
-    lin = np.asarray(E.deformator_shift("linear", C.load_deformator(f, kind="linear")["params"], coords))
+    lin = np.asarray(E.deformator_shift("linear", formats.load_deformator(f, kind="linear")["params"], coords))
     np.testing.assert_allclose(lin, expect, rtol=1e-5)
-    monkeypatch.setattr(C.torchfile, "load", lambda p: {"net.0.weight": W})
-    with pytest.raises(C.EditFileError, match="not supported"):
-        C.load_deformator(f)
+    monkeypatch.setattr(formats.torchfile, "load", lambda p: {"net.0.weight": W})
+    with pytest.raises(formats.EditFileError, match="not supported"):
+        formats.load_deformator(f)

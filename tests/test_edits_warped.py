@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import fixture, max_abs, ref
-from jaxedit.converters.edits import EditFileError, load_warped
+from jaxedit.edits.formats import EditFileError, load_warped
 from jaxedit.edits import warped as W
 
 

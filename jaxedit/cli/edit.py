@@ -14,17 +14,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxedit import edits
 from jaxedit.cli.common import load_generator, parse_seeds, parse_strengths, seed_latents
-from jaxedit.edits import registry as editors
 from jaxedit.errors import UsageError
 from jaxedit.io import images as imio
 
 
+def _layers(text: str | None) -> tuple[int, int] | None:
+    """'START:END' -> (start, end) (W+ layers, end exclusive)."""
+    if not text:
+        return None
+    try:
+        s, e = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise UsageError(f"--layers must be START:END (W+ layers, end exclusive), got {text!r}") from None
+    return s, e
+
+
 def _setup(args):
-
-
     G, gp = load_generator(args.ckpt, unconditional="edit/traverse")
-    ed = editors.load(args.method, args.directions, space=args.space, layers=args.layers, eps=args.eps)
+    ed = edits.load(args.directions, args.method, space=args.space, layers=_layers(args.layers), eps=args.eps)
     ed.check(G)
     seeds = parse_seeds(args.seeds)
     z = seed_latents(seeds, G.cfg.z_dim)
@@ -35,10 +44,10 @@ def _frames(G, gp, ed, z, ks, strengths, psi: float, batch: int):
     """Images ``[K, S, B, H, W, C]`` of every direction in ``ks``, strength and latent (one program)."""
 
     @jax.jit
-    def run(z, ks, strengths):
+    def run(ed, z, ks, strengths):
         lat = ed.prepare(G, gp, z, psi)
         B = z.shape[0]
-        moved = jax.vmap(lambda k: jax.vmap(lambda t: ed.edit(lat, k, jnp.full((B,), t)))(strengths))(ks)
+        moved = jax.vmap(lambda k: jax.vmap(lambda t: edits.apply(ed, lat, k, jnp.full((B,), t)))(strengths))(ks)
         flat = moved.reshape(-1, *lat.shape[1:])
         n = flat.shape[0]
         pad = (-n) % batch
@@ -47,11 +56,10 @@ def _frames(G, gp, ed, z, ks, strengths, psi: float, batch: int):
         imgs = imgs.reshape(-1, *imgs.shape[2:])[:n]
         return imgs.reshape(ks.shape[0], strengths.shape[0], B, *imgs.shape[1:])
 
-    return np.asarray(run(jnp.asarray(z), jnp.asarray(ks, jnp.int32), jnp.asarray(strengths)))
+    return np.asarray(run(ed, jnp.asarray(z), jnp.asarray(ks, jnp.int32), jnp.asarray(strengths)))
 
 
 def run_edit(args) -> None:
-
     G, gp, ed, seeds, z, strengths = _setup(args)
     if not 0 <= args.direction < ed.num_directions:
         raise UsageError(f"--direction {args.direction} out of range: {args.directions} has {ed.num_directions}")
@@ -60,12 +68,11 @@ def run_edit(args) -> None:
     dt = time.perf_counter() - t0
     grid = imgs.transpose(1, 0, 2, 3, 4).reshape(-1, *imgs.shape[2:])  # rows = seeds, columns = strengths
     imio.save_grid(grid, args.out, cols=len(strengths))
-    print(f"{ed.method} direction {args.direction} ({ed.space} space): {len(seeds)} seeds x {len(strengths)} strengths "
+    print(f"{ed.family} direction {args.direction} ({ed.space} space): {len(seeds)} seeds x {len(strengths)} strengths "
           f"{np.round(strengths, 3).tolist()} in {dt:.2f} s -> {args.out} (rows = seeds, columns = strengths)")
 
 
 def run_traverse(args) -> None:
-
     G, gp, ed, seeds, z, strengths = _setup(args)
     ks = np.arange(ed.num_directions) if args.limit is None else np.arange(min(args.limit, ed.num_directions))
     t0 = time.perf_counter()
@@ -76,5 +83,5 @@ def run_traverse(args) -> None:
     for b, seed in enumerate(seeds):
         imio.save_grid(imgs[:, :, b].reshape(-1, *imgs.shape[3:]), out / f"seed{seed}.png", cols=len(strengths))
     n = imgs.shape[0] * imgs.shape[1] * imgs.shape[2]
-    print(f"{ed.method}: {len(ks)} directions x {len(strengths)} strengths x {len(seeds)} seeds = {n} frames in "
+    print(f"{ed.family}: {len(ks)} directions x {len(strengths)} strengths x {len(seeds)} seeds = {n} frames in "
           f"{dt:.2f} s ({n / dt:.0f} frames/s incl. compile) -> {out}/seed*.png (rows = directions, columns = strengths)")

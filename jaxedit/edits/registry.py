@@ -1,226 +1,483 @@
-"""One interface over every direction family: ``Editor.edit(latents, k, t)``.
+"""Editors: K directions of one family in one latent space, as JAX pytrees.
 
-An :class:`Editor` holds K directions of one family (linear, InterFaceGAN, GANSpace, warped
-RBF paths, curvilinear flow axes) in one latent space and moves a batch of latents along
-direction ``k`` by strength ``t`` (per sample). It is what the ``jaxedit edit`` / ``traverse``
-commands and the direction metrics (:mod:`jaxedit.metrics.directions`) use, so each family is
-rendered and scored the same way::
+One class per family; arrays are pytree leaves, configuration (space, layer range, step length,
+flow handle, solver options) is static aux data, so an editor is an ordinary argument of
+``jax.jit`` / ``jax.vmap`` and one compiled program serves every editor of the same shapes::
 
-    ed = editors.load("interfacegan", "boundary.npy", G)      # or editors.Editor(...)
+    ed = edits.load("boundary.npy")                            # the family is detected from the file
     lat = ed.prepare(G, gparams, z)                            # z [B, z_dim] -> Z or W+ latents
-    img = ed.render(G, gparams, ed.edit(lat, k, t))            # t [B]
+    img = ed.render(G, gparams, jax.jit(edits.apply)(ed, lat, k, t))   # k int or [B], t [B]
 
-Latents: space ``'z'`` -> ``[B, z_dim]``; space ``'w'`` -> W+ ``[B, num_ws, w_dim]`` (single W
-vectors ``[B, w_dim]`` are moved as they are; W+ edits act
-on the layers in ``layers``, all by default; W-space families that move single vectors,
-warped and curvilinear, move every selected layer's vector).
+Strength ``t`` per family (``x`` a Z or W vector):
 
-Strength ``t`` per family: linear / discovery: ``latent + t * direction``; InterFaceGAN in Z:
-the absolute signed distance to the boundary (``z + (t - z.n) n``, the reference's edit), in W:
-``+ t n``; GANSpace: ``t`` standard deviations of component k (``lat_stdev``); warped:
-``round(|t| / eps)`` unit steps of ``sign(t) eps`` along path k (``t`` is the path length);
-curvilinear: ``f^-1(f(z) + t e_k)``.
+- :class:`Linear` (plain directions, discovery deformators): ``x + t n_k``;
+- :class:`InterFaceGAN`: in Z the absolute signed distance to boundary k, ``z + (t - z.n_k) n_k``
+  (the reference's edit); in W ``x + t n_k``;
+- :class:`GANSpace`: ``t`` standard deviations of component k, ``x + t stdev_k comp_k``;
+- :class:`Warped` (WarpedGANSpace RBF paths): ``round(|t| / eps)`` unit steps of ``sign(t) eps``
+  along path k (``t`` is the path length);
+- :class:`Curvilinear` (DeCurvEd flow axes): ``f^-1(f(x) + t e_k)`` (the flow acts on the first
+  ``flow.cfg.dim`` coordinates).
+
+Latents: the shape of ``t`` (broadcast with ``k``'s) is the batch shape ``[*B]``; latents are
+``[*B, d]`` (Z, or single W vectors) or W+ ``[*B, L, d]`` (space ``'w'``; every layer's vector
+moves, or only layers ``[start, end)`` when ``layers`` is set).
+
+Checkpoints (:func:`save` / :func:`load`): a jaxedit checkpoint of kind ``editor`` whose
+``model`` is ``{'family', 'space', 'layers', ...static config}``, whose params are the editor's
+arrays, and whose ``jaxedit.json`` has a free-form ``provenance`` dict; documented keys:
+``generator`` ``{'name', 'sha256'}``, ``space``, ``layers``, ``method`` (how it was made) and
+``strength_range`` ``[lo, hi]`` (recommended strengths). A ``jaxedit discover`` run keeps its
+editor in ``RUN/editor`` (:data:`RUN_EDITOR`), so :func:`load` reads runs without the trainer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit.edits import linear, warped
-from jaxedit.errors import InputError
+from jaxedit.edits import curvilinear, formats, linear, warped
+from jaxedit.errors import CheckpointError, InputError
+from jaxedit.io import checkpoint
+from jaxedit.models.flows import CNF, CNFConfig
 
-METHODS = ("linear", "interfacegan", "ganspace", "warped", "curvilinear")
+Array = jax.Array
+KIND = "editor"  # the checkpoint kind
+RUN_EDITOR = "editor"  # a discover run's editor checkpoint: RUN/editor
+SOLVER_OPTIONS = ("rtol", "atol", "steps")
 
 
 class EditorError(InputError):
-    """A direction file or editor argument that cannot be used; the message names it."""
+    """A direction file, editor argument or latent shape that cannot be used; the message names it."""
 
 
-@dataclasses.dataclass(frozen=True)
+def _static(default: Any = dataclasses.MISSING):
+    return dataclasses.field(default=default, metadata={"static": True})
+
+
+def _pytree(cls):
+    """Frozen keyword-only dataclass registered as a pytree (fields marked ``static`` are aux data)."""
+    return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True, kw_only=True, eq=False)(cls))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class Editor:
-    method: str
-    space: str  # 'z' or 'w'
-    params: Any  # family parameters (arrays)
-    layers: tuple[int, int] | None = None  # W+ layer range [start, end) for space 'w'
-    eps: float = 0.2  # warped: unit step length
-    flow: Any = None  # curvilinear: the jaxedit.models.flows.CNF handle
-    solver: tuple = ()  # curvilinear: extra solver options as ((name, value), ...)
+    """What every family shares: ``space`` ('z' or 'w'), ``layers`` (W+ range ``(start, end)`` or None),
+    ``num_directions``, ``dim``, :meth:`check`, :meth:`prepare`, :meth:`render`."""
+
+    family: ClassVar[str]
+    space: str = _static("z")
+    layers: tuple[int, int] | None = _static(None)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise EditorError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
         if self.space not in ("z", "w"):
             raise EditorError(f"space must be 'z' or 'w', got {self.space!r}")
-
-    # ---------------------------------------------------------------- description
-    @property
-    def num_directions(self) -> int:
-        p = self.params
-        if self.method == "ganspace":
-            return int(p["comp"].shape[0])
-        if self.method == "warped":
-            return int(p["support_sets"].shape[0])
-        if self.method == "curvilinear":
-            return int(p["num_axes"])
-        return int(p["directions"].shape[0])
-
-    @property
-    def dim(self) -> int:
-        p = self.params
-        if self.method == "ganspace":
-            return int(p["comp"].shape[1])
-        if self.method == "warped":
-            return int(p["support_sets"].shape[2])
-        if self.method == "curvilinear":
-            return int(self.flow.cfg.dim)
-        return int(p["directions"].shape[1])
+        if self.layers is not None:
+            lay = tuple(self.layers)
+            if len(lay) != 2 or not all(isinstance(v, int) for v in lay) or not 0 <= lay[0] < lay[1]:
+                raise EditorError(f"layers must be a W+ range (start, end) with 0 <= start < end, got {self.layers!r}")
+            if self.space != "w":
+                raise EditorError(f"a layer range ({lay[0]}:{lay[1]}) needs space w, not {self.space}")
+            object.__setattr__(self, "layers", lay)
 
     def check(self, G) -> None:
         """Raise :class:`EditorError` unless this editor fits generator ``G``'s latent space."""
         need = G.cfg.z_dim if self.space == "z" else G.cfg.w_dim
-        if self.dim > need or (self.method != "curvilinear" and self.dim != need):
-            raise EditorError(f"{self.method} directions are {self.dim}-dimensional but the generator's "
+        if self.dim > need or (self.family != "curvilinear" and self.dim != need):
+            raise EditorError(f"{self.family} directions are {self.dim}-dimensional but the generator's "
                               f"{self.space.upper()} space has {need} dimensions")
-        if self.layers is not None:
+        if self.layers is not None and self.layers[1] > G.cfg.num_ws:
             s, e = self.layers
-            if self.space != "w" or not 0 <= s < e <= G.cfg.num_ws:
-                raise EditorError(f"layer range {s}:{e} needs space w and 0 <= start < end <= {G.cfg.num_ws}")
+            raise EditorError(f"layer range {s}:{e} needs 0 <= start < end <= {G.cfg.num_ws} "
+                              "(the generator's W+ layers)")
 
-    # ---------------------------------------------------------------- latents and images
-    def prepare(self, G, gparams, z: jax.Array, psi: float = 1.0) -> jax.Array:
+    def prepare(self, G, gparams, z: Array, psi: float = 1.0) -> Array:
         """z ``[B, z_dim]`` -> the latents this editor moves (Z, or W+ ``[B, num_ws, w_dim]``)."""
         return z if self.space == "z" else G.mapping(gparams, z, psi=psi)
 
-    def render(self, G, gparams, latents: jax.Array, psi: float = 1.0, noise_mode: str = "const") -> jax.Array:
-        """Latents from :meth:`prepare` / :meth:`edit` -> images ``[B, H, W, C]``."""
+    def render(self, G, gparams, latents: Array, psi: float = 1.0, noise_mode: str = "const") -> Array:
+        """Latents from :meth:`prepare` / :func:`apply` -> images ``[B, H, W, C]``."""
         ws = G.mapping(gparams, latents, psi=psi) if self.space == "z" else latents
         return G.synthesis(gparams, ws, noise_mode=noise_mode)
 
-    # ---------------------------------------------------------------- the edit
-    def edit(self, latents: jax.Array, k: int | jax.Array, t: jax.Array) -> jax.Array:
-        """Move ``latents`` (Z or W ``[B, d]``, or W+ ``[B, L, d]``) along direction ``k`` by ``t`` ``[B]``."""
-        t = jnp.broadcast_to(jnp.asarray(t, latents.dtype), latents.shape[:1])
-        if latents.ndim == 2:
-            return self._move(latents, k, t)
-        B, L, d = latents.shape
-        moved = self._move(latents.reshape(B * L, d), k, jnp.repeat(t, L)).reshape(B, L, d)
-        if self.layers is None:
-            return moved
-        s, e = self.layers
-        mask = ((jnp.arange(L) >= s) & (jnp.arange(L) < e))[None, :, None]
-        return jnp.where(mask, moved, latents)
+    def _config(self) -> dict[str, Any]:
+        """Static configuration beyond space and layers, as JSON (see :func:`save`)."""
+        return {}
 
-    def _move(self, x: jax.Array, k, t: jax.Array) -> jax.Array:
-        """x ``[N, d]``, t ``[N]`` -> x moved along k."""
-        p, m = self.params, self.method
-        if m == "linear" or (m == "interfacegan" and self.space == "w"):
-            return x + t[:, None] * jnp.take(p["directions"], k, axis=0)
-        if m == "interfacegan":
-            n = jnp.take(p["directions"], k, axis=0)
-            return x + (t - x @ n)[:, None] * n
-        if m == "ganspace":
-            return x + (t * jnp.take(p["stdev"], k))[:, None] * jnp.take(p["comp"], k, axis=0)
-        if m == "warped":
-            return _warped_walk(p, x, k, t, self.eps)
-        from jaxedit.edits import curvilinear
+    @classmethod
+    def _from_config(cls, model: dict[str, Any], params: dict[str, Any], where: str) -> dict[str, Any]:
+        """Constructor arguments from a checkpoint's ``model`` config and params."""
+        return dict(params)
 
-        d = self.flow.cfg.dim
-        head = curvilinear.edit_axes(self.flow, p["flow"], x[:, :d], jnp.broadcast_to(k, t.shape), t,
-                                     **dict(self.solver))
+
+def _take_rows(table: Array, k: Array) -> Array:
+    return jnp.take(table, k, axis=0)
+
+
+@_pytree
+class Linear(Editor):
+    """Plain directions ``directions [K, d]`` (rows as given): ``x + t n_k``."""
+
+    family: ClassVar[str] = "linear"
+    directions: Array
+
+    @property
+    def num_directions(self) -> int:
+        return int(self.directions.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.directions.shape[1])
+
+    def _move(self, x: Array, k: Array, t: Array) -> Array:
+        return x + t[:, None] * _take_rows(self.directions, k)
+
+    def _move_many(self, x: Array, ks: Array, ts: Array) -> Array:
+        return x + jnp.einsum("nm,nmd->nd", ts, _take_rows(self.directions, ks))
+
+
+@_pytree
+class InterFaceGAN(Editor):
+    """Unit boundary normals ``directions [K, d]`` (usually K = 1). Z: ``z + (t - z.n_k) n_k`` (t is
+    the absolute signed distance); W: ``x + t n_k``."""
+
+    family: ClassVar[str] = "interfacegan"
+    directions: Array
+
+    @property
+    def num_directions(self) -> int:
+        return int(self.directions.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.directions.shape[1])
+
+    def _move(self, x: Array, k: Array, t: Array) -> Array:
+        n = _take_rows(self.directions, k)
+        if self.space == "w":
+            return x + t[:, None] * n
+        return x + (t - jnp.sum(x * n, axis=-1))[:, None] * n
+
+    def _move_many(self, x: Array, ks: Array, ts: Array) -> Array:
+        if self.space == "z":
+            raise EditorError("InterFaceGAN Z edits set absolute distances and do not add up: apply them one at a time")
+        return x + jnp.einsum("nm,nmd->nd", ts, _take_rows(self.directions, ks))
+
+
+@_pytree
+class GANSpace(Editor):
+    """Principal components ``comp [K, d]`` (unit rows) and ``stdev [K]``: ``x + t stdev_k comp_k``."""
+
+    family: ClassVar[str] = "ganspace"
+    space: str = _static("w")
+    comp: Array
+    stdev: Array
+
+    @property
+    def num_directions(self) -> int:
+        return int(self.comp.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.comp.shape[1])
+
+    def _move(self, x: Array, k: Array, t: Array) -> Array:
+        return x + (t * jnp.take(self.stdev, k))[:, None] * _take_rows(self.comp, k)
+
+    def _move_many(self, x: Array, ks: Array, ts: Array) -> Array:
+        return x + jnp.einsum("nm,nmd->nd", ts * jnp.take(self.stdev, ks), _take_rows(self.comp, ks))
+
+
+@_pytree
+class Warped(Editor):
+    """WarpedGANSpace RBF paths: ``support_sets [K, 2N, d]``, ``alphas [K, 2N]``, ``log_gamma [K]``;
+    static step length ``eps``. ``t`` walks ``round(|t| / eps)`` unit steps of ``sign(t) eps``."""
+
+    family: ClassVar[str] = "warped"
+    support_sets: Array
+    alphas: Array
+    log_gamma: Array
+    eps: float = _static(0.2)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
+            raise EditorError(f"warped step length eps must be a positive number, got {self.eps!r}")
+        object.__setattr__(self, "eps", float(self.eps))
+
+    @property
+    def num_directions(self) -> int:
+        return int(self.support_sets.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.support_sets.shape[2])
+
+    def _move(self, x: Array, k: Array, t: Array) -> Array:
+        """A loop to the longest walk among the rows; shorter walks stop at their own length."""
+        params = {"support_sets": self.support_sets, "alphas": self.alphas, "log_gamma": self.log_gamma}
+        n = jnp.round(jnp.abs(t) / self.eps).astype(jnp.int32)
+        step = jax.vmap(lambda z, kk, e: warped.unit_step(params, z, kk, e))
+        sign_eps = jnp.sign(t) * self.eps
+
+        def body(i, z):
+            return jnp.where((i < n)[:, None], step(z, k, sign_eps), z)
+
+        return jax.lax.fori_loop(0, jnp.max(n, initial=0), body, x)
+
+    def _move_many(self, x: Array, ks: Array, ts: Array) -> Array:
+        raise EditorError("warped paths do not commute: apply their edits one at a time")
+
+    def _config(self) -> dict[str, Any]:
+        return {"eps": self.eps}
+
+    @classmethod
+    def _from_config(cls, model, params, where):
+        return dict(params, eps=model["eps"])
+
+
+@_pytree
+class Curvilinear(Editor):
+    """DeCurvEd flow axes: ``flow_params`` (leaves) of the static CNF handle ``flow``; the first
+    ``num_axes`` axes are the directions; ``solver`` = static options of the solves
+    (``rtol``, ``atol``, ``steps``; a dict or ``((name, value), ...)``). ``f^-1(f(x) + t e_k)``."""
+
+    family: ClassVar[str] = "curvilinear"
+    flow_params: dict[str, Any]
+    flow: CNF = _static()
+    num_axes: int = _static()
+    solver: tuple[tuple[str, Any], ...] = _static(())
+
+    def __post_init__(self):
+        super().__post_init__()
+        solver = tuple(sorted(dict(self.solver).items()))
+        unknown = [name for name, _ in solver if name not in SOLVER_OPTIONS]
+        if unknown:
+            raise EditorError(f"unknown solver options {unknown}; expected {', '.join(SOLVER_OPTIONS)}")
+        if not 0 < self.num_axes <= self.flow.cfg.dim:
+            raise EditorError(f"num_axes {self.num_axes} must be in 1..{self.flow.cfg.dim} (the flow's dimension)")
+        object.__setattr__(self, "solver", solver)
+
+    @property
+    def num_directions(self) -> int:
+        return self.num_axes
+
+    @property
+    def dim(self) -> int:
+        return self.flow.cfg.dim
+
+    def _move(self, x: Array, k: Array, t: Array) -> Array:
+        d = self.dim
+        head = curvilinear.edit_axes(self.flow, self.flow_params, x[:, :d], k, t, **dict(self.solver))
         return jnp.concatenate([head, x[:, d:]], axis=1)
 
+    def _move_many(self, x: Array, ks: Array, ts: Array) -> Array:
+        d = self.dim
+        coords = jnp.einsum("nm,nmd->nd", ts, jax.nn.one_hot(ks, d, dtype=x.dtype))
+        head = curvilinear.edit(self.flow, self.flow_params, x[:, :d], coords, **dict(self.solver))
+        return jnp.concatenate([head, x[:, d:]], axis=1)
 
-def _warped_walk(params, x: jax.Array, k, t: jax.Array, eps: float) -> jax.Array:
-    """``round(|t| / eps)`` unit steps of ``sign(t) * eps`` per row (a loop to the batch's longest walk)."""
-    n = jnp.round(jnp.abs(t) / eps).astype(jnp.int32)
-    step = jnp.sign(t) * eps
+    def _config(self) -> dict[str, Any]:
+        return {"flow": self.flow.cfg.to_dict(), "num_axes": self.num_axes, "solver": dict(self.solver)}
 
-    def body(i, z):
-        return jnp.where((i < n)[:, None], warped.unit_step(params, z, k, step), z)
-
-    return jax.lax.fori_loop(0, jnp.max(n), body, x)
-
-
-# ------------------------------------------------------------------------------------- loading
-def _layers(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        s, e = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise EditorError(f"layer range must be START:END (W+ layers, end exclusive), got {text!r}") from None
-    return s, e
+    @classmethod
+    def _from_config(cls, model, params, where):
+        flow = CNF(CNFConfig.from_dict(model["flow"]))
+        checkpoint.check_tree(flow.param_shapes(), params["flow_params"], where)
+        return {"flow_params": params["flow_params"], "flow": flow, "num_axes": model["num_axes"],
+                "solver": model.get("solver", {})}
 
 
-def load(method: str, path: str | Path, *, space: str | None = None, layers: str | None = None,
-         eps: float = 0.2) -> Editor:
-    """An :class:`Editor` from a direction file or a ``jaxedit discover`` run directory.
+FAMILIES: dict[str, type[Editor]] = {c.family: c for c in (Linear, InterFaceGAN, GANSpace, Warped, Curvilinear)}
 
-    linear: ``.npy`` ``[K, d]`` (or ``[d]``) directions, rows used as given; a GANLatentDiscovery
-    deformator ``.pt`` (its columns; a ``linear`` deformator's constant bias is not applied, so
-    ``t = 0`` is the identity); or a ``jaxedit discover`` run directory. interfacegan: boundary ``.npy`` ``(1, d)`` (normalized), space
-    z by default (the reference's Z edit) or w. ganspace: GANSpace ``.npz`` (space w).
-    warped: WarpedGANSpace ``support_sets.pt`` or a jaxedit checkpoint. curvilinear: a
-    DeCurvEd flow ``.pt`` or a jaxedit checkpoint.
+
+# ------------------------------------------------------------------------------------- edits
+def _lift(editor: Editor, latents: Array, batch: tuple[int, ...], per_row: tuple[Array, ...], move) -> Array:
+    """Flatten latents ``[*batch, d]`` / ``[*batch, L, d]`` to rows, ``move(rows, *per_row)``, restore
+    the shape and the W+ layer mask. Each ``per_row`` array is ``[*batch, ...]``, repeated over L."""
+    core = latents.shape[len(batch):]
+    if latents.shape[:len(batch)] != batch or len(core) not in (1, 2) or (len(core) == 2 and editor.space == "z"):
+        want = "[*B, d]" + (" or W+ [*B, L, d]" if editor.space == "w" else "")
+        raise EditorError(f"{editor.family} editor ({editor.space} space): latents {list(latents.shape)} do not fit "
+                          f"strengths of batch shape B = {list(batch)}; expected {want}")
+    L = core[0] if len(core) == 2 else 1
+    rows = [jnp.repeat(a.reshape((-1,) + a.shape[len(batch):]), L, axis=0) for a in per_row]
+    moved = move(latents.reshape(-1, core[-1]), *rows).reshape(latents.shape)
+    if len(core) == 1 or editor.layers is None:
+        return moved
+    s, e = editor.layers
+    if e > L:
+        raise EditorError(f"layer range {s}:{e} exceeds the {L} W+ layers of latents {list(latents.shape)}")
+    mask = (np.arange(L) >= s) & (np.arange(L) < e)
+    return jnp.where(mask[:, None], moved, latents)
+
+
+def _int(k, what: str) -> Array:
+    k = jnp.asarray(k)
+    if not jnp.issubdtype(k.dtype, jnp.integer):
+        raise EditorError(f"{what} must be integer direction indices, got dtype {k.dtype}")
+    return k
+
+
+def apply(editor: Editor, latents: Array, k: int | Array, t: float | Array) -> Array:
+    """Move ``latents`` along direction ``k`` by strength ``t`` (per family, see the module docstring).
+
+    ``t [*B]`` and ``k`` (int or ``[*B]``, may be traced) give the batch shape ``B`` (``[]`` for one
+    latent); latents ``[*B, d]`` or W+ ``[*B, L, d]`` -> the same shape. Pure: ``jax.jit(apply)``
+    takes the editor as a pytree argument; ``jax.vmap(apply, in_axes=(None, 0, 0, 0))`` maps
+    per-example ``k [B]``, ``t [B]``.
     """
-    from jaxedit.converters import edits as conv
+    latents = jnp.asarray(latents)
+    k, t = _int(k, "k"), jnp.asarray(t, latents.dtype)
+    batch = tuple(np.broadcast_shapes(k.shape, t.shape))
+    return _lift(editor, latents, batch, (jnp.broadcast_to(k, batch), jnp.broadcast_to(t, batch)), editor._move)
 
+
+def apply_many(editor: Editor, latents: Array, ks: Array, ts: Array) -> Array:
+    """Several edits at once: ``ks [M]`` or ``[*B, M]`` (int), ``ts [*B, M]``; latents as in :func:`apply`.
+
+    Linear, GANSpace and InterFaceGAN in W: ``x + sum_m`` of the M moves (order-free, equal to
+    applying them one after another); curvilinear: ``f^-1(f(x) + sum_m t_m e_{k_m})`` in ONE inverse
+    solve (curvilinear edits commute). InterFaceGAN in Z and warped paths raise :class:`EditorError`.
+    """
+    latents = jnp.asarray(latents)
+    ks, ts = _int(ks, "ks"), jnp.asarray(ts, latents.dtype)
+    if ks.ndim == 0 or ts.ndim == 0 or ks.shape[-1] != ts.shape[-1]:
+        raise EditorError(f"ks {list(ks.shape)} and ts {list(ts.shape)} must end in the same number of edits M")
+    batch = tuple(np.broadcast_shapes(ks.shape[:-1], ts.shape[:-1]))
+    full = batch + ts.shape[-1:]
+    return _lift(editor, latents, batch, (jnp.broadcast_to(ks, full), jnp.broadcast_to(ts, full)), editor._move_many)
+
+
+# ------------------------------------------------------------------------------------- files
+def save(editor: Editor, path: str | Path, *, provenance: dict[str, Any] | None = None, force: bool = False) -> Path:
+    """Write ``editor`` as a jaxedit checkpoint (kind ``editor``) that :func:`load` reads back bit-exact.
+
+    ``provenance``: free-form JSON stored in ``jaxedit.json``; documented keys ``generator``
+    ``{'name', 'sha256'}``, ``space``, ``layers``, ``method`` (how the directions were made) and
+    ``strength_range`` ``[lo, hi]``. An existing ``path`` is replaced only with ``force`` (and only
+    if it is a jaxedit checkpoint). Returns the path.
+    """
+    provenance = dict(provenance or {})
+    try:
+        json.dumps(provenance)
+    except TypeError as e:
+        raise EditorError(f"provenance must be JSON-serializable ({e})") from None
+    data = [f.name for f in dataclasses.fields(editor) if not f.metadata.get("static")]
+    model = {"family": editor.family, "space": editor.space,
+             "layers": list(editor.layers) if editor.layers else None, **editor._config()}
+    return checkpoint.save(path, kind=KIND, model=model, params={n: getattr(editor, n) for n in data},
+                           extra={"provenance": provenance}, force=force)
+
+
+def _editor_checkpoint(path: Path) -> Path:
+    """``path`` itself if it is a jaxedit checkpoint, else a discover run's ``path/editor``."""
+    if checkpoint.is_checkpoint(path):
+        return path
+    if checkpoint.is_checkpoint(path / RUN_EDITOR):
+        return path / RUN_EDITOR
+    raise EditorError(f"{path} is neither a jaxedit editor checkpoint nor a `jaxedit discover` run with an "
+                      f"{RUN_EDITOR}/ checkpoint (written at each training checkpoint)")
+
+
+def read_provenance(path: str | Path) -> dict[str, Any]:
+    """The provenance dict of an editor checkpoint or discover run (``{}`` when none was recorded)."""
+    return checkpoint.read_meta(_editor_checkpoint(Path(path))).get("provenance", {})
+
+
+def _from_checkpoint(path: Path) -> Editor:
+    ck = checkpoint.load(path, expected_kind=KIND)
+    cls = FAMILIES.get(ck.model.get("family"))
+    if cls is None:
+        raise CheckpointError(f"{path}: unknown editor family {ck.model.get('family')!r}")
+    data = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("static")]
+    missing = sorted(set(data) - set(ck.params))
+    if missing:
+        raise CheckpointError(f"{path}: missing parameters {missing} of a {cls.family} editor")
+    lay = ck.model.get("layers")
+    return cls(space=ck.model["space"], layers=tuple(lay) if lay else None,
+               **cls._from_config(ck.model, ck.params, str(path)))
+
+
+def _mismatch(path: Path, found: str, method: str | None) -> None:
+    if method not in (None, found):
+        raise EditorError(f"{path} holds {found} directions, not {method}")
+
+
+def _released(path: Path, method: str | None, deformator: str | None) -> tuple[str, dict[str, Any]]:
+    """-> (family, constructor arrays/config) of a released direction file."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        if method == "interfacegan":
+            return "interfacegan", {"directions": formats.load_interfacegan(path)[None]}
+        dirs = formats.load_directions(path)
+        if method is None and dirs.shape[0] == 1:
+            return "interfacegan", {"directions": formats.load_interfacegan(path)[None]}
+        _mismatch(path, "linear", method)
+        return "linear", {"directions": dirs}
+    if suffix == ".npz":
+        _mismatch(path, "ganspace", method)
+        g = formats.load_ganspace(path)
+        return "ganspace", {"comp": g["comp"], "stdev": g["stdev"]}
+    obj = formats.read_torch(path)
+    family = formats.sniff_torch(obj)
+    if family is None:
+        raise formats.EditFileError(f"{path}: not a known edit file (no SUPPORT_SETS, log_mat_half, linear.weight "
+                                    "or chain.0.* keys)")
+    _mismatch(path, family, method)
+    if family == "warped":
+        return family, formats.warped_from_state(obj, path)
+    if family == "linear":
+        dfm = formats.deformator_from_state(obj, path, deformator)
+        return family, {"directions": linear.directions(dfm["kind"], dfm["params"])}
+    cfg, params = formats.cnf_from_state(obj, path)
+    return family, {"flow_params": params, "flow": CNF(cfg), "num_axes": cfg.dim}
+
+
+def load(path: str | Path, method: str | None = None, *, space: str | None = None,
+         layers: tuple[int, int] | None = None, eps: float | None = None, deformator: str | None = None) -> Editor:
+    """An editor from a released direction file, a jaxedit editor checkpoint or a ``jaxedit discover`` run.
+
+    The family is detected from the file:
+
+    - ``.npy`` ``(1, d)`` or ``(d,)``: InterFaceGAN boundary (normalized); ``method='linear'`` reads it
+      as one plain direction; ``[K, d]``: linear directions, rows as given;
+    - ``.npz`` with ``lat_comp``: GANSpace components;
+    - torch ``.pt``: WarpedGANSpace ``support_sets.pt`` (``SUPPORT_SETS``), GANLatentDiscovery
+      deformator (``log_mat_half`` / ``linear.weight``: linear, the deformator's columns; a linear
+      deformator's constant bias is not applied, so ``t = 0`` is the identity; ``deformator='linear'``
+      or ``'proj'`` where no ``args.json`` says), DeCurvEd flow (``chain.0.*``: curvilinear, every axis);
+    - a directory: an editor checkpoint (:func:`save`) or a discover run (its ``editor/``).
+
+    ``method``: the expected family (an error if the file holds another). ``space``: default ``'z'``
+    for released files (``'w'`` for GANSpace, or when ``layers`` is given); a checkpoint keeps its own
+    and refuses another. ``layers``: W+ range ``(start, end)``. ``eps``: warped step length (released
+    files: 0.2; a checkpoint: its own unless given).
+    """
     path = Path(path)
+    if method is not None and method not in FAMILIES:
+        raise EditorError(f"unknown method {method!r}; expected one of {', '.join(FAMILIES)}")
     if not path.exists():
         raise EditorError(f"{path}: no such file or directory")
     if path.is_dir():
-        return _from_checkpoint(method, path, space, layers)
-    lay = _layers(layers)
-    try:
-        if method == "interfacegan":
-            n = conv.load_interfacegan(path)
-            return Editor("interfacegan", space or "z", {"directions": jnp.asarray(n)[None]}, lay)
-        if method == "linear" and path.suffix in (".pt", ".pth"):
-            dfm = conv.load_deformator(path)
-            dirs = linear.directions(dfm["kind"], dfm["params"])
-            if dfm["kind"] == "proj":
-                dirs = dirs / jnp.linalg.norm(dirs, axis=-1, keepdims=True)
-            return Editor("linear", space or "z", {"directions": dirs}, lay)
-        if method == "linear":
-            a = np.load(path, allow_pickle=False)
-            a = a[None] if a.ndim == 1 else a
-            if a.ndim != 2:
-                raise EditorError(f"{path}: linear directions must be [K, d], got {a.shape}")
-            return Editor("linear", space or ("w" if lay else "z"), {"directions": jnp.asarray(a, jnp.float32)}, lay)
-        if method == "ganspace":
-            g = conv.load_ganspace(path)
-            return Editor("ganspace", space or "w", {"comp": jnp.asarray(g["comp"]), "stdev": jnp.asarray(g["stdev"])},
-                          lay)
-        if method == "warped":
-            return Editor("warped", space or "z", {k: jnp.asarray(v) for k, v in conv.load_warped(path).items()},
-                          lay, eps=eps)
-        if method == "curvilinear":
-            from jaxedit.converters import decurved
-
-            cfg, params = decurved.load_cnf(path)
-            from jaxedit.models.flows import CNF
-
-            return Editor("curvilinear", space or "z", {"flow": params, "num_axes": cfg.dim}, lay, flow=CNF(cfg))
-    except (OSError, ValueError) as e:
-        if isinstance(e, EditorError):
-            raise
-        raise EditorError(str(e)) from e
-    raise EditorError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-
-
-def _from_checkpoint(method: str, path: Path, space: str | None, layers: str | None) -> Editor:
-    from jaxedit.train import discovery
-
-    ed = discovery.load_editor(path)
-    if method not in (ed.method, "auto"):
-        raise EditorError(f"{path} holds {ed.method} directions, not {method}")
-    lay = _layers(layers)
-    if space and space != ed.space:
-        raise EditorError(f"{path} was trained in {ed.space.upper()} space, not {space.upper()}")
-    return dataclasses.replace(ed, layers=lay) if lay else ed
+        ed = _from_checkpoint(_editor_checkpoint(path))
+        _mismatch(path, ed.family, method)
+        if space not in (None, ed.space):
+            raise EditorError(f"{path} was made in {ed.space.upper()} space, not {space.upper()}")
+        changes = {"layers": layers} if layers is not None else {}
+        if eps is not None and isinstance(ed, Warped):
+            changes["eps"] = eps
+        return dataclasses.replace(ed, **changes) if changes else ed
+    family, fields = _released(path, method, deformator)
+    cls = FAMILIES[family]
+    if cls is Warped:
+        fields["eps"] = 0.2 if eps is None else eps
+    default = "w" if layers is not None or cls is GANSpace else "z"
+    arrays = jax.tree.map(lambda a: jnp.asarray(a) if isinstance(a, np.ndarray) else a, fields)
+    return cls(space=space or default, layers=layers, **arrays)
