@@ -17,7 +17,6 @@ verifies the reload.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,11 @@ import jax
 import numpy as np
 
 from jaxedit.converters.stylegan2 import sha256
-from jaxedit.io import torchfile
-from jaxedit.models.clip import CLIP, CLIPConfig
 from jaxedit.errors import CheckpointError, FormatError
+from jaxedit.io import checkpoint, torchfile
+from jaxedit.models import clip as clip_model
+from jaxedit.models.clip import CLIP, CLIPConfig
+from jaxedit.models.clip.tokenizer import Tokenizer, find_vocab
 
 CONVERTER_VERSION = "clip-1"
 DROPPED = re.compile(r"^(input_resolution|context_length|vocab_size)$|\.(num_batches_tracked|attn_mask)$")
@@ -170,50 +171,36 @@ def convert(path: str | Path) -> tuple[CLIPConfig, dict, dict[str, Any]]:
 # ------------------------------------------------------------------------------ vocab and saving
 def default_vocab(src: str | Path) -> Path | None:
     """The BPE merges file next to a source checkpoint, if there is one (``bpe_simple_vocab_16e6.txt.gz``)."""
-    from jaxedit.models.clip.tokenizer import VOCAB_FILE
-
     p = Path(src).parent / VOCAB_FILE
     return p if p.is_file() else None
 
 
-def copy_vocab(src: str | Path, dst_dir: str | Path) -> Path:
-    """Copy a merges file (or the one in folder ``src``) into ``dst_dir`` after checking it parses."""
-    from jaxedit.models.clip.tokenizer import Tokenizer, find_vocab
-
-    src = find_vocab(src)
-    Tokenizer.from_file(src)
-    dst = Path(dst_dir) / src.name
-    shutil.copyfile(src, dst)
-    return dst
-
-
 def save(dst: str | Path, cfg: CLIPConfig, params: dict, info: dict[str, Any], vocab: str | Path | None = None,
-         force: bool = False) -> tuple[Path, str]:
-    """Write the checkpoint (kind ``"clip"``), copy ``vocab`` beside it, reload and compare.
+         force: bool = False, replace_kind: bool = False) -> tuple[Path, str]:
+    """Write the checkpoint (kind ``"clip"``) carrying ``vocab``, reload and compare.
 
     ``vocab`` (a merges file or a folder holding one) must give ``cfg.vocab_size`` tokens.
     Returns ``(path, summary of the check)``.
     """
-    from jaxedit.io import checkpoint
-    from jaxedit.models import clip as clip_model
-    from jaxedit.models.clip.tokenizer import Tokenizer, find_vocab
-
-    checkpoint.check_writable(dst, force)
+    files = {}
+    if vocab is not None:
+        vocab = find_vocab(vocab)
+        files[vocab.name] = vocab
+    checkpoint.check_writable(dst, force, "clip", new_files=tuple(files), replace_kind=replace_kind)
     if vocab is not None:
         n = Tokenizer.from_file(vocab).vocab_size
         if n != cfg.vocab_size:
             raise ConversionError(f"{find_vocab(vocab)}: the merges give {n} tokens but the model has "
                                   f"vocab_size {cfg.vocab_size}")
     source = {**info, "vocab": find_vocab(vocab).name if vocab is not None else None, "preprocess": "clip"}
-    dst = checkpoint.save(dst, kind="clip", model=cfg.to_dict(), params=params, source=source, force=force)
-    if vocab is not None:
-        copy_vocab(vocab, dst)
+    dst = checkpoint.save(dst, kind="clip", model=cfg.to_dict(), params=params, source=source, files=files,
+                          force=force, replace_kind=replace_kind)
     model, reloaded = clip_model.load(dst)
     if model.cfg != cfg:
-        raise checkpoint.CheckpointError(f"{dst}: reloaded config differs from the converted one")
+        raise CheckpointError(f"{dst}: reloaded config differs from the converted one")
     mine, theirs = jax.tree.leaves(params), jax.tree.leaves(reloaded)
     if len(mine) != len(theirs) or not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(mine, theirs)):
-        raise checkpoint.CheckpointError(f"{dst}: reloaded parameters differ from the converted ones")
+        raise CheckpointError(f"{dst}: reloaded parameters differ from the converted ones")
     r = cfg.image_resolution
     images = jax.random.normal(jax.random.key(0), (1, r, r, 3))
     tokens = np.zeros((1, cfg.context_length), np.int32)
@@ -221,7 +208,7 @@ def save(dst: str | Path, cfg: CLIPConfig, params: dict, info: dict[str, Any], v
     fwd = jax.jit(lambda p: model(p, images, tokens)[0])
     a, b = np.asarray(fwd(params)), np.asarray(fwd(reloaded))
     if not np.all(np.isfinite(a)) or not np.array_equal(a, b):
-        raise checkpoint.CheckpointError(f"{dst}: reloaded model's forward pass differs")
+        raise CheckpointError(f"{dst}: reloaded model's forward pass differs")
     if vocab is not None:
         Tokenizer.from_file(dst)
     return dst, "config and parameters bit-identical, forward pass identical" + (", vocab copied" if vocab else "")

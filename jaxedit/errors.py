@@ -17,8 +17,10 @@ class UsageError(JaxeditError):
     """A command-line flag or argument that is wrong (exit 2); the message names the flag."""
 
 
-class InputError(JaxeditError):
-    """An input the user gave (file, value, array shape) that cannot be used; the message names it."""
+class InputError(JaxeditError, ValueError):
+    """An input the user gave (file, value, array shape) that cannot be used; the message names it.
+
+    Also a ``ValueError``, so Python callers may catch it as the built-in for a bad value."""
 
 
 class CheckpointError(InputError):

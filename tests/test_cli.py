@@ -52,12 +52,12 @@ def test_convert_writes_checkpoint_with_provenance(ckpt):
 
 
 def test_convert_refuses_to_overwrite(ckpt, tmp_path):
-    one_line_error(run("convert", "stylegan2", fixture("nvidia_tiny32.pkl"), ckpt, ok=False), "already exists", "--force")
+    one_line_error(run("convert", "stylegan2", fixture("nvidia_tiny32.pkl"), ckpt, ok=False), "already exists", "--force", code=1)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("precious")
     out = run("convert", "stylegan2", fixture("nvidia_tiny32.pkl"), mine, "--force", ok=False)
-    one_line_error(out, "not a jaxedit checkpoint")
+    one_line_error(out, "not a jaxedit checkpoint", code=1)
     assert (mine / "notes.txt").read_text() == "precious"
 
 
@@ -112,9 +112,9 @@ def test_errors_are_one_line(tmp_path):
     one_line_error(run("convert", "stylegan2", tmp_path / "missing.pkl", tmp_path / "o", ok=False), "missing.pkl")
     bad = tmp_path / "broken.pkl"
     bad.write_bytes(fixture("nvidia_tiny32.pkl").read_bytes()[:100_000])
-    one_line_error(run("convert", "stylegan2", bad, tmp_path / "o", ok=False), "broken.pkl")
-    one_line_error(run("info", tmp_path, ok=False), "not a jaxedit checkpoint")
-    one_line_error(run("sample", tmp_path / "nope", "--out", tmp_path / "g.png", ok=False), "nope")
+    one_line_error(run("convert", "stylegan2", bad, tmp_path / "o", ok=False), "broken.pkl", code=1)
+    one_line_error(run("info", tmp_path, ok=False), "not a jaxedit checkpoint", code=1)
+    one_line_error(run("sample", tmp_path / "nope", "--out", tmp_path / "g.png", ok=False), "nope", code=1)
     assert not (tmp_path / "o").exists()
 
 
@@ -136,7 +136,7 @@ def test_demo_and_default_model_errors(ckpt, tmp_path):
     for name in ("samples", "truncation", "style_mixing", "renders"):
         assert (tmp_path / "demo" / f"{name}.png").is_file(), out.stdout
     missing = run("sample", "--out", tmp_path / "g.png", env={"JAXEDIT_CHECKPOINTS": str(tmp_path)}, ok=False)
-    one_line_error(missing, "default model 'shapes32-stylegan2' not found")
+    one_line_error(missing, "default model 'shapes32-stylegan2' not found", code=1)
 
 
 def test_convert_clip_and_vocab_mismatch(tmp_path):
@@ -151,4 +151,4 @@ def test_convert_clip_and_vocab_mismatch(tmp_path):
     feats = np.asarray(C.encode_image(params, r["image"]))
     assert max_abs(feats, r["image_features_fp16weights"]) < 1e-4 * np.abs(r["image_features_fp16weights"]).max()
     one_line_error(run("convert", "clip", src, tmp_path / "c2", "--vocab", fixture("bpe_simple_vocab_16e6.txt.gz"),
-                       ok=False), "49408 tokens", "vocab_size 1000")
+                       ok=False), "49408 tokens", "vocab_size 1000", code=1)

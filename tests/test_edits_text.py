@@ -19,6 +19,7 @@ from conftest import max_abs
 from jaxedit.converters import styleclip
 from jaxedit.io import checkpoint
 from jaxedit.edits import text as T
+from jaxedit.errors import InputError
 from jaxedit.models import mapper as mapper_lib
 from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
 
@@ -259,12 +260,12 @@ def test_text_direction_and_load_fs3(tmp_path):
     assert T.fs3_layers(T.style_dims(G), 16) == ("b4.conv1", "b8.conv0")  # a prefix of layers is valid
     bad = tmp_path / "bad.npy"
     np.save(bad, np.ones((21, EMBED_DIM), np.float32))
-    with pytest.raises(T.TextEditFileError, match="bad.npy"):
+    with pytest.raises(InputError, match="bad.npy"):
         styleclip.load_fs3(bad, G)
-    with pytest.raises(T.TextEditFileError, match="fs3.npy.*512"):
+    with pytest.raises(InputError, match="fs3.npy.*512"):
         styleclip.load_fs3(good, embed_dim=512)
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
-    with pytest.raises(T.TextEditFileError, match="junk.npy"):
+    with pytest.raises(InputError, match="junk.npy"):
         styleclip.load_fs3(tmp_path / "junk.npy")
 
 
@@ -477,5 +478,5 @@ def test_load_mapper_matches_torch(tmp_path):
     ref = np.load(ref_file)
     assert max_abs(jax.jit(M.__call__)(mp, jnp.asarray(ref["ws"])), ref["w_hat"]) < 1e-5
     (tmp_path / "junk.pt").write_bytes(b"\x80\x02}q\x00.")  # a pickled empty dict: no mapper tensors
-    with pytest.raises(T.TextEditFileError, match="junk.pt"):
+    with pytest.raises(InputError, match="junk.pt"):
         styleclip.load_mapper(tmp_path / "junk.pt")

@@ -28,7 +28,8 @@ def run_convert(args) -> None:
     src = Path(args.src)
     if not src.is_file():
         raise UsageError(f"convert: {src} does not exist or is not a file")
-    checkpoint.check_writable(args.dst, args.force)
+    kind = {"stylegan2": stylegan2.KIND, "clip": "clip", "mapper": mapper_lib.MAPPER_KIND}[args.kind]
+    checkpoint.check_writable(args.dst, args.force, kind, replace_kind=args.replace_kind)
     if args.kind == "clip":
         return _convert_clip(src, args)
     if args.kind == "mapper":
@@ -38,7 +39,7 @@ def run_convert(args) -> None:
     cfg, params, info = sg2_converter.convert(src, key=args.key)
     source = {"file": src.name, "sha256": sg2_converter.sha256(src), "converter": sg2_converter.CONVERTER_VERSION, **info}
     dst = checkpoint.save(args.dst, kind="stylegan2", model=cfg.to_dict(), params=params, source=source,
-                          force=args.force)
+                          force=args.force, replace_kind=args.replace_kind)
     _release_free_memory()
     G = StyleGAN2(cfg)
     forward = args.check_forward or cfg.img_resolution <= FORWARD_CHECK_MAX_RESOLUTION
@@ -56,7 +57,8 @@ def _convert_clip(src: Path, args) -> None:
     t0 = time.perf_counter()
     cfg, params, info = clip_converter.convert(src)
     vocab = args.vocab or clip_converter.default_vocab(src)
-    dst, check = clip_converter.save(args.dst, cfg, params, info, vocab=vocab, force=args.force)
+    dst, check = clip_converter.save(args.dst, cfg, params, info, vocab=vocab, force=args.force,
+                                       replace_kind=args.replace_kind)
     n_params = sum(int(np.size(a)) for a in jax.tree.leaves(params))
     tower = f"ViT/{cfg.vision_patch_size} x{cfg.vision_layers}" if cfg.is_vit else f"ResNet {list(cfg.vision_layers)}"
     print(f"converted {src.name} ({info.get('format')}) -> {dst}")
@@ -73,7 +75,7 @@ def _convert_mapper(src: Path, args) -> None:
     M, params, description = styleclip.load_mapper(src)
     prompt = args.prompt or description
     stacked = jax.tree.map(lambda a: np.asarray(a)[None], params)
-    dst = mapper_lib.save_mappers(args.dst, M, stacked, [prompt], force=args.force,
+    dst = mapper_lib.save_mappers(args.dst, M, stacked, [prompt], force=args.force, replace_kind=args.replace_kind,
                             source={"file": src.name, "sha256": sg2_converter.sha256(src), "format": "styleclip-mapper-pt"})
     M2, reloaded, prompts = mapper_lib.load_mappers(dst)
     same = jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, np.asarray(b)), stacked, reloaded))
@@ -92,7 +94,7 @@ def _verify_roundtrip(G, params, dst: Path, forward: bool) -> str:
     test; at 1024 px it alone costs about 4x the source file in RSS, hence opt-in there.
     """
 
-    G2, reloaded = checkpoint.load_stylegan2(dst)
+    G2, reloaded = stylegan2.load(dst)
     if G2.cfg != G.cfg:
         raise CheckpointError(f"{dst}: reloaded config differs from the converted one")
     mine = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}

@@ -65,6 +65,8 @@ def _add_convert(sub) -> None:
     c.add_argument("--vocab", help="clip: the BPE merges file (default: bpe_simple_vocab_16e6.txt.gz next to SRC)")
     c.add_argument("--prompt", help="mapper: the text it was trained for (default: the file's opts['description'])")
     _force_arg(c, "an existing jaxedit checkpoint at DST")
+    c.add_argument("--replace-kind", action="store_true",
+                   help="with --force: replace a checkpoint of another kind at DST (its jaxedit files only)")
     c.add_argument("--check-forward", action="store_true",
                    help=f"also compare a forward pass after reloading above {FORWARD_CHECK_MAX_RESOLUTION} px "
                         "(always done at or below; costs about 4x the source file in memory at 1024 px)")
@@ -181,7 +183,7 @@ def _add_train(sub) -> None:
     g.add_argument("--config", help="preset (tiny, shapes32-stylegan2), path/to/config.py[:arg] or config.json; "
                                     "default: the stored config when resuming, else shapes32-stylegan2")
     g.add_argument("--kimg", type=float, help="total length of the run in thousands of real images")
-    g.add_argument("--steps", type=int, help="total length in iterations (overrides --kimg)")
+    g.add_argument("--steps", type=int, help="end this call at this iteration (not stored; default: at --kimg)")
     g.add_argument("--batch-size", type=int, help="batch size (new runs only)")
     g.add_argument("--seed", type=int, help="random seed (new runs only)")
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -192,31 +194,36 @@ def _add_train(sub) -> None:
     _force_arg(g, "an existing jaxedit checkpoint at --export DST")
     _command(g, "train:run_train_gan")
 
-    p = sub.add_parser("train-probe", help="train the shapes-world probe (factors + label map) on fresh renders")
+    p = sub.add_parser("train-probe", help="train the shapes-world probe (factors + label map) on fresh renders; "
+                                           "resumable")
     p.add_argument("dst", help="checkpoint directory to write")
-    p.add_argument("--steps", type=int, help="training steps (default 5000)")
-    p.add_argument("--batch-size", type=int, help="images per step (default 128)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--steps", type=int, help="total training steps (default 4000; a larger value extends a run)")
+    p.add_argument("--batch-size", type=int, help="images per step (default 64)")
+    p.add_argument("--lr", type=float, help="Adam peak learning rate (default 2e-3)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--resolution", type=int, help="render and probe resolution (default 32)")
+    p.add_argument("--run", dest="run_dir", help="run folder (config, checkpoints, log; default DST.run); rerun to "
+                                                "resume")
     _force_arg(p, "an existing jaxedit checkpoint at DST")
     _command(p, "train:run_train_probe")
 
     c = sub.add_parser("train-clip", help="train the small shapes-world CLIP (BPE merges + ViT/text transformer)")
     c.add_argument("dst", help="checkpoint directory to write")
-    c.add_argument("--steps", type=int, help="training steps")
-    c.add_argument("--batch-size", type=int, help="image-caption pairs per step")
-    c.add_argument("--lr", type=float, help="AdamW peak learning rate")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--steps", type=int, help="total training steps (default 3000; a larger value extends a run)")
+    c.add_argument("--batch-size", type=int, help="image-caption pairs per step (default 128)")
+    c.add_argument("--lr", type=float, help="AdamW peak learning rate (default 1e-3)")
+    c.add_argument("--seed", type=int, help="random seed (default 0)")
     c.add_argument("--partial-captions", type=float,
                    help="fraction of captions that name a random subset of the factors (short prompts)")
-    c.add_argument("--run", help="run directory for resumable checkpoints (run again to resume)")
+    c.add_argument("--run", dest="run_dir", help="run folder (config, checkpoints, log; default DST.run); rerun to "
+                                                "resume")
     _force_arg(c, "an existing jaxedit checkpoint at DST")
     _command(c, "train:run_train_clip")
 
     d = sub.add_parser("discover", help="discover latent directions (linear / warped / curvilinear) with a "
                                         "reconstructor; resumable")
-    d.add_argument("run", help="run directory (config, checkpoints); rerun the same command to resume")
+    d.add_argument("run_dir", metavar="run", help="run folder (config, checkpoints, log); rerun the same command to "
+                                                  "resume")
     d.add_argument("--method", choices=DISCOVERY_METHODS, help="needed for a new run")
     d.add_argument("--generator", help=f"generator checkpoint or default model name (default {DEFAULT_GENERATOR})")
     d.add_argument("--space", choices=("z", "w"), help="latent space (default w)")
@@ -228,12 +235,52 @@ def _add_train(sub) -> None:
     _command(d, "train:run_discover")
 
 
+def _add_fit(sub) -> None:
+    f = sub.add_parser("fit", help="fit directions for a generator (InterFaceGAN boundary, GANSpace components) and "
+                                   "write an editor file that records the generator, space, layers and strength range")
+    methods = f.add_subparsers(dest="fit_method", required=True, metavar="METHOD")
+    i = methods.add_parser("interfacegan", help="InterFaceGAN: linear SVM between the top / bottom --ratio of the "
+                                                "samples' attribute scores")
+    _generator_arg(i)
+    i.add_argument("--attribute", required=True,
+                   help="attribute to edit: a shapes32-probe factor column (x, y, scale, rot_cos, rot_sin, hue_cos, "
+                        "hue_sin, bg_cos, bg_sin, spot_hue_cos, spot_hue_sin, spot_ratio), or a name in --scores")
+    i.add_argument("--condition", action="append", default=[], metavar="NAME",
+                   help="conditional boundary: project off this attribute's boundary (repeatable)")
+    i.add_argument("--scores", help="scores of the samples' images by any classifier instead of the probe, in --seeds "
+                                    "order: .npy [N] (the attribute) or .npz with one [N] array per attribute name")
+    i.add_argument("--probe", help="probe checkpoint scoring the images (default: the embedded shapes32-probe)")
+    i.add_argument("--space", choices=("w", "z"), default="w", help="latent space of the boundary (default w)")
+    i.add_argument("--layers", help="W+ layers START:END the edit moves (default: all)")
+    i.add_argument("--num", type=int, help="samples: seeds 0 .. NUM-1 (default 20000)")
+    i.add_argument("--seeds", help="the samples' seeds instead of --num, e.g. 0-9999 (z as NVIDIA's generate.py)")
+    i.add_argument("--ratio", type=float, default=0.02, help="top and bottom fraction kept (InterFaceGAN: 0.02)")
+    i.add_argument("--svm-c", type=float, default=1.0, help="SVM C (sklearn SVC default: 1)")
+    i.add_argument("--split-seed", type=int, default=0, help="seed of the 70/30 train / validation split")
+    i.add_argument("--psi", type=float, default=1.0, help="truncation psi of the samples")
+    i.add_argument("--batch-size", type=int, default=256, help="images per chunk")
+    i.add_argument("--out", required=True, help="editor file (directory) to write")
+    _force_arg(i, "an existing editor at --out")
+    _command(i, "fit:run_fit_interfacegan")
+    g = methods.add_parser("ganspace", help="GANSpace: exact PCA of W samples, with lat_stdev")
+    _generator_arg(g)
+    g.add_argument("--components", type=int, default=10, help="principal components kept (default 10)")
+    g.add_argument("--num", type=int, help="W samples (default 1000000, rounded up to whole batches)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the samples' z")
+    g.add_argument("--layers", help="W+ layers START:END the edit moves (default: all)")
+    g.add_argument("--psi", type=float, default=1.0, help="truncation psi of the samples")
+    g.add_argument("--batch-size", type=int, default=10_000, help="samples per chunk")
+    g.add_argument("--out", required=True, help="editor file (directory) to write")
+    _force_arg(g, "an existing editor at --out")
+    _command(g, "fit:run_fit_ganspace")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxedit", description="Speed-first semantic image editing in the latent spaces "
                                                             "of pretrained generators (JAX).")
     p.add_argument("--version", action="version", version=f"jaxedit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_convert, _add_generate, _add_edit, _add_text_edit, _add_train):
+    for add in (_add_convert, _add_generate, _add_edit, _add_text_edit, _add_train, _add_fit):
         add(sub)
     return p
 

@@ -223,7 +223,7 @@ def run_text_edit(args) -> None:
     if args.save_mapper:
         if args.method != "mapper" or args.mapper:
             raise UsageError("--save-mapper is for --method mapper when training (without --mapper)")
-        checkpoint.check_writable(args.save_mapper, args.force)
+        checkpoint.check_writable(args.save_mapper, args.force, mapper_lib.MAPPER_KIND)
     G, gp, guide, cp, tok, prompts, seeds, z, mappers = _load(args)
     t0 = time.perf_counter()
     if args.method in ("optimize", "mapper"):

@@ -5,11 +5,12 @@ Layout of a checkpoint directory::
     DIR/jaxedit.json   {"format": "jaxedit-checkpoint", "version": 1, "kind": "stylegan2",
                         "model": {...config...}, "source": {...provenance...}}
     DIR/params/        orbax StandardCheckpointer tree (a plain nested dict of arrays)
+    DIR/...            files the checkpoint carries (e.g. a CLIP vocab), listed in "files"
 
 Restoring needs neither the source file nor torch. Writing goes to a temporary sibling
-directory that is renamed into place, so a crash never leaves a half-written checkpoint;
-an existing destination is replaced only with ``force=True`` and only if it is itself a
-jaxedit checkpoint (or empty) — nothing else the user owns is ever deleted.
+directory first, so a crash never leaves a half-written checkpoint; in an existing folder
+(``force=True``) only the entries jaxedit wrote there (``"files"``) are replaced, a checkpoint
+of another kind is not replaced unless asked, and nothing else the user owns is touched.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
 
 from jaxedit.errors import CheckpointError
+from jaxedit.io.files import dir_mode, file_mode, fsync_dir
 
 FORMAT = "jaxedit-checkpoint"
 VERSION = 1
@@ -64,38 +66,86 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
     return (Path(path) / META_FILE).is_file()
 
 
-def check_writable(dst: str | os.PathLike, force: bool) -> Path:
-    """Refuse to overwrite ``dst`` unless ``force`` and it is a jaxedit checkpoint or empty."""
+def owned_files(meta: dict[str, Any]) -> set[str]:
+    """The entries of a checkpoint folder that jaxedit wrote (recorded in ``jaxedit.json``; for
+    checkpoints written before the record existed: the metadata, ``params/`` and a CLIP vocab)."""
+    return set(meta.get("files") or (META_FILE, "params", "bpe_vocab.txt.gz"))
+
+
+def check_writable(dst: str | os.PathLike, force: bool, kind: str | None = None, *,
+                   new_files: tuple[str, ...] = (), replace_kind: bool = False) -> Path:
+    """Check, before any work, that a checkpoint of ``kind`` may be written to ``dst``.
+
+    A new folder is always fine. An existing one needs ``force``, and then only the files jaxedit
+    wrote there are replaced: a file or folder of the user's with a name the checkpoint needs is an
+    error, and a checkpoint of another kind is not replaced unless ``replace_kind``.
+    """
     dst = Path(dst).absolute()
-    if dst.exists():
-        if not force:
-            raise CheckpointError(f"{dst} already exists; pass --force to overwrite it")
-        if not dst.is_dir() or not (is_checkpoint(dst) or not any(dst.iterdir())):
-            raise CheckpointError(f"{dst} exists and is not a jaxedit checkpoint; refusing to overwrite it")
+    if not dst.exists():
+        return dst
+    if not force:
+        raise CheckpointError(f"{dst} already exists; pass --force to replace the files jaxedit wrote there")
+    if not dst.is_dir():
+        raise CheckpointError(f"{dst} exists and is not a folder; refusing to replace it")
+    owned: set[str] = set()
+    if is_checkpoint(dst):
+        meta = read_meta(dst)
+        if kind is not None and meta.get("kind") != kind and not replace_kind:
+            raise CheckpointError(f"{dst} holds a {meta.get('kind')!r} checkpoint; refusing to replace it with a "
+                                  f"{kind!r} one (choose another folder, or remove it yourself)")
+        owned = owned_files(meta)
+    clash = sorted(n for n in (META_FILE, "params", *new_files) if (dst / n).exists() and n not in owned)
+    if clash:
+        raise CheckpointError(f"{dst}: {', '.join(clash)} exist(s) and jaxedit did not write them; refusing to "
+                              "replace them")
     return dst
 
 
 def save(dst: str | os.PathLike, *, kind: str, model: dict[str, Any], params: Any,
          source: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-         force: bool = False) -> Path:
-    """Write ``params`` (a pytree of arrays) and the metadata to ``dst``; returns its path."""
-    dst = check_writable(dst, force)
+         files: Mapping[str, str | os.PathLike] | None = None, force: bool = False,
+         replace_kind: bool = False) -> Path:
+    """Write ``params`` (a pytree of arrays), ``files`` (``{name in the checkpoint: source file}``,
+    copied) and the metadata to ``dst``; returns its path.
+
+    Everything is written to a temporary sibling folder first. A new ``dst`` is that folder
+    renamed into place; into an existing one (``force``, see :func:`check_writable`) the new
+    entries are moved one by one, ``jaxedit.json`` last, after the old entries jaxedit wrote were
+    moved aside; the user's own files there (a model card, notes) are never touched.
+    """
+    files = dict(files or {})
+    dst = check_writable(dst, force, kind, new_files=tuple(files), replace_kind=replace_kind)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    trash = None
     try:
+        os.chmod(tmp, dir_mode())
         ocp = _orbax()
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "params", jax.tree.map(np.asarray, params))
             ckptr.wait_until_finished()
+        for name, src in files.items():
+            shutil.copyfile(src, tmp / name)
+            os.chmod(tmp / name, file_mode())
+        written = sorted({META_FILE, "params", *files})
         meta = {"format": FORMAT, "version": VERSION, "kind": kind, "model": model,
-                "source": source or {}, **(extra or {})}
+                "source": source or {}, "files": written, **(extra or {})}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if dst.exists():
-            shutil.rmtree(dst)
-        tmp.rename(dst)
+        if not dst.exists():
+            tmp.rename(dst)
+        else:
+            old = owned_files(read_meta(dst)) if is_checkpoint(dst) else set()
+            trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+            for name in [META_FILE, *sorted(old - {META_FILE})]:  # the metadata first: dst stops being valid
+                if (dst / name).exists():
+                    (dst / name).rename(trash / name)
+            for name in [*(n for n in written if n != META_FILE), META_FILE]:  # the metadata last
+                (tmp / name).rename(dst / name)
+        fsync_dir(dst.parent)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for d in (tmp, trash):
+            if d is not None and d.exists():
+                shutil.rmtree(d, ignore_errors=True)
     return dst
 
 

@@ -6,6 +6,10 @@ import math
 from pathlib import Path
 
 import numpy as np
+from einops import rearrange
+from PIL import Image
+
+from jaxedit.io.files import atomic_path
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -25,27 +29,22 @@ def grid(images: np.ndarray, cols: int | None = None, pad: int = 2, pad_value: i
     n, h, w, c = imgs.shape
     cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), pad_value, np.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        y, x = pad + r * (h + pad), pad + q * (w + pad)
-        out[y:y + h, x:x + w] = imgs[i]
-    return out
+    cells = np.full((rows * cols, h + pad, w + pad, c), pad_value, np.uint8)  # image + its bottom/right margin
+    cells[:n, :h, :w] = imgs
+    tiled = rearrange(cells, "(r q) h w c -> (r h) (q w) c", r=rows)
+    return np.pad(tiled, ((pad, 0), (pad, 0), (0, 0)), constant_values=pad_value)
 
 
 def save_png(array: np.ndarray, path: str | Path, upscale: int = 1) -> Path:
-    """Write a uint8 ``[H, W, C]`` array (C = 1 or 3) as PNG, optionally nearest-upscaled."""
-    from PIL import Image
-
+    """Write a uint8 ``[H, W, C]`` array (C = 1 or 3) as PNG (atomically), optionally nearest-upscaled."""
     a = np.asarray(array)
     if upscale > 1:
         a = a.repeat(upscale, axis=0).repeat(upscale, axis=1)
     if a.shape[-1] == 1:
         a = a[..., 0]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(a).save(path)
-    return path
+    with atomic_path(path) as tmp:
+        Image.fromarray(a).save(tmp, format="PNG")
+    return Path(path)
 
 
 def save_grid(images: np.ndarray, path: str | Path, cols: int | None = None, min_cell: int = 128) -> Path:

@@ -129,7 +129,7 @@ MAPPER_KIND = "styleclip-mapper"
 
 
 def save_mappers(dst: str | os.PathLike, M: Mapper, params, prompts: Sequence[str], *,
-                 source: dict | None = None, force: bool = False):
+                 source: dict | None = None, force: bool = False, replace_kind: bool = False):
     """Write P mappers (``params`` stacked on a leading axis, one per prompt) as a jaxedit checkpoint."""
     want = jax.tree.map(lambda s: jax.ShapeDtypeStruct((len(prompts), *s.shape), s.dtype), M.param_shapes())
     try:
@@ -138,7 +138,7 @@ def save_mappers(dst: str | os.PathLike, M: Mapper, params, prompts: Sequence[st
         raise InputError(f"{e} (params must be {len(prompts)} mappers stacked on a leading axis, one per prompt)") \
             from None
     return checkpoint.save(dst, kind=MAPPER_KIND, model=M.cfg.to_dict(), params=params, source=source,
-                           extra={"prompts": list(prompts)}, force=force)
+                           extra={"prompts": list(prompts)}, force=force, replace_kind=replace_kind)
 
 
 def load(path: str | os.PathLike) -> tuple[Mapper, dict]:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxedit.edits.text.losses import Array, ImageEmbed, check_layer, clip_cosine, l2_norm
-from jaxedit.models.stylegan2 import StyleGAN2, WeightShift
 from jaxedit.errors import InputError
+from jaxedit.models.stylegan2 import StyleGAN2, WeightShift
 
 
 def layer_shift_loss(G: StyleGAN2, gparams, image_embed: ImageEmbed, ws: Array, text_emb: Array, layer: str,
