@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from jaxedit.models import mapper as mapper_lib
-from jaxedit.io import torchfile
 from jaxedit.edits.text.global_directions import fs3_layers, style_dims
+from jaxedit.errors import InputError
+from jaxedit.io import torchfile
+from jaxedit.models import mapper as mapper_lib
 from jaxedit.models.mapper import MAPPER_GROUPS, Mapper, MapperConfig
 from jaxedit.models.stylegan2 import StyleGAN2
-from jaxedit.errors import InputError
 
 _TORCH_GROUPS = {"coarse": "course_mapping", "medium": "medium_mapping", "fine": "fine_mapping"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
 from jaxedit.errors import InputError
 
 

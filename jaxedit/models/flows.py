@@ -32,8 +32,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxedit.config import JSONConfig
-from jaxedit.nn.handle import ModelHandle
 from jaxedit.errors import InputError
+from jaxedit.nn.handle import ModelHandle
 
 _ACTIVATIONS = {"tanh": jnp.tanh, "softplus": jax.nn.softplus, "elu": jax.nn.elu, "relu": jax.nn.relu}
 

@@ -24,10 +24,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxedit.config import JSONConfig
-from jaxedit.io import checkpoint
 from jaxedit.data.shapes import FACTOR_NAMES
-from jaxedit.nn.handle import ModelHandle
 from jaxedit.errors import InputError
+from jaxedit.io import checkpoint
+from jaxedit.nn.handle import ModelHandle
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxedit.config import JSONConfig
-from jaxedit.nn.handle import ModelHandle
 from jaxedit.errors import InputError
+from jaxedit.nn.handle import ModelHandle
 
 
 @dataclasses.dataclass(frozen=True)

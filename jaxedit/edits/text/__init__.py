@@ -36,9 +36,17 @@ Speed: inside ``lax.scan`` the generator's gradient convs stay fast because
 path for them inside loops was measured 80x slower).
 """
 
-from jaxedit.edits.text.global_directions import (channel_relevance, channel_weights, fs3_layers, global_edit,
-                                                  prompt_embedding, relevance_layers, style_channel_stats, style_dims,
-                                                  text_direction)
+from jaxedit.edits.text.global_directions import (
+                                                  channel_relevance,
+                                                  channel_weights,
+                                                  fs3_layers,
+                                                  global_edit,
+                                                  prompt_embedding,
+                                                  relevance_layers,
+                                                  style_channel_stats,
+                                                  style_dims,
+                                                  text_direction,
+)
 from jaxedit.edits.text.layer_shift import LayerShiftResult, apply_layer_shifts, layer_shift_loss, optimize_layer_shift
 from jaxedit.edits.text.losses import clip_cosine, identity_loss
 from jaxedit.edits.text.mapper import MapperTrainResult, init_mappers, make_mapper_step, mapper_loss, train_mappers

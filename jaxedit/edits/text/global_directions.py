@@ -12,7 +12,6 @@ from jaxedit.edits.text.losses import Array, ImageEmbed, Styles, unit
 from jaxedit.errors import InputError
 from jaxedit.models.stylegan2 import StyleGAN2
 
-
 _LAYER_ORDER = {"conv0": 0, "conv1": 1, "torgb": 2}
 
 

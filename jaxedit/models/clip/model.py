@@ -28,10 +28,10 @@ import numpy as np
 from flax import nnx
 
 from jaxedit.config import JSONConfig
+from jaxedit.errors import InputError
 from jaxedit.io import checkpoint
 from jaxedit.models.clip.tokenizer import Tokenizer
 from jaxedit.nn.handle import ModelHandle, compiled
-from jaxedit.errors import InputError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -38,6 +38,7 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
+
 from jaxedit.errors import InputError
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
