@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxedit import edits
 from jaxedit.errors import ConfigError
 from jaxedit.io import checkpoint
 from jaxedit.models.reconstructor import ReconstructorConfig
@@ -108,7 +109,7 @@ def test_editor_from_run_reproduces_the_trained_shift(gen, tmp_path, method):
     x = jax.random.normal(jax.random.key(3), (4, 8))
     k, eps = jnp.asarray([0, 1, 2, 3]), jnp.full((4,), 0.2 if method == "warped" else 1.5)
     want, _ = s.apply(params["shift"], x, k, eps, None)
-    got = jnp.stack([ed.edit(x[i:i + 1], int(k[i]), eps[i:i + 1])[0] for i in range(4)])
+    got = edits.apply(ed, x, k, eps)
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 

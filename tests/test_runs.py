@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -150,3 +149,26 @@ def test_signal_saves_a_complete_checkpoint_and_exits(toy, tmp_path, sig, code):
     assert summary["start_step"] == step
     toy.train(toy.ToyConfig(steps=step + 2, ckpt_every=3), tmp_path / "u")
     np.testing.assert_array_equal(_w(run)[0], _w(tmp_path / "u")[0])
+
+
+@pytest.mark.slow  # ~20 s of CPU: compiles the probe's step and evaluation
+def test_train_probe_is_a_resumable_run_folder(tmp_path):
+    """A ported trainer end to end: DST + DST.run, extend (the schedule kept), changed setting refused."""
+    from jaxedit.data import shapes
+    from jaxedit.io import checkpoint
+    from jaxedit.models.probe import ProbeConfig
+    from jaxedit.train import probe
+
+    cfg = probe.ProbeTrainConfig(steps=2, batch=4, eval_images=8, ckpt_every=1,
+                                 probe=ProbeConfig(resolution=16, widths=(4, 8), decoder_widths=(4, 4), feature_dim=8),
+                                 data=shapes.ShapesConfig(resolution=16))
+    dst = tmp_path / "probe"
+    _, report = probe.train(cfg, dst, progress=False)
+    run = runs.default_run_dir(dst)
+    assert report["step"] == 2 and checkpoint.read_meta(dst)["kind"] == "probe"
+    assert runs.read_config(run, probe.ProbeTrainConfig.from_dict) == dataclasses.replace(cfg, decay_steps=2)
+    _, report = probe.train(dataclasses.replace(cfg, steps=3), dst, force=True, progress=False)
+    assert (report["resumed_at"], report["step"]) == (2, 3)
+    assert runs.read_config(run, probe.ProbeTrainConfig.from_dict).decay_steps == 2
+    with pytest.raises(ConfigError, match="lr 0.002 -> 0.1"):
+        probe.train(dataclasses.replace(cfg, steps=3, lr=0.1), dst, force=True)

@@ -229,11 +229,14 @@ def shapes32_config(candidate: str | None = None) -> GANConfig:
         sample_kimg=100.0, grid_size=64, log_seconds=30.0)
 
 
+def _tiny_preset(resolution: str | None = None) -> GANConfig:
+    if resolution is not None and not resolution.isdigit():
+        raise ConfigError(f"--config tiny:{resolution}: the argument is a resolution in pixels, e.g. tiny:8")
+    return tiny_config(int(resolution or 16))
+
+
 # config functions: ``--config NAME`` or ``--config NAME:ARG`` (ARG passed to the function)
-PRESETS: dict[str, Callable[..., GANConfig]] = {
-    "tiny": lambda arg=None: tiny_config(int(arg) if arg else 16),
-    "shapes32-stylegan2": shapes32_config,
-}
+PRESETS: dict[str, Callable[..., GANConfig]] = {"tiny": _tiny_preset, "shapes32-stylegan2": shapes32_config}
 
 
 def load_config(spec: str | os.PathLike | GANConfig | dict) -> GANConfig:
