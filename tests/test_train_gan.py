@@ -23,7 +23,12 @@ import pytest
 from jaxedit.errors import ConfigError, InputError
 from jaxedit.io import checkpoint
 from jaxedit.models import stylegan2
-from jaxedit.models.stylegan2.discriminator import Discriminator, DiscriminatorConfig, downsample2d, minibatch_std
+from jaxedit.models.stylegan2.discriminator import (
+    Discriminator,
+    DiscriminatorConfig,
+    downsample2d,
+    minibatch_std,
+)
 from jaxedit.train import gan
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # about half the compile time; speed is irrelevant here

@@ -14,10 +14,8 @@ from jaxedit.cli.common import check_positive
 from jaxedit.config import enable_compilation_cache
 from jaxedit.errors import UsageError
 from jaxedit.train import clip as train_clip
-from jaxedit.train import discovery
-from jaxedit.train import gan
+from jaxedit.train import discovery, gan, runs
 from jaxedit.train import probe as train_probe
-from jaxedit.train import runs
 
 DEFAULT_GAN_CONFIG = "shapes32-stylegan2"
 

@@ -25,16 +25,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxedit.config import JSONConfig
 from jaxedit import edits
+from jaxedit.config import JSONConfig
 from jaxedit.edits import curvilinear, linear, warped
 from jaxedit.errors import ConfigError
 from jaxedit.io import checkpoint
@@ -84,7 +85,7 @@ class DiscoveryConfig(JSONConfig):
                                dataclasses.replace(self.reconstructor, num_directions=self.num_directions))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DiscoveryConfig":
+    def from_dict(cls, d: dict[str, Any]) -> DiscoveryConfig:
         d = dict(d)
         if isinstance(d.get("reconstructor"), dict):
             d["reconstructor"] = ReconstructorConfig.from_dict(d["reconstructor"])

@@ -61,8 +61,9 @@ import importlib.util
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import jax
 import jax.numpy as jnp
@@ -77,7 +78,11 @@ from jaxedit.errors import CheckpointError, ConfigError
 from jaxedit.io import checkpoint
 from jaxedit.io import images as imio
 from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
-from jaxedit.models.stylegan2.discriminator import Discriminator, DiscriminatorConfig, DiscriminatorModule
+from jaxedit.models.stylegan2.discriminator import (
+    Discriminator,
+    DiscriminatorConfig,
+    DiscriminatorModule,
+)
 from jaxedit.models.stylegan2.generator import Generator
 from jaxedit.nn.layers import Buffer
 from jaxedit.train import runs
@@ -169,7 +174,7 @@ class GANConfig(JSONConfig):
     def sample_every(self) -> int | None:
         return self.steps(self.sample_kimg, self.sample_steps)
 
-    def replace(self, **changes) -> "GANConfig":
+    def replace(self, **changes) -> GANConfig:
         return dataclasses.replace(self, **changes)
 
 

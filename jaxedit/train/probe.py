@@ -51,7 +51,7 @@ class ProbeTrainConfig(JSONConfig):
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ProbeTrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ProbeTrainConfig:
         d = dict(d)
         if isinstance(d.get("probe"), dict):
             d["probe"] = ProbeConfig.from_dict(d["probe"])

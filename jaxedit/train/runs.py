@@ -29,8 +29,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
-from typing import IO, Any, Callable, Collection, Iterable, TypeVar
+from typing import IO, Any, TypeVar
 
 import jax
 import numpy as np
@@ -146,7 +147,7 @@ class _Signals:
         self.requested: signal.Signals | None = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "_Signals":
+    def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handler)
@@ -185,7 +186,7 @@ class Run:
             _write_json(self.dir / CONFIG_FILE, config.to_dict())
         self.mngr = _manager(self.dir, keep)
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         return self
 
     def __exit__(self, *exc) -> None:
