@@ -60,10 +60,11 @@ def test_run_folder_resumes_extends_and_refuses_changes(tmp_path):
                             vision_width=16, vision_layers=1, text_width=16, text_layers=1, heads=2,
                             resolution=16, context_length=24, partial_captions=0.5)
     full, report = C.train(cfg, tmp_path / "a", progress=False)  # run folder a.run beside DST
-    assert report["step"] == 4 and (tmp_path / "a" / C.VOCAB_FILE).is_file()
+    assert report["step"] == 4
+    assert (tmp_path / "a" / C.VOCAB_FILE).is_file() and (tmp_path / "a.run" / C.VOCAB_FILE).is_file()
     assert C.CLIPTrainConfig.from_dict(json.loads((tmp_path / "a.run" / "config.json").read_text())).decay_steps == 4
 
-    part, report = C.train(cfg, tmp_path / "b", progress=False, stop_at=2)  # as if killed after step 2's save
+    _, report = C.train(cfg, tmp_path / "b", progress=False, stop_at=2)  # as if killed after step 2's save
     assert report == {"step": 2} and not (tmp_path / "b").exists()
     resumed, report = C.train(None, tmp_path / "b", progress=False)  # the stored config
     assert report["resumed_at"] == 2

@@ -1,13 +1,13 @@
 """A small CLIP for the shapes world, trained contrastively on renders and their captions.
 
 ``jaxedit train-clip DST`` learns (1) a byte-level BPE merges file from the caption templates
-(same format as OpenAI's ``bpe_simple_vocab_16e6.txt.gz``, so the same tokenizer reads it;
-written next to the weights) and (2) a small ViT + text transformer (``jaxedit.models.clip``)
-with the symmetric InfoNCE loss, on fresh renders every step (``jaxedit.data.shapes``; images
-go in as [-1, 1] pixels at the render size, preprocess mode ``"none"``). It then reports
-zero-shot retrieval accuracy per factor word on held-out renders (:func:`zero_shot`): for each
-factor (shape, colour, size, spot colour, spot size, position, background) every render is
-classified by the most similar of that factor's prompts.
+(same format as OpenAI's ``bpe_simple_vocab_16e6.txt.gz``, so the same tokenizer reads it; kept
+in the run folder, copied next to the weights) and (2) a small ViT + text transformer
+(``jaxedit.models.clip``) with the symmetric InfoNCE loss, on fresh renders every step
+(``jaxedit.data.shapes``; images go in as [-1, 1] pixels at the render size, preprocess mode
+``"none"``). It then reports zero-shot retrieval accuracy per factor word on held-out renders
+(:func:`zero_shot`): for each factor (shape, colour, size, spot colour, spot size, position,
+background) every render is classified by the most similar of that factor's prompts.
 
 Training is a resumable run folder (:mod:`jaxedit.train.runs`; default ``DST.run``): rerunning the
 same command resumes, a larger ``steps`` extends the run (the cosine schedule keeps the horizon
@@ -149,7 +149,7 @@ def train(cfg: CLIPTrainConfig | None, dst: str | Path, *, run_dir: str | Path |
     index, so a resumed run equals an uninterrupted one. ``stop_at``: end this call at that step
     (nothing is evaluated or saved to ``dst``; the report has only ``step``).
     """
-    dst = checkpoint.check_writable(dst, force)
+    dst = checkpoint.check_writable(dst, force, "clip", new_files=(VOCAB_FILE,))
     run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(dst)
     stored = runs.read_config(run_dir, CLIPTrainConfig.from_dict)
     if cfg is not None and cfg.decay_steps is None:
@@ -189,6 +189,7 @@ def train(cfg: CLIPTrainConfig | None, dst: str | Path, *, run_dir: str | Path |
 
     total = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     with runs.Run(run_dir, cfg, desc="train-clip", progress=progress) as run:
+        vocab = write_merges(merges, run_dir / VOCAB_FILE)  # DST gets a copy at the end
         state, start = run.restore(jax.eval_shape(init))
         state = init() if state is None else state
         state, summary = run.loop(state, step, start=start, total=total, ckpt_every=cfg.ckpt_every,
@@ -203,8 +204,7 @@ def train(cfg: CLIPTrainConfig | None, dst: str | Path, *, run_dir: str | Path |
     checkpoint.save(dst, kind="clip", model=model.cfg.to_dict(), params=params,
                     source={"trained_by": "jaxedit train-clip", "train_config": cfg.to_dict(),
                             "vocab": VOCAB_FILE, "preprocess": "none"},
-                    extra={"metrics": report}, force=force)
-    write_merges(merges, dst / VOCAB_FILE)
+                    extra={"metrics": report}, files={VOCAB_FILE: vocab}, force=force)
     return params, report
 
 

@@ -637,14 +637,15 @@ def train(config: GANConfig | str | dict | None, run_dir: str | os.PathLike, *, 
     total = int(stop_at) if stop_at is not None else cfg.total_steps
     trainer = GANTrainer(cfg)
     if export_to is not None:
-        checkpoint.check_writable(export_to, force_export)
+        checkpoint.check_writable(export_to, force_export, "stylegan2")
     with runs.Run(run_dir, cfg, desc="train-gan", unit="kimg", scale=cfg.batch / 1000, progress=progress,
                   stream=stream) as run:
         state, start = run.restore(trainer.abstract_state())
         if state is None:
             state = trainer.init_state()
             run.print(f"{cfg.name or 'unnamed config'}: {total} iterations of batch {cfg.batch} "
-                      f"({total * cfg.batch / 1000:g} kimg) on {trainer.mesh.size} {jax.devices()[0].platform} device(s)")
+                      f"({total * cfg.batch / 1000:g} kimg) on {trainer.mesh.size} "
+                      f"{jax.devices()[0].platform} device(s)")
         else:
             state = parallel.replicate(state, trainer.mesh)
         samples = run_dir / SAMPLES_DIR

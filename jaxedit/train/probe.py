@@ -116,7 +116,7 @@ def train(cfg: ProbeTrainConfig | None, dst: str | Path, *, run_dir: str | Path 
     only :data:`MUTABLE` may differ (a larger ``steps`` extends the run; the cosine schedule keeps
     its first horizon). ``stop_at``: end this call at that step (nothing saved to ``dst``).
     """
-    dst = checkpoint.check_writable(dst, force)
+    dst = checkpoint.check_writable(dst, force, "probe")
     run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(dst)
     stored = runs.read_config(run_dir, ProbeTrainConfig.from_dict)
     if cfg is not None and cfg.decay_steps is None:
