@@ -67,6 +67,7 @@ def run_edit(args) -> None:
     imgs = _frames(G, gp, ed, z, [args.direction], strengths, args.psi, args.batch_size)[0]  # [S, B, ...]
     dt = time.perf_counter() - t0
     grid = imgs.transpose(1, 0, 2, 3, 4).reshape(-1, *imgs.shape[2:])  # rows = seeds, columns = strengths
+    args.signals.check()
     imio.save_grid(grid, args.out, cols=len(strengths))
     print(f"{ed.family} direction {args.direction} ({ed.space} space): {len(seeds)} seeds x {len(strengths)} strengths "
           f"{np.round(strengths, 3).tolist()} in {dt:.2f} s -> {args.out} (rows = seeds, columns = strengths)")
@@ -81,6 +82,7 @@ def run_traverse(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for b, seed in enumerate(seeds):
+        args.signals.check()
         imio.save_grid(imgs[:, :, b].reshape(-1, *imgs.shape[3:]), out / f"seed{seed}.png", cols=len(strengths))
     n = imgs.shape[0] * imgs.shape[1] * imgs.shape[2]
     print(f"{ed.family}: {len(ks)} directions x {len(strengths)} strengths x {len(seeds)} seeds = {n} frames in "

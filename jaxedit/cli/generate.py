@@ -16,6 +16,7 @@ from jaxedit.cli.common import load_generator, load_npy, parse_seeds, seed_laten
 from jaxedit.data import shapes
 from jaxedit.errors import CheckpointError, UsageError
 from jaxedit.io import checkpoint
+from jaxedit.io import files
 from jaxedit.io import images as imio
 from jaxedit.models.stylegan2 import StyleGAN2Config
 
@@ -143,12 +144,13 @@ def run_sample(args) -> None:
     imgs = np.concatenate([o["img"] for o in outs])
     ws = np.concatenate([o["ws"] for o in outs])
     dt = time.perf_counter() - t0
+    args.signals.check()
     if args.out:
         imio.save_grid(imgs, args.out, cols=args.cols)
     if args.save_images:
-        np.save(args.save_images, imgs.astype(np.float32))
+        files.save_npy(args.save_images, imgs.astype(np.float32))
     if args.save_w:
-        np.save(args.save_w, ws.astype(np.float32))
+        files.save_npy(args.save_w, ws.astype(np.float32))
     written = ", ".join(p for p in (args.out, args.save_images, args.save_w) if p)
     print(f"sampled {n} images {cfg.img_resolution}x{cfg.img_resolution} in {dt:.2f} s "
           f"on {mesh.size} {jax.devices()[0].platform} device(s) -> {written}")
@@ -156,28 +158,28 @@ def run_sample(args) -> None:
 
 def run_demo(args) -> None:
     """A look at the default model: samples, a truncation sweep, style mixing, renders for comparison."""
-
-
     G, params = load_generator(args.ckpt)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     n = 8
     z = jax.random.normal(jax.random.key(args.seed), (n, G.cfg.z_dim))
     ws = jax.jit(G.mapping)(params, z)
     synth = jax.jit(G.synthesis)
-    written = [imio.save_grid(np.asarray(synth(params, ws)), out / "samples.png", cols=n)]
     psis = jnp.linspace(1.0, 0.0, 6)
     sweep = jax.vmap(lambda psi: synth(params, G.truncate(params, ws, psi)))(psis)  # [psi, n, H, W, C]
-    written.append(imio.save_grid(np.asarray(sweep.transpose(1, 0, 2, 3, 4).reshape(-1, *sweep.shape[2:])),
-                                  out / "truncation.png", cols=len(psis)))
     # style mixing: rows take coarse layers (4x4-8x8) from row sources, fine layers from column sources
     cut = 4
     mix = [ws[:4, None, :cut].repeat(4, 1), ws[None, 4:, cut:].repeat(4, 0)]
     mixed = jnp.concatenate([mix[0], mix[1]], axis=2).reshape(16, G.cfg.num_ws, G.cfg.w_dim)
-    written.append(imio.save_grid(np.asarray(synth(params, mixed)), out / "style_mixing.png", cols=4))
+    grids = {"samples.png": (synth(params, ws), n),
+             "truncation.png": (sweep.transpose(1, 0, 2, 3, 4).reshape(-1, *sweep.shape[2:]), len(psis)),
+             "style_mixing.png": (synth(params, mixed), 4)}
     if G.cfg.img_resolution in (32, 64, 128):
         real = shapes.sample(jax.random.key(args.seed), 16, shapes.ShapesConfig(resolution=G.cfg.img_resolution))
-        written.append(imio.save_grid(np.asarray(real["image"]), out / "renders.png", cols=n))
+        grids["renders.png"] = (real["image"], n)
+    out = Path(args.out)
+    written = []
+    for name, (images, cols) in grids.items():
+        args.signals.check()
+        written.append(imio.save_grid(np.asarray(images), out / name, cols=cols))
     print("wrote " + ", ".join(str(p) for p in written))
     print("samples.png: 8 samples; truncation.png: rows = samples, columns = psi 1.0 -> 0.0 (toward w_avg); "
           "style_mixing.png: coarse styles of 4 samples x fine styles of 4 others; renders.png: real data")

@@ -7,7 +7,8 @@ when that command runs. The same flag means the same thing in every command (``-
 
 Errors: a :class:`~jaxedit.errors.UsageError` (a flag) is one line and exit 2; any other
 :class:`~jaxedit.errors.JaxeditError` (a file, key, value or shape) is one line and exit 1;
-Ctrl-C exits 130. Anything else is a bug: its traceback is shown, with a line asking to report it.
+Ctrl-C (SIGINT) exits 130 and SIGTERM 143, at the command's next safe point (never in the middle
+of a write; a compiled program that is running finishes first). Anything else is a bug: its traceback is shown, with a line asking to report it.
 Compiled programs are cached in ``$JAXEDIT_CACHE`` (default ``~/.cache/jaxedit/xla``).
 """
 
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 import traceback
 
 from jaxedit import __version__
 from jaxedit.errors import JaxeditError, UsageError
+from jaxedit.io.signals import DeferredSignals
 
 DEFAULT_GENERATOR = "shapes32-stylegan2"
 DEFAULT_CLIP = "shapes-clip"
@@ -33,6 +36,42 @@ HELP_STRENGTHS = ("strengths (write --strengths=-3:3:7 when it starts with a min
                   "linspace) or a comma list; per method: linear = step along the unit direction, interfacegan (z) = "
                   "signed distance to the boundary, ganspace = standard deviations, warped = path length (steps of "
                   "--eps), curvilinear = shift along the flow axis")
+
+
+# ------------------------------------------------------------------ flag types (checked at parse time)
+def _number(text: str, kind: type, lo: float | None, what: str):
+    try:
+        v = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not math.isfinite(v) or (lo is not None and v < lo):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return v
+
+
+def finite(text: str) -> float:
+    return _number(text, float, None, "a finite number")
+
+
+def nonnegative(text: str) -> float:
+    return _number(text, float, 0.0, "a finite number >= 0")
+
+
+def positive(text: str) -> float:
+    v = _number(text, float, 0.0, "a finite number > 0")
+    if v == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number > 0")
+    return v
+
+
+def count(text: str) -> int:
+    """A positive integer (sizes, steps)."""
+    return _number(text, int, 1, "an integer >= 1")
+
+
+def index(text: str) -> int:
+    """A non-negative integer (seeds, indices)."""
+    return _number(text, int, 0, "an integer >= 0")
 
 
 def _command(p: argparse.ArgumentParser, target: str) -> None:
@@ -84,13 +123,13 @@ def _add_generate(sub) -> None:
     _seeds_arg(s, "0-15")
     s.add_argument("--z", help="z vectors from a .npy file [N, z_dim] instead of seeds")
     s.add_argument("--c", help="labels from a .npy file [N, c_dim] (conditional generators)")
-    s.add_argument("--class", dest="class_idx", type=int, help="class index for every sample (conditional)")
-    s.add_argument("--psi", type=float, default=1.0, help="truncation psi (default 1: none)")
-    s.add_argument("--cutoff", type=int, help="truncate only the first N ws")
+    s.add_argument("--class", dest="class_idx", type=index, help="class index for every sample (conditional)")
+    s.add_argument("--psi", type=finite, default=1.0, help="truncation psi (default 1: none)")
+    s.add_argument("--cutoff", type=count, help="truncate only the first N ws")
     s.add_argument("--noise", choices=("const", "random", "none"), default="const")
-    s.add_argument("--noise-seed", type=int, default=0, help="seed of random noise (per image: seed ^ image seed)")
-    s.add_argument("--batch-size", type=int, default=32, help="images per device batch chunk")
-    s.add_argument("--cols", type=int, help="grid columns")
+    s.add_argument("--noise-seed", type=index, default=0, help="seed of random noise (per image: seed ^ image seed)")
+    s.add_argument("--batch-size", type=count, default=32, help="images per device batch chunk")
+    s.add_argument("--cols", type=count, help="grid columns")
     s.add_argument("--out", help="PNG grid to write")
     s.add_argument("--save-images", help="write raw float32 NHWC images (unclipped) to this .npy")
     s.add_argument("--save-w", help="write ws [N, num_ws, w_dim] to this .npy")
@@ -99,7 +138,7 @@ def _add_generate(sub) -> None:
     d = sub.add_parser("demo", help="write a look at the default model (samples, truncation, style mixing) as PNGs")
     _generator_arg(d)
     d.add_argument("--out", default="jaxedit-demo", help="output folder")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=index, default=0)
     _command(d, "generate:run_demo")
 
 
@@ -113,20 +152,20 @@ def _edit_args(p) -> None:
     _seeds_arg(p, "0-7")
     p.add_argument("--space", choices=("z", "w"), help="latent space the directions live in (default per method)")
     p.add_argument("--layers", help="W+ layer range START:END to edit (space w), e.g. 0:4")
-    p.add_argument("--eps", type=float, default=0.2, help="warped: unit step length (default 0.2)")
-    p.add_argument("--psi", type=float, default=1.0, help="truncation psi")
-    p.add_argument("--batch-size", type=int, default=64, help="frames rendered per chunk")
+    p.add_argument("--eps", type=positive, default=0.2, help="warped: unit step length (default 0.2)")
+    p.add_argument("--psi", type=finite, default=1.0, help="truncation psi")
+    p.add_argument("--batch-size", type=count, default=64, help="frames rendered per chunk")
     p.add_argument("--out", required=True)
 
 
 def _add_edit(sub) -> None:
     e = sub.add_parser("edit", help="edit seeds along one direction: PNG grid, rows = seeds, columns = strengths")
     _edit_args(e)
-    e.add_argument("--direction", type=int, default=0, help="direction / path / axis index k")
+    e.add_argument("--direction", type=index, default=0, help="direction / path / axis index k")
     _command(e, "edit:run_edit")
     t = sub.add_parser("traverse", help="traverse every direction: one PNG per seed, rows = directions")
     _edit_args(t)
-    t.add_argument("--limit", type=int, help="only the first N directions")
+    t.add_argument("--limit", type=count, help="only the first N directions")
     _command(t, "edit:run_traverse")
 
 
@@ -142,14 +181,14 @@ def _add_text_edit(sub) -> None:
     p.add_argument("--preprocess", choices=PREPROCESS_MODES, help="CLIP input preprocessing (default: the "
                                                                    "checkpoint's; StyleCLIP used 'styleclip')")
     _seeds_arg(p, "0-7")
-    p.add_argument("--psi", type=float, default=0.7, help="truncation psi of the start latents")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (optimize, shift: 100; mapper: 500)")
-    p.add_argument("--lr", type=float, default=None, help="optimize: peak lr (0.1); shift: Adam lr (0.01); mapper: "
+    p.add_argument("--psi", type=finite, default=0.7, help="truncation psi of the start latents")
+    p.add_argument("--steps", type=count, default=None, help="optimizer steps (optimize, shift: 100; mapper: 500)")
+    p.add_argument("--lr", type=positive, default=None, help="optimize: peak lr (0.1); shift: Adam lr (0.01); mapper: "
                                                           "Adam lr (0.5)")
-    p.add_argument("--l2", type=float, default=None,
+    p.add_argument("--l2", type=nonnegative, default=None,
                    help="optimize: weight of |w - w0|^2 (0.008); shift: lambda2 of |x|_2 (0.05); mapper: weight of "
                         "mean (w' - w)^2 (0.8)")
-    p.add_argument("--id-lambda", type=float, default=0.0,
+    p.add_argument("--id-lambda", type=nonnegative, default=0.0,
                    help="optimize, mapper: weight of the identity term 1 - cos(F(edited), F(original)) with F the CLIP "
                         "image tower (StyleCLIP: ArcFace for faces, which Python callers pass as `identity`); 0.2 "
                         "nearly halves the collateral change of optimization on the shapes world")
@@ -158,13 +197,13 @@ def _add_text_edit(sub) -> None:
                                        "START:STOP:NUM or a comma list (write --strengths=-3:3:7)")
     p.add_argument("--neutral", default="a shape", help="global: the neutral text the direction starts from")
     p.add_argument("--template", action="append", help="global: prompt template(s) with {} (default '{}')")
-    p.add_argument("--beta", type=float, default=0.1, help="global: channel-relevance threshold")
+    p.add_argument("--beta", type=nonnegative, default=0.1, help="global: channel-relevance threshold")
     p.add_argument("--fs3", help="global: a released fs3.npy (default: computed for this generator and CLIP)")
-    p.add_argument("--fs3-images", type=int, default=16, help="global: images per channel for fs3")
-    p.add_argument("--stats-samples", type=int, default=20000, help="global: samples for the StyleSpace stats")
-    p.add_argument("--stats-seed", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=8, help="mapper: random latents per training step")
-    p.add_argument("--train-seed", type=int, default=0, help="mapper: seed of the training latents and init")
+    p.add_argument("--fs3-images", type=count, default=16, help="global: images per channel for fs3")
+    p.add_argument("--stats-samples", type=count, default=20000, help="global: samples for the StyleSpace stats")
+    p.add_argument("--stats-seed", type=index, default=5)
+    p.add_argument("--batch-size", type=count, default=8, help="mapper: random latents per training step")
+    p.add_argument("--train-seed", type=index, default=0, help="mapper: seed of the training latents and init")
     p.add_argument("--mapper", help="mapper: apply the mappers of this checkpoint (--save-mapper or `jaxedit convert "
                                     "mapper`) instead of training; its prompts replace --prompt")
     p.add_argument("--save-mapper", help="mapper: write the trained mappers as a checkpoint directory")
@@ -296,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module, _, function = args.run.partition(":")
     try:
-        getattr(importlib.import_module(f"jaxedit.cli.{module}"), function)(args)
+        with DeferredSignals() as args.signals:  # commands call args.signals.check() between writes
+            getattr(importlib.import_module(f"jaxedit.cli.{module}"), function)(args)
+            args.signals.check()
     except UsageError as e:
         print(f"jaxedit {args.command}: error: {e}", file=sys.stderr)
         return 2

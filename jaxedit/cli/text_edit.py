@@ -30,6 +30,7 @@ from jaxedit.converters.styleclip import load_fs3
 from jaxedit.edits import text
 from jaxedit.errors import UsageError
 from jaxedit.io import checkpoint
+from jaxedit.io import files
 from jaxedit.io import images as imio
 from jaxedit.io.progress import Progress
 from jaxedit.models import clip
@@ -241,9 +242,10 @@ def run_text_edit(args) -> None:
             grid, cols, before, after, saved = _shift(args, G, gp, guide, cp, tok, prompts, z, strengths)
         layout = f"rows = prompts x seeds, columns = strengths {np.round(strengths, 3).tolist()}"
     dt = time.perf_counter() - t0
+    args.signals.check()
     imio.save_grid(grid, out, cols=cols)
     if args.save:
-        np.savez(args.save, prompts=np.asarray(prompts), seeds=np.asarray(seeds), **saved)
+        files.save_npz(args.save, prompts=np.asarray(prompts), seeds=np.asarray(seeds), **saved)
     print(f"text-edit --method {args.method}: {len(prompts)} prompts x {len(seeds)} seeds in {dt:.2f} s "
           f"(one program, incl. compile) -> {out} ({layout})")
     if before is not None:
