@@ -19,6 +19,7 @@ from conftest import max_abs
 from jaxedit.converters import styleclip
 from jaxedit.io import checkpoint
 from jaxedit.edits import text as T
+from jaxedit.edits.text.losses import unit
 from jaxedit.errors import InputError
 from jaxedit.models import mapper as mapper_lib
 from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
@@ -228,8 +229,8 @@ def test_global_edit_identities_and_values():
     G, p = gen()
     stats = _stats()
     styles = _jitted()["styles"](latents(3))
-    fs3 = np.asarray(T._unit(jax.random.normal(jax.random.key(2), (24, EMBED_DIM))))
-    dt = T._unit(texts(2))
+    fs3 = np.asarray(unit(jax.random.normal(jax.random.key(2), (24, EMBED_DIM))))
+    dt = unit(texts(2))
     rmax = float(jnp.max(jnp.abs(fs3 @ dt.T)))
     edit = jax.jit(lambda a, b: T.global_edit(styles, fs3, stats, dt, a, b))
     for alpha, beta in [(jnp.zeros(2), 0.1), (jnp.array([3.0, -3.0]), rmax + 1e-3)]:
