@@ -299,23 +299,25 @@ FAMILIES: dict[str, type[Editor]] = {c.family: c for c in (Linear, InterFaceGAN,
 
 # ------------------------------------------------------------------------------------- edits
 def _lift(editor: Editor, latents: Array, batch: tuple[int, ...], per_row: tuple[Array, ...], move) -> Array:
-    """Flatten latents ``[*batch, d]`` / ``[*batch, L, d]`` to rows, ``move(rows, *per_row)``, restore
-    the shape and the W+ layer mask. Each ``per_row`` array is ``[*batch, ...]``, repeated over L."""
+    """Flatten latents ``[*batch, d]`` / ``[*batch, L, d]`` to rows, ``move(rows, *per_row)`` and restore the
+    shape; W+ with a layer range moves only those layers. Each ``per_row`` array is ``[*batch, ...]``."""
     core = latents.shape[len(batch):]
     if latents.shape[:len(batch)] != batch or len(core) not in (1, 2) or (len(core) == 2 and editor.space == "z"):
         want = "[*B, d]" + (" or W+ [*B, L, d]" if editor.space == "w" else "")
         raise EditorError(f"{editor.family} editor ({editor.space} space): latents {list(latents.shape)} do not fit "
                           f"strengths of batch shape B = {list(batch)}; expected {want}")
-    L = core[0] if len(core) == 2 else 1
-    rows = [jnp.repeat(a.reshape((-1,) + a.shape[len(batch):]), L, axis=0) for a in per_row]
-    moved = move(latents.reshape(-1, core[-1]), *rows).reshape(latents.shape)
+
+    def rows(x: Array) -> Array:
+        L = x.shape[-2] if len(core) == 2 else 1
+        args = [jnp.repeat(a.reshape((-1,) + a.shape[len(batch):]), L, axis=0) for a in per_row]
+        return move(x.reshape(-1, core[-1]), *args).reshape(x.shape)
+
     if len(core) == 1 or editor.layers is None:
-        return moved
+        return rows(latents)
     s, e = editor.layers
-    if e > L:
-        raise EditorError(f"layer range {s}:{e} exceeds the {L} W+ layers of latents {list(latents.shape)}")
-    mask = (np.arange(L) >= s) & (np.arange(L) < e)
-    return jnp.where(mask[:, None], moved, latents)
+    if e > core[0]:
+        raise EditorError(f"layer range {s}:{e} exceeds the {core[0]} W+ layers of latents {list(latents.shape)}")
+    return latents.at[..., s:e, :].set(rows(latents[..., s:e, :]))
 
 
 def _int(k, what: str) -> Array:
@@ -325,13 +327,15 @@ def _int(k, what: str) -> Array:
     return k
 
 
+@jax.jit
 def apply(editor: Editor, latents: Array, k: int | Array, t: float | Array) -> Array:
     """Move ``latents`` along direction ``k`` by strength ``t`` (per family, see the module docstring).
 
     ``t [*B]`` and ``k`` (int or ``[*B]``, may be traced) give the batch shape ``B`` (``[]`` for one
     latent); latents ``[*B, d]`` or W+ ``[*B, L, d]`` -> the same shape. Pure: ``jax.jit(apply)``
     takes the editor as a pytree argument; ``jax.vmap(apply, in_axes=(None, 0, 0, 0))`` maps
-    per-example ``k [B]``, ``t [B]``.
+    per-example ``k [B]``, ``t [B]``. Called eagerly it runs as one compiled program per shapes and
+    editor configuration (inside ``jit`` / ``vmap`` it inlines).
     """
     latents = jnp.asarray(latents)
     k, t = _int(k, "k"), jnp.asarray(t, latents.dtype)
@@ -339,6 +343,7 @@ def apply(editor: Editor, latents: Array, k: int | Array, t: float | Array) -> A
     return _lift(editor, latents, batch, (jnp.broadcast_to(k, batch), jnp.broadcast_to(t, batch)), editor._move)
 
 
+@jax.jit
 def apply_many(editor: Editor, latents: Array, ks: Array, ts: Array) -> Array:
     """Several edits at once: ``ks [M]`` or ``[*B, M]`` (int), ``ts [*B, M]``; latents as in :func:`apply`.
 

@@ -5,7 +5,7 @@ over ``2N`` support vectors (N dipoles), ``gamma_k = exp(log_gamma_k)``. One ste
 ``z <- z + eps * grad f_k(z) / |grad f_k(z)|`` with the analytic gradient
 ``grad f_k(z) = -2 gamma_k sum_i alpha_i exp(-gamma_k |z - s_i|^2) (z - s_i)``.
 
-Parameters are a dict (see ``converters.edits.load_warped``)::
+Parameters are a dict (see :func:`jaxedit.edits.formats.load_warped`; :class:`jaxedit.edits.Warped` holds them)::
 
     {'support_sets': [K, 2N, d], 'alphas': [K, 2N], 'log_gamma': [K]}
 
