@@ -146,10 +146,11 @@ def markdown(r) -> str:
              f"{SUCCESS:.2f} (\"both\": the same seed does both). Other / target: mean |change| of another attribute "
              f"over the target attribute's, both ends pooled; target < {CLEAN:.2f}; over all 7 others, and over the "
              "well-measured ones (x, y, scale, hue, bg_hue). Shape: TV change of the probe's shape probabilities / "
-             "target. Last column, a diagnostic only: the same at 1/3 of the range (+-1 sd).",
+             "target. Column F, mean change at the lower / upper end. Last column, a diagnostic only: the same at "
+             "1/3 of the range (+-1 sd).",
              "", "| factor | strength range | success + / - (both) | max other / target (all) | "
-             "max other / target (well-measured) | shape TV / target | SVM val. acc. | at +-1 sd: success + / -, "
-             "max other (well-measured) |", "|---|---|---|---|---|---|---|---|"]
+             "max other / target (well-measured) | shape TV / target | SVM val. acc. | column F, mean change - / + | "
+             "at +-1 sd: success + / -, max other (well-measured) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, m in r["factors"].items():
         lo, hi = m["strength_range"]
         th = m["third"]
@@ -158,8 +159,10 @@ def markdown(r) -> str:
                      f"{ok(m['success_down'], m['success_down'] >= SUCCESS)} ({m['success_both']:.2f}) | "
                      f"{m['max_other'][0]} {ok(m['max_other'][1], m['max_other'][1] < CLEAN)} | "
                      f"{m['max_other_core'][0]} {ok(m['max_other_core'][1], m['max_other_core'][1] < CLEAN)} | "
-                     f"{m['shape_tv_over_target']:.2f} | {m['val_accuracy']:.3f} | {th['success_up']:.2f} / "
-                     f"{th['success_down']:.2f}, {th['max_other_core'][0]} {th['max_other_core'][1]:.2f} |")
+                     f"{m['shape_tv_over_target']:.2f} | {m['val_accuracy']:.3f} | "
+                     f"{m['column_change_lo_hi'][0]:+.3f} / {m['column_change_lo_hi'][1]:+.3f} | "
+                     f"{th['success_up']:.2f} / {th['success_down']:.2f}, "
+                     f"{th['max_other_core'][0]} {th['max_other_core'][1]:.2f} |")
     lines += ["", "Other / target per attribute (full range):", "", "| factor | " + " | ".join(A.ATTRIBUTES) + " |",
               "|---|" + "---|" * len(A.ATTRIBUTES)]
     for name, m in r["factors"].items():
