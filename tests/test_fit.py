@@ -136,6 +136,13 @@ def test_cli_refuses_bad_flags_before_writing(tmp_path, capsys, argv, code, word
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flag", [["--ratio", "0"], ["--svm-c", "-1"], ["--num", "0"], ["--psi", "nan"]])
+def test_cli_flag_types_checked_at_parse_time(tmp_path, flag):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "interfacegan", "--attribute", "x", *flag, "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and not (tmp_path / "o").exists()
+
+
 def test_cli_refuses_bad_scores_file(tmp_path, capsys):
     s = tmp_path / "s.npy"
     np.save(s, np.zeros(99))

@@ -18,7 +18,6 @@ psi, ratio, SVM C, accuracies, ...).
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 
 import jax
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxedit import __version__, edits
-from jaxedit.cli.common import DEFAULT_GENERATOR, check_positive, load_generator, model_path, parse_seeds, seed_latents
+from jaxedit.cli.common import DEFAULT_GENERATOR, load_generator, model_path, parse_seeds, seed_latents
 from jaxedit.data.shapes import FACTOR_NAMES
 from jaxedit.edits import fit, registry
 from jaxedit.errors import InputError, UsageError
@@ -61,7 +60,6 @@ def _seeds(args) -> tuple[list[int], str]:
     if args.seeds:
         return parse_seeds(args.seeds), args.seeds
     num = DEFAULT_NUM["interfacegan"] if args.num is None else args.num
-    check_positive("--num", num)
     return list(range(num)), f"0-{num - 1}"
 
 
@@ -91,17 +89,10 @@ def _read_scores(path: str, names: list[str], n: int) -> tuple[np.ndarray, str]:
     return np.stack(cols, 1).astype(np.float32), hashlib.sha256(data).hexdigest()
 
 
-def _check_common(args) -> None:
-    check_positive("--batch-size", args.batch_size)
-    if not math.isfinite(args.psi):
-        raise UsageError(f"--psi {args.psi}: must be a finite number")
-
-
 def run_fit_interfacegan(args) -> None:
-    _check_common(args)
-    if not 0 < args.ratio <= 0.5:
+    """Flags are typed at parse time (counts, positive, finite); the rest is checked here, before any work."""
+    if args.ratio > 0.5:
         raise UsageError(f"--ratio {args.ratio}: must be in (0, 0.5] (InterFaceGAN: 0.02 = top and bottom 2 %)")
-    check_positive("--svm-c", args.svm_c)
     names = [args.attribute, *args.condition]
     if len(set(names)) < len(names):
         raise UsageError(f"--attribute / --condition name {', '.join(names)}: each must differ")
@@ -164,10 +155,7 @@ def run_fit_interfacegan(args) -> None:
 
 
 def run_fit_ganspace(args) -> None:
-    _check_common(args)
     num = DEFAULT_NUM["ganspace"] if args.num is None else args.num
-    check_positive("--num", num)
-    check_positive("--components", args.components)
     G, gp = load_generator(args.ckpt, unconditional="fit")
     if args.components > G.cfg.w_dim:
         raise UsageError(f"--components {args.components}: W has only {G.cfg.w_dim} dimensions")
