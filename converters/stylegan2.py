@@ -7,8 +7,9 @@ Sources:
 
 The config is read from tensor shapes (channel table, mapping depth, dims, architecture);
 NVIDIA's ``_init_kwargs`` supply what shapes cannot (conv_clamp, mapping lr multiplier).
-Parameter names map by rule: the jaxedit tree mirrors NVIDIA's state-dict names with
-dense weights transposed to ``[in, out]`` and conv kernels to HWIO.
+Parameter names and layouts map by the rules of :mod:`jaxedit.models.stylegan2.params`;
+rosinality files are renamed to NVIDIA's names first. :func:`convert_discriminator` reads the
+``D`` of an NVIDIA pickle (fine-tuning, and the discriminator's reference parity).
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
+from jaxedit.errors import FormatError
 from jaxedit.io import torchfile
-from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
-from jaxedit.errors import CheckpointError, FormatError
+from jaxedit.io.checkpoint import CheckpointError, check_tree
+from jaxedit.models.stylegan2 import Discriminator, DiscriminatorConfig, StyleGAN2, StyleGAN2Config
+from jaxedit.models.stylegan2 import params as layout
 
 CONVERTER_VERSION = "stylegan2-1"
-STANDARD_FILTER = np.outer([1, 3, 3, 1], [1, 3, 3, 1]).astype(np.float32) / 64.0
 
 
 class ConversionError(FormatError):
@@ -52,37 +55,34 @@ def convert(path: str | Path, key: str | None = None) -> tuple[StyleGAN2Config, 
     else:
         keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
         raise ConversionError(f"{path.name}: not a StyleGAN2 checkpoint of a known kind (top level: {keys})")
-    G = StyleGAN2(cfg)
-    _check_params(G, params, path.name)
+    _check_params(StyleGAN2(cfg), params, path.name)
     return cfg, params, info
 
 
 # ----------------------------------------------------------------------------- NVIDIA
 
 
-def from_nvidia(obj: dict, key: str, name: str):
+def _network(obj: dict, key: str, name: str) -> tuple[Any, dict, dict]:
+    """``obj[key]`` of an NVIDIA pickle -> (network, state dict, init kwargs)."""
     if key not in obj or not isinstance(obj[key], torchfile.PersistentObject):
         found = [k for k, v in obj.items() if isinstance(v, torchfile.PersistentObject)]
         raise ConversionError(f"{name}: no network {key!r} in the pickle (networks: {found})")
     net = obj[key]
-    sd = torchfile.module_state_dict(net)
-    kwargs = torchfile.init_kwargs(net)
+    return net, torchfile.module_state_dict(net), torchfile.init_kwargs(net)
+
+
+def from_nvidia(obj: dict, key: str, name: str):
+    net, sd, kwargs = _network(obj, key, name)
     if not any(k.startswith("synthesis.") for k in sd):
-        raise ConversionError(f"{name}: {key!r} ({net.class_name}) is not a generator (no synthesis.* tensors)")
+        raise ConversionError(f"{name}: {key!r} ({net.class_name}) is not a generator (no synthesis.* tensors; "
+                              "a discriminator converts with convert_discriminator)")
     syn_kw = dict(kwargs.get("synthesis_kwargs") or {})
     for k in ("channel_base", "channel_max", "conv_clamp", "architecture", "num_fp16_res"):
         if k in kwargs:  # the stylegan3 repo's networks_stylegan2 passes synthesis kwargs flat
             syn_kw.setdefault(k, kwargs[k])
     map_kw = dict(kwargs.get("mapping_kwargs") or {})
 
-    params: dict = {}
-    for tname, arr in sd.items():
-        if tname.endswith("resample_filter"):
-            if not np.allclose(np.asarray(arr, np.float32), STANDARD_FILTER, atol=1e-7):
-                raise ConversionError(f"{name}: {tname} is not the [1,3,3,1] FIR filter; unsupported")
-            continue
-        _put(params, tname, _to_jax_layout(tname, np.asarray(arr, np.float32)))
-
+    params = layout.from_state_dict(sd, name)
     cfg = _infer_config(params, name,
                         conv_clamp=syn_kw.get("conv_clamp"),
                         mapping_lr_mul=float(map_kw.get("lr_multiplier", 0.01)),
@@ -92,23 +92,6 @@ def from_nvidia(obj: dict, key: str, name: str):
             "num_fp16_res": syn_kw.get("num_fp16_res", 0),
             "note": "computed in float32 (the reference's force_fp32)"}
     return cfg, params, info
-
-
-def _to_jax_layout(name: str, a: np.ndarray) -> np.ndarray:
-    if name.endswith("synthesis.b4.const"):
-        return a.transpose(1, 2, 0)  # [C, 4, 4] -> [4, 4, C]
-    if a.ndim == 4:
-        return a.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-    if a.ndim == 2 and name.endswith(".weight"):
-        return a.T  # [out, in] -> [in, out]
-    return a
-
-
-def _put(tree: dict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        tree = tree.setdefault(p, {})
-    tree[leaf] = value
 
 
 def _infer_config(params: dict, name: str, *, conv_clamp, mapping_lr_mul: float, img_channels_hint=None,
@@ -157,6 +140,52 @@ def _fill_missing_noise(cfg: StyleGAN2Config, params: dict) -> None:
         p.setdefault("noise_const", np.zeros((r, r), np.float32))
 
 
+def convert_discriminator(path: str | Path, key: str = "D") -> tuple[DiscriminatorConfig, dict, dict[str, Any]]:
+    """The discriminator ``key`` of an NVIDIA ``.pkl`` -> ``(config, params, info)`` (config from shapes + kwargs)."""
+    path = Path(path)
+    obj = torchfile.load(path)
+    if not (isinstance(obj, dict) and any(isinstance(v, torchfile.PersistentObject) for v in obj.values())):
+        raise ConversionError(f"{path.name}: not an NVIDIA pickle (discriminators convert from those only)")
+    net, sd, kwargs = _network(obj, key, path.name)
+    if "b4.out.weight" not in sd or any(k.startswith("synthesis.") for k in sd):
+        raise ConversionError(f"{path.name}: {key!r} ({net.class_name}) is not a discriminator (no b4.out.weight)")
+    params = layout.from_state_dict(sd, path.name)
+    cfg = _infer_d_config(params, kwargs, path.name)
+    _check_params(Discriminator(cfg), params, path.name)
+    info = {"format": "nvidia-pkl", "network": key, "class_name": net.class_name,
+            "num_fp16_res": kwargs.get("num_fp16_res", 0), "note": "computed in float32"}
+    return cfg, params, info
+
+
+def _infer_d_config(params: dict, kwargs: dict, name: str) -> DiscriminatorConfig:
+    res_list = sorted(int(k[1:]) for k in params if re.fullmatch(r"b\d+", k))
+    if not res_list or res_list != [2 ** i for i in range(2, 2 + len(res_list))] or len(res_list) < 2:
+        raise ConversionError(f"{name}: discriminator blocks {res_list} are not 4, 8, ..., R")
+    top = res_list[-1]
+    if any("fromrgb" in params[f"b{r}"] for r in res_list[:-1]):
+        raise ConversionError(f"{name}: fromrgb in inner blocks: the 'skip' discriminator is not supported")
+    try:
+        channels = [params["b4"]["conv"]["weight"].shape[3]] + [params[f"b{r}"]["conv0"]["weight"].shape[3]
+                                                                  for r in res_list[1:]]
+        mbstd = params["b4"]["conv"]["weight"].shape[2] - channels[0]
+        img_channels = params[f"b{top}"]["fromrgb"]["weight"].shape[2]
+    except KeyError as e:
+        raise ConversionError(f"{name}: missing tensor {e} in the discriminator") from None
+    mapping = params.get("mapping", {})
+    c_dim = mapping["embed"]["weight"].shape[0] if "embed" in mapping else 0
+    cmap_dim = params["b4"]["out"]["weight"].shape[1] if c_dim else None
+    epilogue, map_kw = kwargs.get("epilogue_kwargs") or {}, kwargs.get("mapping_kwargs") or {}
+    conv_clamp = kwargs.get("conv_clamp")
+    return DiscriminatorConfig(
+        img_resolution=top, img_channels=int(img_channels), c_dim=int(c_dim), channels=tuple(int(c) for c in channels),
+        architecture="resnet" if "skip" in params[f"b{top}"] else "orig",
+        conv_clamp=None if conv_clamp is None else float(conv_clamp),
+        mbstd_group_size=epilogue.get("mbstd_group_size", 4), mbstd_num_channels=int(mbstd),
+        cmap_dim=None if cmap_dim in (None, channels[0]) else int(cmap_dim),
+        mapping_layers=len([k for k in mapping if re.fullmatch(r"fc\d+", k)]) if c_dim else 8,
+        mapping_lr_mul=float(map_kw.get("lr_multiplier", 0.01)))
+
+
 # ------------------------------------------------------------------------- rosinality
 
 
@@ -184,43 +213,46 @@ def from_rosinality(obj: dict, key: str | None, name: str):
     style_dim = get("style.1.weight").shape[0]
 
     for k, v in sd.items():
-        if k.endswith("kernel") and not np.allclose(v, 4 * STANDARD_FILTER, atol=1e-6):
+        if k.endswith("kernel") and not np.allclose(v, 4 * layout.STANDARD_FILTER, atol=1e-6):
             raise ConversionError(f"{name}: {key}.{k} is not 4x the [1,3,3,1] FIR filter; unsupported")
 
-    mapping = {f"fc{i}": {"weight": get(f"style.{i + 1}.weight").T, "bias": get(f"style.{i + 1}.bias")}
-               for i in range(n_mlp)}
-    latent_avg = obj.get("latent_avg")
+    nv = {}  # NVIDIA names, torch layout
+    for i in range(n_mlp):
+        nv[f"mapping.fc{i}.weight"], nv[f"mapping.fc{i}.bias"] = get(f"style.{i + 1}.weight"), get(f"style.{i + 1}.bias")
 
-    def modconv(prefix, noise_name, r):
+    def modulated(prefix, dst):
+        nv[f"{dst}.affine.weight"] = get(f"{prefix}.conv.modulation.weight")
+        nv[f"{dst}.affine.bias"] = get(f"{prefix}.conv.modulation.bias")
+
+    def modconv(prefix, noise_name, dst, r):
         w = get(f"{prefix}.conv.weight")[0]  # [O, I, k, k]
-        fan_in = w.shape[1] * w.shape[2] * w.shape[3]
-        return {  # rosinality scales the weight by 1/sqrt(fan_in) before modulation: fold it in (exact)
-            "weight": (w / math.sqrt(fan_in)).transpose(2, 3, 1, 0),
-            "affine": {"weight": get(f"{prefix}.conv.modulation.weight").T,
-                       "bias": get(f"{prefix}.conv.modulation.bias")},
-            "bias": get(f"{prefix}.activate.bias"),
-            "noise_strength": get(f"{prefix}.noise.weight").reshape(()),
-            "noise_const": get(f"noises.{noise_name}").reshape(r, r),
-        }
+        # rosinality scales the weight by 1/sqrt(fan_in) before modulation: fold it in (exact)
+        nv[f"{dst}.weight"] = w / math.sqrt(w.shape[1] * w.shape[2] * w.shape[3])
+        modulated(prefix, dst)
+        nv[f"{dst}.bias"] = get(f"{prefix}.activate.bias")
+        nv[f"{dst}.noise_strength"] = get(f"{prefix}.noise.weight").reshape(())
+        nv[f"{dst}.noise_const"] = get(f"noises.{noise_name}").reshape(r, r)
 
-    def torgb(prefix):
-        return {"weight": get(f"{prefix}.conv.weight")[0].transpose(2, 3, 1, 0),
-                "affine": {"weight": get(f"{prefix}.conv.modulation.weight").T,
-                           "bias": get(f"{prefix}.conv.modulation.bias")},
-                "bias": get(f"{prefix}.bias").reshape(-1)}
+    def torgb(prefix, dst):
+        nv[f"{dst}.weight"] = get(f"{prefix}.conv.weight")[0]
+        modulated(prefix, dst)
+        nv[f"{dst}.bias"] = get(f"{prefix}.bias").reshape(-1)
 
-    syn = {"b4": {"const": get("input.input")[0].transpose(1, 2, 0),
-                  "conv1": modconv("conv1", "noise_0", 4), "torgb": torgb("to_rgb1")}}
+    nv["synthesis.b4.const"] = get("input.input")[0]
+    modconv("conv1", "noise_0", "synthesis.b4.conv1", 4)
+    torgb("to_rgb1", "synthesis.b4.torgb")
     for i in range(n_convs // 2):
         r = 8 * 2 ** i
-        syn[f"b{r}"] = {"conv0": modconv(f"convs.{2 * i}", f"noise_{2 * i + 1}", r),
-                        "conv1": modconv(f"convs.{2 * i + 1}", f"noise_{2 * i + 2}", r),
-                        "torgb": torgb(f"to_rgbs.{i}")}
+        modconv(f"convs.{2 * i}", f"noise_{2 * i + 1}", f"synthesis.b{r}.conv0", r)
+        modconv(f"convs.{2 * i + 1}", f"noise_{2 * i + 2}", f"synthesis.b{r}.conv1", r)
+        torgb(f"to_rgbs.{i}", f"synthesis.b{r}.torgb")
+    params = layout.from_state_dict(nv, name)
+    mapping, syn = params["mapping"], params["synthesis"]
+    latent_avg = obj.get("latent_avg")
     channels = tuple(int(syn[f"b{4 * 2 ** i}"]["conv1"]["weight"].shape[3]) for i in range(n_convs // 2 + 1))
     cfg = StyleGAN2Config(z_dim=style_dim, w_dim=style_dim, img_resolution=resolution,
                           img_channels=int(syn["b4"]["torgb"]["weight"].shape[3]), mapping_layers=n_mlp,
                           channels=channels)
-    params = {"mapping": mapping, "synthesis": syn}
     info = {"format": "rosinality-pt", "network": key, "mapping_lr_mul": "0.01 (rosinality default lr_mlp)"}
     if latent_avg is not None:
         mapping["w_avg"] = np.asarray(latent_avg, np.float32).reshape(style_dim)
@@ -232,8 +264,6 @@ def from_rosinality(obj: dict, key: str | None, name: str):
 
 
 def _estimate_w_avg(cfg: StyleGAN2Config, params: dict, n: int = 100_000) -> np.ndarray:
-    import jax
-
     G = StyleGAN2(cfg)
     p = {"mapping": dict(params["mapping"], w_avg=np.zeros(cfg.w_dim, np.float32)), "synthesis": params["synthesis"]}
     z = jax.random.normal(jax.random.key(0), (n, cfg.z_dim))
@@ -243,10 +273,8 @@ def _estimate_w_avg(cfg: StyleGAN2Config, params: dict, n: int = 100_000) -> np.
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_params(G: StyleGAN2, params: dict, name: str) -> None:
-    from jaxedit.io.checkpoint import CheckpointError, check_tree
-
+def _check_params(model: StyleGAN2 | Discriminator, params: dict, name: str) -> None:
     try:
-        check_tree(G.param_shapes(), params, name)
+        check_tree(model.param_shapes(), params, name)
     except CheckpointError as e:
         raise ConversionError(str(e)) from None

@@ -1,9 +1,18 @@
-"""The generator sharded over 4 simulated CPU devices gives the images of one device."""
+"""Data parallelism: the generator sharded over 4 simulated CPU devices gives the images of one
+device; ``chunked_map`` equals the unchunked call."""
 
 import os
 import subprocess
 import sys
 import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxedit import parallel
+from jaxedit.errors import InputError
 
 SCRIPT = textwrap.dedent("""
     import jax, numpy as np
@@ -41,3 +50,22 @@ def test_four_devices_match_one():
     assert out.returncode == 0, out.stderr[-3000:]
     diff = float(out.stdout.split("MAXDIFF")[1])
     assert diff <= 1e-5
+
+
+@pytest.mark.parametrize("n, batch", [(10, 4), (12, 4), (3, 8), (0, 4)])
+def test_chunked_map_equals_one_call(n, batch):
+    """Pytrees in and out, a padded remainder, a batch larger than the input, an empty input;
+    ``fn`` sees chunks only through vmap (rows of batch one)."""
+    x = {"a": jnp.arange(n * 3, dtype=jnp.float32).reshape(n, 3), "b": jnp.arange(n, dtype=jnp.int32)}
+    seen = []
+
+    def fn(t):
+        seen.append(t["a"].shape)
+        return {"sum": t["a"].sum(1) + t["b"], "sq": jnp.square(t["a"])}, t["b"] * 2
+
+    got = jax.jit(lambda x: parallel.chunked_map(fn, x, batch))(x)
+    want = fn(x)
+    jax.tree.map(lambda g, w: np.testing.assert_array_equal(np.asarray(g), np.asarray(w)), got, want)
+    assert seen[0] == (1, 3)
+    with pytest.raises(InputError, match="batch_size must be positive"):
+        parallel.chunked_map(fn, x, 0)

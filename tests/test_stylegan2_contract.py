@@ -5,12 +5,13 @@ independent direct implementation of the reference's transposed conv + FIR."""
 import functools
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import max_abs
-from jaxedit.models.stylegan2 import WeightShift, StyleGAN2, StyleGAN2Config
+from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config, WeightShift
 from jaxedit.nn import ops
 
 CFG = StyleGAN2Config(z_dim=16, w_dim=16, img_resolution=16, mapping_layers=2, channels=(32, 16, 8), conv_clamp=256)
@@ -141,12 +142,30 @@ def test_w_and_wplus_agree():
     assert max_abs(G.synthesis(p, ws[:, 0]), G.synthesis(p, ws)) == 0.0
 
 
+def _grouped_convs(jaxpr) -> list[int]:
+    """feature_group_count of every grouped conv in a jaxpr, nested jaxprs (jit, custom_vjp) included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated" and eqn.params["feature_group_count"] > 1:
+            found.append(eqn.params["feature_group_count"])
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found += _grouped_convs(sub)
+    return found
+
+
 def test_vmap_per_sample_matches_batch():
+    """Per-example calls under vmap equal the batched call, and stay shared convs (a batch of one
+    must not fold its style into the kernel: vmapped, that is a grouped conv, 2-6x slower)."""
     G, p = model()
     z = z_batch(4)
     batch = jax.jit(G)(p, z)
     per_sample = jax.jit(jax.vmap(lambda zi: G(p, zi[None])[0]))(z)
     assert max_abs(per_sample, batch) <= 1e-5
+    ws = G.mapping(p, z)
+    vsyn = jax.vmap(G.synthesis, in_axes=(None, 0))  # ws [N, 1, L, D] -> [N, 1, H, W, C]
+    assert max_abs(jax.jit(vsyn)(p, ws[:, None])[:, 0], G.synthesis(p, ws)) <= 1e-6  # measured 0
+    assert _grouped_convs(jax.make_jaxpr(vsyn)(p, ws[:, None]).jaxpr) == []
+    assert _grouped_convs(jax.make_jaxpr(jax.vmap(lambda zi: G(p, zi[None])[0]))(z).jaxpr) == []
 
 
 @pytest.mark.slow  # op-by-op dispatch of the whole generator: ~20 s

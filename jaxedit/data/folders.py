@@ -16,6 +16,7 @@ it imports ``tensorflow_datasets`` on call and never TensorFlow.
 from __future__ import annotations
 
 import collections
+import io
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from jaxedit.io.images import from_uint8
 from jaxedit.errors import InputError
+from jaxedit.io.images import from_uint8
 
 #: File suffixes (lower case) that :func:`image_folder` reads; everything else is ignored.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
@@ -42,8 +44,6 @@ def _default_threads() -> int:
 
 
 def _resample(name: str):
-    from PIL import Image
-
     if name not in _RESAMPLE:
         raise InputError(f"resample must be one of {_RESAMPLE}, got {name!r}")
     return getattr(Image.Resampling, name.upper())
@@ -52,8 +52,6 @@ def _resample(name: str):
 def crop_resize(image, resolution: int, resample: str = "lanczos") -> np.ndarray:
     """PIL image or uint8 array ``[H, W]`` / ``[H, W, C]`` -> uint8 ``[R, R, 3]``: RGB, centre
     square crop, PIL resize (skipped when already ``R x R``)."""
-    from PIL import Image
-
     im = image if isinstance(image, Image.Image) else Image.fromarray(_as_hwc(np.asarray(image)))
     if im.mode != "RGB":
         im = im.convert("RGB")
@@ -79,10 +77,6 @@ def _as_hwc(a: np.ndarray) -> np.ndarray:
 
 def _decode(data_or_path, resolution: int, resample: str, what: str) -> np.ndarray:
     """Decode a file path or encoded bytes with PIL and crop/resize; errors name ``what``."""
-    import io
-
-    from PIL import Image
-
     src = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
     try:
         with Image.open(src) as im:

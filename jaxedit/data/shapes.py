@@ -82,6 +82,8 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxedit import parallel
 from jaxedit.errors import InputError
 
 CIRCLE, SQUARE, TRIANGLE = 0, 1, 2
@@ -295,16 +297,10 @@ def render(factors: Mapping[str, jax.Array], cfg: ShapesConfig = ShapesConfig())
     so the working set stays in cache (the result depends on it only up to float32 rounding).
     """
     factors = {k: jnp.asarray(factors[k]) for k in RAW_FACTOR_NAMES}
-    batch = factors["shape"].shape[0]
     chunk = _chunk_size(cfg)
-    if chunk is None or batch <= chunk:
+    if chunk is None or factors["shape"].shape[0] <= chunk:
         return _render(factors, cfg)
-    nc = -(-batch // chunk)
-    pad = nc * chunk - batch
-    chunks = {k: jnp.pad(v, (0, pad), mode="edge").reshape(nc, chunk) for k, v in factors.items()}
-    image, labels = jax.lax.map(lambda f: _render(f, cfg), chunks)
-    return (image.reshape(nc * chunk, *image.shape[2:])[:batch],
-            labels.reshape(nc * chunk, *labels.shape[2:])[:batch])
+    return parallel.chunked_map(lambda f: _render(f, cfg), factors, chunk)
 
 
 def factor_vector(factors: Mapping[str, jax.Array], cfg: ShapesConfig = ShapesConfig()) -> jax.Array:

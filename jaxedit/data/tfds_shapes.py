@@ -25,7 +25,7 @@ through its own float32 math (possible one-step uint8 differences between CPU an
 
 Features (``R`` = resolution)::
 
-    image    Image uint8 [R, R, 3] (PNG)      shapes.images.to_uint8(sample["image"])
+    image    Image uint8 [R, R, 3] (PNG)      jaxedit.io.images.to_uint8(sample["image"])
     labels   Image uint8 [R, R, 1] (PNG)      label map {0 background, 1 body, 2 spot}
     shape    ClassLabel (circle, square, triangle)
     vector   Tensor float32 [12]              shapes.factor_vector, columns shapes.FACTOR_NAMES
@@ -36,11 +36,17 @@ Features (``R`` = resolution)::
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import io
 import math
 
+import jax
 import numpy as np
+from PIL import Image
+
+from jaxedit.data import shapes
+from jaxedit.io import images
 
 try:
     import tensorflow_datasets as tfds
@@ -58,8 +64,6 @@ CHUNK_PIXELS = 1 << 16
 
 def block_key(seed: int, block_index: int):
     """PRNG key of block ``block_index`` of the split with seed ``seed``."""
-    import jax
-
     return jax.random.fold_in(jax.random.key(seed), block_index)
 
 
@@ -71,7 +75,6 @@ def caption_seed(seed: int, block_index: int) -> int:
 @dataclasses.dataclass(eq=False)
 class ShapesBuilderConfig(tfds.core.BuilderConfig):
     """Resolution, split sizes and seeds of one prepared variant of the shapes world."""
-
     resolution: int = 32
     supersample: int = 4
     train_size: int = 50_000
@@ -81,8 +84,6 @@ class ShapesBuilderConfig(tfds.core.BuilderConfig):
     block: int = 256
 
     def shapes_config(self):
-        from jaxedit.data import shapes
-
         return shapes.ShapesConfig(resolution=self.resolution, supersample=self.supersample,
                                    chunk_pixels=CHUNK_PIXELS)
 
@@ -98,7 +99,6 @@ def _config(name, resolution, train, test, description):
 
 class JaxeditShapes32(tfds.core.GeneratorBasedBuilder):
     """The jaxedit procedural shapes world: one anti-aliased object with a spot on a plain background."""
-
     name = NAME
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
@@ -115,8 +115,6 @@ class JaxeditShapes32(tfds.core.GeneratorBasedBuilder):
         super().__init__(file_format=file_format or "array_record", **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        from jaxedit.data import shapes
-
         r = self.builder_config.resolution
         f = tfds.features
         return tfds.core.DatasetInfo(
@@ -148,8 +146,6 @@ class JaxeditShapes32(tfds.core.GeneratorBasedBuilder):
 
 
 def _png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
@@ -157,10 +153,6 @@ def _png(array: np.ndarray) -> bytes:
 
 def render_block(config: ShapesBuilderConfig, seed: int, block_index: int, size: int | None = None):
     """Yield ``(index, example)`` for block ``block_index`` of a split (at most ``size`` in total)."""
-    import jax
-
-    from jaxedit.io import images, shapes
-
     block = config.block
     out = jax.device_get(shapes.sample(block_key(seed, block_index), block, config.shapes_config()))
     image = images.to_uint8(out["image"])
@@ -183,8 +175,6 @@ def render_block(config: ShapesBuilderConfig, seed: int, block_index: int, size:
 
 
 def main(argv=None):
-    import argparse
-
     p = argparse.ArgumentParser(description=f"Prepare the {NAME} TFDS dataset (array_record, no TensorFlow).")
     p.add_argument("--data_dir", required=True)
     p.add_argument("--config", default=JaxeditShapes32.DEFAULT_CONFIG_NAME,

@@ -41,13 +41,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 from flax import nnx
 
 from jaxedit.config import JSONConfig
+from jaxedit.errors import InputError
 from jaxedit.nn import ops
 from jaxedit.nn.handle import ModelHandle
 from jaxedit.nn.layers import Dense
-from jaxedit.errors import InputError
 
 Params = dict[str, Any]
 ARCHITECTURES = ("resnet", "orig")
@@ -158,12 +159,12 @@ def minibatch_std(x: jax.Array, group_size: int | None, num_channels: int) -> ja
     As the reference, sample ``n`` belongs to group ``n % (N / G)`` (``x.reshape(G, -1, ...)``),
     so the batch must be a multiple of ``G = min(group_size, N)``.
     """
-    n, h, w, c = x.shape
+    n, h, w, _ = x.shape
     g = n if group_size is None else min(group_size, n)
     if n % g:
         raise InputError(f"minibatch-stddev: batch {n} is not a multiple of the group size {g}")
     f = num_channels
-    y = x.reshape(g, n // g, h, w, f, c // f)
+    y = rearrange(x, "(g m) h w (f c) -> g m h w f c", g=g, f=f)
     y = y - jnp.mean(y, axis=0)
     y = jnp.sqrt(jnp.mean(jnp.square(y), axis=0) + 1e-8)  # [n/G, H, W, F, c]
     y = jnp.mean(y, axis=(1, 2, 4))  # [n/G, F]
@@ -231,7 +232,7 @@ class Epilogue(nnx.Module):
         if self.num_channels > 0:
             x = minibatch_std(x, self.group_size, self.num_channels)
         x = self.conv(x)
-        x = self.fc(jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1))  # reference flattens NCHW
+        x = self.fc(rearrange(x, "b h w c -> b (c h w)"))  # the reference flattens NCHW
         x = self.out(x)
         if self.cmap_dim:
             return jnp.sum(x * cmap, axis=1) * (1.0 / math.sqrt(self.cmap_dim))

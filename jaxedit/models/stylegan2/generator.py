@@ -26,7 +26,7 @@ sees; the reference applies no equalized-lr gain to modulated conv weights, and 
 acts on the style), shared by the batch. ``WeightShift(direction, scale)`` applies
 ``W + scale[b] * direction`` per sample with shared convs only:
 ``conv(x, W + k X) = conv(x, W) + k conv(x, X)``, demodulated with the per-sample weight.
-Fully per-sample deltas: ``jax.vmap`` over ``synthesis`` (slower: grouped convs).
+Fully per-sample deltas: ``jax.vmap`` over ``synthesis`` (slower: grouped convs, one kernel per sample).
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxedit.config import JSONConfig
+from jaxedit.errors import InputError
 from jaxedit.nn import ops
 from jaxedit.nn.handle import ModelHandle, compiled
 from jaxedit.nn.layers import Buffer, Conv2d, Dense
-from jaxedit.errors import InputError
 
 Params = dict[str, Any]
 NOISE_MODES = ("const", "random", "none")
@@ -124,10 +124,13 @@ class WeightShift(NamedTuple):
 
 
 def _modulated_conv(x, s, w, *, up: bool, demodulate: bool, delta):
-    """Modulated (and demodulated) conv in non-grouped form. x [B,H,W,I], s [B,I], w [kh,kw,I,O].
+    """Modulated (and demodulated) conv in non-grouped form. x [B,H,W,I], s [B,I], w [kh,kw,I,O] -> [B,H',W',O].
 
-    Returns ``[B, H', W', O]``. With a batch of one the style and demodulation are folded
-    into the (then per-sample) kernel, saving two passes over the activations.
+    3x3: scale the input by the style, one conv with the shared kernel, scale the output by
+    the demodulation coefficients, at every batch size. Folding a batch of one into the kernel
+    saved nothing measurable and turned ``jax.vmap`` over per-example calls into a grouped
+    conv, 2-3x slower (experiments/bench_vmap_generator.py). 1x1: per-sample kernels as one
+    batched matmul.
     """
     direction = scale = None
     if isinstance(delta, WeightShift):
@@ -141,9 +144,6 @@ def _modulated_conv(x, s, w, *, up: bool, demodulate: bool, delta):
         if w.shape[:2] == (1, 1) and not up:  # per-sample 1x1 kernels as one batched matmul
             wb = s[:, :, None] * w[0, 0]
             return jnp.einsum("bhwi,bio->bhwo", x, wb if d is None else wb * d[:, None, :])
-        if x.shape[0] == 1:
-            w1 = w * s[0][None, None, :, None]
-            return conv(x, w1 if d is None else w1 * d[0])
         y = conv(x * s[:, None, None, :], w)
         return y if d is None else y * d[:, None, None, :]
     if direction.shape != w.shape:
