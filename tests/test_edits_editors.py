@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import fixture, max_abs
 from jaxedit import edits
-from jaxedit.edits import curvilinear, formats, linear, warped
+from jaxedit.edits import curvilinear, fit, formats, linear, warped
 from jaxedit.errors import CheckpointError
 from jaxedit.io import checkpoint
 from jaxedit.io import images as imio
@@ -280,7 +280,7 @@ def test_discover_editor_export_loads_without_the_trainer(tiny, tmp_path, method
     _, _, ck = tiny
     cfg = _discovery_cfg(ck, method)
     shift = discovery.make_shift(cfg, 16).init(jax.random.key(0))
-    discovery._export_editor(tmp_path, cfg, 7, {"params": {"shift": shift}})
+    discovery._export_editor(tmp_path, cfg, {"name": "tiny", "sha256": "0" * 64}, 7, {"params": {"shift": shift}})
     ed, want = edits.load(tmp_path), discovery.editor_from_shift(cfg, shift)
     assert type(ed) is type(want) and ed.family == method and ed.num_directions == 3
     assert jax.tree.structure(ed) == jax.tree.structure(want)
@@ -291,6 +291,7 @@ def test_discover_editor_export_loads_without_the_trainer(tiny, tmp_path, method
         assert max_abs(edits.apply(ed, x, k, t), discovery.make_shift(cfg, 16).apply(shift, x, k, t, None)[0]) < 1e-5
     prov = edits.read_provenance(tmp_path)
     assert prov["step"] == 7 and prov["space"] == "w" and prov["method"] == f"jaxedit discover --method {method}"
+    assert prov["generator"] == {"name": "tiny", "sha256": "0" * 64}
 
 
 @pytest.mark.slow  # one discovery run (~1 min on 2 CPU cores)
@@ -301,6 +302,7 @@ def test_discover_run_exports_its_editor_at_each_checkpoint(tiny, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, ed, discovery.load_editor(tmp_path / "run"))
     prov = edits.read_provenance(tmp_path / "run")
     assert prov["step"] == 2 and prov["strength_range"] == [-3.2, 3.2]
+    assert prov["generator"] == fit.generator_identity(ck, tiny[1])
 
 
 def test_edit_cli_grid_equals_direct_render(tiny, tmp_path):

@@ -36,7 +36,7 @@ import optax
 
 from jaxedit import edits
 from jaxedit.config import JSONConfig
-from jaxedit.edits import curvilinear, linear, warped
+from jaxedit.edits import curvilinear, fit, linear, warped
 from jaxedit.errors import ConfigError
 from jaxedit.io import checkpoint
 from jaxedit.models import stylegan2
@@ -249,12 +249,14 @@ def train(cfg: DiscoveryConfig | None, run_dir: str | Path, *, stop_at: int | No
     run_dir = Path(run_dir)
     cfg = runs.resolve(run_dir, cfg, DiscoveryConfig.from_dict, MUTABLE)
     tr = trainer or Trainer(cfg)
+    generator = fit.generator_identity(cfg.generator, tr.gp)  # recorded with the exported editor
     total = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     with runs.Run(run_dir, cfg, desc=f"discover-{cfg.method}", progress=progress) as run:
         state, start = run.restore(jax.eval_shape(tr.init_state))
         state = tr.init_state() if state is None else state
         state, summary = run.loop(state, tr.step, start=start, total=total, ckpt_every=cfg.ckpt_every,
-                                  log_every=cfg.log_every, on_save=lambda i, st: _export_editor(run_dir, cfg, i, st))
+                                  log_every=cfg.log_every,
+                                  on_save=lambda i, st: _export_editor(run_dir, cfg, generator, i, st))
     out = {"step": summary["step"], "seconds": summary["seconds"]}
     if out["step"] >= cfg.steps:
         out.update(tr.evaluate(state["params"], jax.random.fold_in(tr.key, EVAL_SALT)))
@@ -300,12 +302,14 @@ def load_editor(path: str | Path) -> edits.Editor:
     return editor_from_shift(cfg, params["shift"])
 
 
-def _export_editor(run_dir: Path, cfg: DiscoveryConfig, step: int, state: dict[str, Any]) -> None:
+def _export_editor(run_dir: Path, cfg: DiscoveryConfig, generator: dict[str, str], step: int,
+                   state: dict[str, Any]) -> None:
     """Write the run's editor to ``RUN/editor`` (:data:`jaxedit.edits.RUN_EDITOR`): the loop's ``on_save``.
-    Recommended strengths: the trained magnitudes (warped: the reference traversal, 16 steps)."""
+    ``generator``: :func:`jaxedit.edits.fit.generator_identity`. Recommended strengths: the trained
+    magnitudes (warped: the reference traversal, 16 steps)."""
     hi = cfg.eps[1] * (16 if cfg.method == "warped" else 1)
     edits.save(editor_from_shift(cfg, state["params"]["shift"]), run_dir / edits.RUN_EDITOR, force=True,
-               provenance={"generator": {"name": cfg.generator}, "space": cfg.space, "layers": None,
+               provenance={"generator": generator, "space": cfg.space, "layers": None,
                            "method": f"jaxedit discover --method {cfg.method}", "step": step,
                            "strength_range": [-hi, hi]})
 
