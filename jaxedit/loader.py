@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from jaxedit import models
+from jaxedit import edits, models
 from jaxedit.io import checkpoint
 
 
@@ -15,8 +15,13 @@ def load(path: str | os.PathLike):
 
     ``model`` is hashable (a static argument of ``jax.jit``) and its methods are pure functions
     with ``params`` first: ``G.synthesis(params, ws)``, ``clip.encode_text(params, tokens)``, ...
+    An editor checkpoint (``jaxedit.edits.save``, ``jaxedit fit``, a ``jaxedit discover`` run) gives
+    ``(editor, None)``: an editor is a pytree that carries its arrays (``jaxedit.edits.apply``).
     """
     p = Path(path)
     if not p.exists() and os.sep not in str(path) and "/" not in str(path):
         p = checkpoint.default_path(str(path))
+    run_editor = p / edits.RUN_EDITOR  # a `jaxedit discover` run folder holds its editor there
+    if checkpoint.is_checkpoint(run_editor) or checkpoint.read_meta(p).get("kind") == edits.KIND:
+        return edits.load(p), None
     return models.load(p)

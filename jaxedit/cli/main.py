@@ -144,7 +144,9 @@ def _add_generate(sub) -> None:
 
 def _edit_args(p) -> None:
     _generator_arg(p)
-    p.add_argument("--method", required=True, choices=EDIT_METHODS)
+    p.add_argument("--method", choices=EDIT_METHODS,
+                   help="direction family (default: detected from the file; needed for a .npy that could be either "
+                        "interfacegan (one boundary) or linear)")
     p.add_argument("--directions", required=True,
                    help="direction file (.npy linear/InterFaceGAN, GANSpace .npz, WarpedGANSpace support_sets.pt, "
                         "DeCurvEd flow .pt) or a checkpoint written by `jaxedit discover`")
@@ -152,7 +154,7 @@ def _edit_args(p) -> None:
     _seeds_arg(p, "0-7")
     p.add_argument("--space", choices=("z", "w"), help="latent space the directions live in (default per method)")
     p.add_argument("--layers", help="W+ layer range START:END to edit (space w), e.g. 0:4")
-    p.add_argument("--eps", type=positive, default=0.2, help="warped: unit step length (default 0.2)")
+    p.add_argument("--eps", type=positive, help="warped: unit step length (default: the file's, else 0.2)")
     p.add_argument("--psi", type=finite, default=1.0, help="truncation psi")
     p.add_argument("--batch-size", type=count, default=64, help="frames rendered per chunk")
     p.add_argument("--out", required=True)

@@ -8,8 +8,23 @@ the family is detected), ``jaxedit.edits.apply(editor, latents, k, t)``,
 :mod:`~jaxedit.edits.formats`.
 """
 
-from jaxedit.edits.registry import (FAMILIES, RUN_EDITOR, Curvilinear, Editor, EditorError, GANSpace, InterFaceGAN,
-                                    Linear, Warped, apply, apply_many, load, read_provenance, save)
+from jaxedit.edits.registry import (
+                                    FAMILIES,
+                                    KIND,
+                                    RUN_EDITOR,
+                                    Curvilinear,
+                                    Editor,
+                                    EditorError,
+                                    GANSpace,
+                                    InterFaceGAN,
+                                    Linear,
+                                    Warped,
+                                    apply,
+                                    apply_many,
+                                    load,
+                                    read_provenance,
+                                    save,
+)
 
-__all__ = ["FAMILIES", "RUN_EDITOR", "Curvilinear", "Editor", "EditorError", "GANSpace", "InterFaceGAN", "Linear",
+__all__ = ["FAMILIES", "KIND", "RUN_EDITOR", "Curvilinear", "Editor", "EditorError", "GANSpace", "InterFaceGAN", "Linear",
            "Warped", "apply", "apply_many", "load", "read_provenance", "save"]

@@ -16,7 +16,7 @@ dopri5 at 1e-5; jaxedit defaults to 1e-6 and each latent gets its own step sizes
 does not depend on the rest of its batch); ``steps=N`` -> N fixed Dopri5 steps (fast; its
 round-trip error is reported by ``experiments/bench_flow.py``).
 
-Parameter names follow the reference state dict by rule (``converters/decurved.py``):
+Parameter names follow the reference state dict by rule (``jaxedit/edits/formats.py``):
 ``chain.0.odefunc.diffeq.layers.{i}._layer.{weight,bias}`` -> ``layer{i}.layer.{kernel,bias}``
 (transposed), ``._hyper_gate.*`` -> ``layer{i}.hyper_gate.*``, ``._hyper_bias.weight`` ->
 ``layer{i}.hyper_bias.kernel``.
