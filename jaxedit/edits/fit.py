@@ -2,7 +2,7 @@
 
 - :func:`sample_latents` / :func:`sample_and_score`: the latents of ``z [N, z_dim]`` in Z or W
   and (optionally) scores of their images by any classifier, one compiled program chunked with
-  ``lax.map``;
+  :func:`jaxedit.parallel.chunked_map`;
 - :func:`interfacegan`: InterFaceGAN's recipe (``genforce/interfacegan:utils/manipulator.py``):
   top / bottom ``ratio`` (0.02) of the scores, linear SVM (C = 1, 70/30 split;
   :func:`jaxedit.edits.linear.fit_boundary`), ``n = coef / |coef|``; optional conditional
@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxedit.edits import linear
 from jaxedit.errors import InputError
+from jaxedit.parallel import chunked_map
 
 RATIO = 0.02  # InterFaceGAN's chosen_num_or_ratio
 STRENGTH_STD = 3.0  # the strength range reaches this many standard deviations of the samples' projections
@@ -97,18 +98,9 @@ def _latents(G, gp, z: Array, space: str, psi: float) -> Array:
     return z if space == "z" else G.mapping(gp, z, psi=psi)[:, 0]
 
 
-def _chunked(f: Callable[[Array], Any], x: Array, batch: int) -> Any:
-    """``f`` over ``x [N, ...]`` in chunks of ``batch`` rows with ``lax.map`` (the last one padded)."""
-    n = x.shape[0]
-    pad = (-n) % batch
-    x = jnp.concatenate([x, jnp.repeat(x[:1], pad, 0)]) if pad else x
-    out = jax.lax.map(f, x.reshape(-1, batch, *x.shape[1:]))
-    return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n], out)
-
-
 def sample_latents(G, gp, z: Array, *, space: str, psi: float = 1.0, batch: int = 1024) -> Array:
     """Latents of ``z [N, z_dim]`` in ``space`` (``'z'`` or ``'w'``) -> ``[N, d]`` (one program)."""
-    run = jax.jit(lambda gp, z: _chunked(lambda zb: _latents(G, gp, zb, space, psi), z, min(batch, z.shape[0])))
+    run = jax.jit(lambda gp, z: chunked_map(lambda zb: _latents(G, gp, zb, space, psi), z, batch))
     return run(gp, jnp.asarray(z))
 
 
@@ -124,7 +116,7 @@ def sample_and_score(G, gp, z: Array, score: Callable[[Any, Array], Array], spar
         img = jnp.clip(G.synthesis(gp, ws), -1, 1)
         return (zb if space == "z" else ws[:, 0]), score(sp, img)
 
-    run = jax.jit(lambda gp, sp, z: _chunked(lambda zb: chunk(gp, sp, zb), z, min(batch, z.shape[0])))
+    run = jax.jit(lambda gp, sp, z: chunked_map(lambda zb: chunk(gp, sp, zb), z, batch))
     return run(gp, sparams, jnp.asarray(z))
 
 
