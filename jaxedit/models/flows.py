@@ -27,13 +27,14 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import diffrax
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxedit.config import JSONConfig
 from jaxedit.errors import InputError
-from jaxedit.nn.handle import ModelHandle
+from jaxedit.nn.handle import ModelHandle, compiled
 
 _ACTIVATIONS = {"tanh": jnp.tanh, "softplus": jax.nn.softplus, "elu": jax.nn.elu, "relu": jax.nn.relu}
 
@@ -100,12 +101,14 @@ class CNF(ModelHandle):
         if z.ndim != 2 or z.shape[1] != self.cfg.dim:
             raise InputError(f"flow expects latents [B, {self.cfg.dim}], got {list(z.shape)}")
 
+    @compiled("rtol", "atol", "steps")
     def forward(self, params: dict, z: jax.Array, *, rtol: float = 1e-6, atol: float = 1e-6,
                 steps: int | None = None) -> jax.Array:
         """``v = f(z)``: solve 0 -> T. z ``[B, d]`` -> ``[B, d]``."""
         self._check(z)
         return _solve(self, params, z, 0.0, self.cfg.T, rtol, atol, steps, None)[0]
 
+    @compiled("rtol", "atol", "steps", "logp")
     def inverse(self, params: dict, v: jax.Array, *, rtol: float = 1e-6, atol: float = 1e-6,
                 steps: int | None = None, logp: bool = False, hutchinson_key: jax.Array | None = None):
         """``z = f^-1(v)``: solve T -> 0. v ``[B, d]`` -> z ``[B, d]``, or ``(z, delta_logp [B])`` with
@@ -119,8 +122,6 @@ class CNF(ModelHandle):
 
 def _solve(flow: CNF, params, y0, t0, t1, rtol, atol, steps, div):
     """Per-sample diffrax solve (vmapped: every latent gets its own adaptive steps)."""
-    import diffrax
-
     net = lambda t, z: flow.velocity(params, t, z[None])[0]
 
     if div is None:

@@ -22,8 +22,9 @@ def compiled(*static_argnames: str):
     trace time with their own messages."""
 
     def deco(fn):
-        names = list(inspect.signature(fn).parameters)
-        jitted = jax.jit(fn, static_argnums=(0, *(names.index(n) for n in static_argnames)),
+        params = inspect.signature(fn).parameters
+        positional = [n for n, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        jitted = jax.jit(fn, static_argnums=(0, *(positional.index(n) for n in static_argnames if n in positional)),
                          static_argnames=static_argnames)
 
         @functools.wraps(fn)
