@@ -154,7 +154,6 @@ def test_cli_refuses_bad_scores_file(tmp_path, capsys):
     assert "--condition needs named scores" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="jaxedit edit does not call fit.check_provenance / fit.default_strengths yet")
 def test_edit_refuses_other_generator_or_space_and_defaults_to_strength_range(tmp_path, capsys):
     _, G, gp = _default()
     n = jnp.zeros((1, G.cfg.w_dim)).at[0, 0].set(1.0)

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxedit import edits
-from jaxedit.cli.common import load_generator, parse_seeds, parse_strengths, seed_latents
+from jaxedit.cli.common import DEFAULT_GENERATOR, load_generator, model_path, parse_seeds, parse_strengths, seed_latents
+from jaxedit.edits import fit
 from jaxedit.errors import UsageError
 from jaxedit.io import images as imio
 
@@ -34,10 +35,14 @@ def _layers(text: str | None) -> tuple[int, int] | None:
 def _setup(args):
     G, gp = load_generator(args.ckpt, unconditional="edit/traverse")
     ed = edits.load(args.directions, args.method, space=args.space, layers=_layers(args.layers), eps=args.eps)
+    prov = edits.read_provenance(args.directions) if Path(args.directions).is_dir() else {}
+    gen = fit.generator_identity(model_path(args.ckpt, DEFAULT_GENERATOR), gp)
+    fit.check_provenance(prov, gen["name"], gen["sha256"], ed.space)
     ed.check(G)
     seeds = parse_seeds(args.seeds)
     z = seed_latents(seeds, G.cfg.z_dim)
-    return G, gp, ed, seeds, z, parse_strengths(args.strengths)
+    strengths = parse_strengths(args.strengths) if args.strengths else fit.default_strengths(prov)
+    return G, gp, ed, seeds, z, parse_strengths("-3:3:7") if strengths is None else strengths
 
 
 def _frames(G, gp, ed, z, ks, strengths, psi: float, batch: int):

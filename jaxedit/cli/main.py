@@ -150,7 +150,8 @@ def _edit_args(p) -> None:
     p.add_argument("--directions", required=True,
                    help="direction file (.npy linear/InterFaceGAN, GANSpace .npz, WarpedGANSpace support_sets.pt, "
                         "DeCurvEd flow .pt) or a checkpoint written by `jaxedit discover`")
-    p.add_argument("--strengths", default="-3:3:7", help=HELP_STRENGTHS)
+    p.add_argument("--strengths", help=HELP_STRENGTHS + "; default: the editor file's recorded strength_range in "
+                                                       "7 steps, else -3:3:7")
     _seeds_arg(p, "0-7")
     p.add_argument("--space", choices=("z", "w"), help="latent space the directions live in (default per method)")
     p.add_argument("--layers", help="W+ layer range START:END to edit (space w), e.g. 0:4")
