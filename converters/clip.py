@@ -28,7 +28,7 @@ from jaxedit.errors import CheckpointError, FormatError
 from jaxedit.io import checkpoint, torchfile
 from jaxedit.models import clip as clip_model
 from jaxedit.models.clip import CLIP, CLIPConfig
-from jaxedit.models.clip.tokenizer import Tokenizer, find_vocab
+from jaxedit.models.clip.tokenizer import VOCAB_FILE, Tokenizer, find_vocab
 
 CONVERTER_VERSION = "clip-1"
 DROPPED = re.compile(r"^(input_resolution|context_length|vocab_size)$|\.(num_batches_tracked|attn_mask)$")

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxedit.io import checkpoint
+
 from conftest import fixture, max_abs, ref
 
 JAXEDIT = shutil.which("jaxedit", path=str(Path(sys.executable).parent)) or shutil.which("jaxedit")
@@ -54,11 +56,19 @@ def test_convert_writes_checkpoint_with_provenance(ckpt):
 def test_convert_refuses_to_overwrite(ckpt, tmp_path):
     one_line_error(run("convert", "stylegan2", fixture("nvidia_tiny32.pkl"), ckpt, ok=False), "already exists", "--force", code=1)
     mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "notes.txt").write_text("precious")
+    (mine / "params").mkdir(parents=True)
+    (mine / "params" / "notes.txt").write_text("precious")
     out = run("convert", "stylegan2", fixture("nvidia_tiny32.pkl"), mine, "--force", ok=False)
-    one_line_error(out, "not a jaxedit checkpoint", code=1)
-    assert (mine / "notes.txt").read_text() == "precious"
+    one_line_error(out, "params exist", "did not write", code=1)
+    assert (mine / "params" / "notes.txt").read_text() == "precious"
+    # a probe checkpoint is not replaced by a generator unless asked; the user's model card survives
+    probe = tmp_path / "probe"
+    checkpoint.save(probe, kind="probe", model={}, params={"w": np.zeros(2, np.float32)})
+    (probe / "README.md").write_bytes(b"card \x00\xff")
+    one_line_error(run("convert", "stylegan2", fixture("nvidia_tiny32.pkl"), probe, "--force", ok=False),
+                   "holds a 'probe' checkpoint", code=1)
+    run("convert", "stylegan2", fixture("nvidia_tiny32.pkl"), probe, "--force", "--replace-kind")
+    assert checkpoint.read_meta(probe)["kind"] == "stylegan2" and (probe / "README.md").read_bytes() == b"card \x00\xff"
 
 
 def test_convert_force_overwrites_checkpoint(tmp_path):
@@ -120,11 +130,15 @@ def test_errors_are_one_line(tmp_path):
 
 def test_convert_without_torch(tmp_path):
     """Conversion works where ``import torch`` fails."""
-    code = ("import sys; sys.modules['torch'] = None\n"
+    code = ("import sys\n"
+            "class NoTorch:  # as on a machine without torch: every `import torch` fails\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch' or name.startswith('torch.'):\n"
+            "            raise ImportError('no torch here')\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
             "from jaxedit.cli.main import main\n"
             f"rc = main(['convert', 'stylegan2', {str(fixture('rosinality_tiny64.pt'))!r}, {str(tmp_path / 'r')!r}])\n"
-            "import importlib.util\n"
-            "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
+            "assert 'torch' not in sys.modules\n"
             "sys.exit(rc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
