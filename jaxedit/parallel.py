@@ -63,11 +63,13 @@ def chunked_map(fn: Callable[[Any], Any], xs: Any, batch_size: int) -> Any:
     """``fn(xs)`` computed ``batch_size`` rows at a time inside one traced program (bounded memory).
 
     ``fn`` maps a batch (a pytree of ``[b, ...]`` arrays) to a batch ``[b, ...]`` and treats rows
-    independently. Built on ``jax.lax.map(..., batch_size=...)``: each chunk is ``fn`` vmapped
-    over rows of batch one, so models must keep their batched form under ``vmap`` (the generator
-    does: shared convs). A remainder is padded to a full chunk (repeating the last row) and cut
-    off: ``lax.map``'s own remainder call traces ``fn`` a second time, which doubled the compile
-    time of a shapes render (6.4 -> 11.1 s) for at most ``batch_size - 1`` rows of work.
+    independently: no batch statistics, and random draws per row (one batch-shaped draw from a
+    closed-over key would repeat in every row). Built on ``jax.lax.map(..., batch_size=...)``:
+    each chunk is ``fn`` vmapped over rows of batch one, so models must keep their batched form
+    under ``vmap`` (the generator does: shared convs). A remainder is padded to a full chunk
+    (repeating the last row) and cut off: ``lax.map``'s own remainder call traces ``fn`` a second
+    time, which doubled the compile time of a shapes render (6.4 -> 11.1 s) to save at most
+    ``batch_size - 1`` rows of work.
     """
     if batch_size <= 0:
         raise InputError(f"batch_size must be positive, got {batch_size}")

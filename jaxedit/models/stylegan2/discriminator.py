@@ -26,7 +26,9 @@ kernel 8.2 / 89 / 440; space-to-depth + 2x2 conv 8.4 / 34 / 595. So: FIR then st
 
 Public interface: the hashable handle :class:`Discriminator` with pure functions of a plain
 nested parameter dict (keys mirror the reference names: ``b32.conv0.weight``,
-``b4.fc.weight``, ``b4.out.bias``, ``mapping.fc0.weight`` ...)::
+``b4.fc.weight``, ``b4.out.bias``, ``mapping.fc0.weight`` ...; layouts:
+:mod:`jaxedit.models.stylegan2.params`; NVIDIA pickles convert with
+``jaxedit.converters.stylegan2.convert_discriminator``)::
 
     D = Discriminator(DiscriminatorConfig(img_resolution=32, channels=(128, 128, 64, 32)))
     params = D.init(jax.random.key(0))
