@@ -180,9 +180,11 @@ def _describe(obj: Any, limit: int, depth: int) -> str:
         if depth == 0:
             s = f"<{type(obj).__name__} of {len(obj)}>"
         else:
-            items = obj.items() if isinstance(obj, dict) else obj
-            parts = [f"{_describe(k, 20, depth - 1)}: {_describe(v, 20, depth - 1)}" if isinstance(obj, dict)
-                     else _describe(k, 20, depth - 1) for k in itertools.islice(items, 3)]
+            if isinstance(obj, dict):
+                parts = [f"{_describe(k, 20, depth - 1)}: {_describe(v, 20, depth - 1)}"
+                         for k, v in itertools.islice(obj.items(), 3)]
+            else:
+                parts = [_describe(x, 20, depth - 1) for x in itertools.islice(obj, 3)]
             if len(obj) > 3:
                 parts.append(f"... ({len(obj)} items)")
             o, c = {list: "[]", tuple: "()", dict: "{}"}.get(type(obj), (f"{type(obj).__name__}({{", "})"))
