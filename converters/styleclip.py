@@ -19,7 +19,6 @@ import numpy as np
 from jaxedit.edits.text.global_directions import fs3_layers, style_dims
 from jaxedit.errors import InputError
 from jaxedit.io import torchfile
-from jaxedit.models import mapper as mapper_lib
 from jaxedit.models.mapper import MAPPER_GROUPS, Mapper, MapperConfig
 from jaxedit.models.stylegan2 import StyleGAN2
 

@@ -232,10 +232,10 @@ def test_load_detects_released_formats(tmp_path, monkeypatch):
     assert isinstance(b, edits.InterFaceGAN) and b.space == "z"
     np.testing.assert_allclose(b.directions, n, atol=1e-7)  # normalized
     lin = edits.load(tmp_path / "boundary.npy", "linear")
-    assert isinstance(lin, edits.Linear)
+    assert type(lin) is edits.Linear
     np.testing.assert_allclose(lin.directions, 2 * n, atol=1e-6)  # rows as given
     np.save(tmp_path / "dirs.npy", np.ones((3, 16), np.float32))
-    assert isinstance(edits.load(tmp_path / "dirs.npy", layers=(0, 2)), edits.Linear)
+    assert type(edits.load(tmp_path / "dirs.npy", layers=(0, 2))) is edits.Linear
     assert edits.load(tmp_path / "dirs.npy", layers=(0, 2)).space == "w"
     with pytest.raises(edits.EditorError, match="holds linear directions, not ganspace"):
         edits.load(tmp_path / "dirs.npy", "ganspace")
@@ -250,7 +250,7 @@ def test_load_detects_released_formats(tmp_path, monkeypatch):
     (tmp_path / "deformator_1.pt").write_bytes(b"placeholder")
     monkeypatch.setattr(formats.torchfile, "load", lambda p: {"log_mat_half": L})
     d = edits.load(tmp_path / "deformator_1.pt")
-    assert isinstance(d, edits.Linear)
+    assert type(d) is edits.Linear
     np.testing.assert_allclose(d.directions, linear.ortho_matrix(L).T, atol=1e-6)
     monkeypatch.setattr(formats.torchfile, "load", lambda p: {"something": L})
     with pytest.raises(formats.EditFileError, match="deformator_1.pt: not a known edit file"):

@@ -143,31 +143,22 @@ class Linear(Editor):
 
 
 @_pytree
-class InterFaceGAN(Editor):
+class InterFaceGAN(Linear):
     """Unit boundary normals ``directions [K, d]`` (usually K = 1). Z: ``z + (t - z.n_k) n_k`` (t is
     the absolute signed distance); W: ``x + t n_k``."""
 
     family: ClassVar[str] = "interfacegan"
-    directions: Array
-
-    @property
-    def num_directions(self) -> int:
-        return int(self.directions.shape[0])
-
-    @property
-    def dim(self) -> int:
-        return int(self.directions.shape[1])
 
     def _move(self, x: Array, k: Array, t: Array) -> Array:
-        n = _take_rows(self.directions, k)
         if self.space == "w":
-            return x + t[:, None] * n
+            return super()._move(x, k, t)
+        n = _take_rows(self.directions, k)
         return x + (t - jnp.sum(x * n, axis=-1))[:, None] * n
 
     def _move_many(self, x: Array, ks: Array, ts: Array) -> Array:
         if self.space == "z":
             raise EditorError("InterFaceGAN Z edits set absolute distances and do not add up: apply them one at a time")
-        return x + jnp.einsum("nm,nmd->nd", ts, _take_rows(self.directions, ks))
+        return super()._move_many(x, ks, ts)
 
 
 @_pytree

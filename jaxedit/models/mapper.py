@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxedit.config import JSONConfig
-from jaxedit.errors import CheckpointError, ConfigError, InputError
+from jaxedit.errors import CheckpointError, InputError
 from jaxedit.io import checkpoint
 from jaxedit.nn.handle import ModelHandle
 from jaxedit.nn.layers import Dense

@@ -190,8 +190,7 @@ def train(cfg: CLIPTrainConfig | None, dst: str | Path, *, run_dir: str | Path |
     total = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     with runs.Run(run_dir, cfg, desc="train-clip", progress=progress) as run:
         vocab = write_merges(merges, run_dir / VOCAB_FILE)  # DST gets a copy at the end
-        state, start = run.restore(jax.eval_shape(init))
-        state = init() if state is None else state
+        state, start = run.resume(init)
         state, summary = run.loop(state, step, start=start, total=total, ckpt_every=cfg.ckpt_every,
                                   log_every=cfg.log_every)
     params = state["params"]

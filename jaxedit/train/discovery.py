@@ -252,8 +252,7 @@ def train(cfg: DiscoveryConfig | None, run_dir: str | Path, *, stop_at: int | No
     generator = fit.generator_identity(cfg.generator, tr.gp)  # recorded with the exported editor
     total = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     with runs.Run(run_dir, cfg, desc=f"discover-{cfg.method}", progress=progress) as run:
-        state, start = run.restore(jax.eval_shape(tr.init_state))
-        state = tr.init_state() if state is None else state
+        state, start = run.resume(tr.init_state)
         state, summary = run.loop(state, tr.step, start=start, total=total, ckpt_every=cfg.ckpt_every,
                                   log_every=cfg.log_every,
                                   on_save=lambda i, st: _export_editor(run_dir, cfg, generator, i, st))

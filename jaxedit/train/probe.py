@@ -140,8 +140,7 @@ def train(cfg: ProbeTrainConfig | None, dst: str | Path, *, run_dir: str | Path 
 
     total = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     with runs.Run(run_dir, cfg, desc="train-probe", progress=progress) as run:
-        state, start = run.restore(jax.eval_shape(init))
-        state = init() if state is None else state
+        state, start = run.resume(init)
         state, summary = run.loop(state, step, start=start, total=total, ckpt_every=cfg.ckpt_every,
                                   log_every=cfg.log_every)
     params = state["params"]

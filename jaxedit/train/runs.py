@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
@@ -39,6 +37,7 @@ import orbax.checkpoint as ocp
 
 from jaxedit.errors import CheckpointError, ConfigError
 from jaxedit.io.progress import Progress
+from jaxedit.io.signals import DeferredSignals
 
 CONFIG_FILE = "config.json"
 CKPT_DIR = "checkpoints"
@@ -139,30 +138,6 @@ def load_checkpoint(run_dir: str | Path, like: State, step: int | None = None) -
     return state, meta, step
 
 
-# ------------------------------------------------------------------------------ signals
-class _Signals:
-    """While active, SIGINT/SIGTERM set ``requested`` (a second one raises KeyboardInterrupt)."""
-
-    def __init__(self):
-        self.requested: signal.Signals | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _Signals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def _handler(self, signum, frame) -> None:
-        if self.requested is not None:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum)
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 # ------------------------------------------------------------------------------ the run
 class Run:
     """An open run folder: config written, checkpoint manager, log, progress and the training loop.
@@ -201,6 +176,11 @@ class Run:
         print(f"{self.desc}: {message}", file=self.stream, flush=True)
 
     # -------------------------------------------------------------- checkpoints
+    def resume(self, init: Callable[[], State]) -> tuple[State, int]:
+        """-> ``(state, step)``: the latest complete checkpoint (shaped like ``init()``), or ``init()`` at 0."""
+        state, start = self.restore(jax.eval_shape(init))
+        return (init() if state is None else state), start
+
     def restore(self, like: State) -> tuple[State | None, int]:
         """-> ``(numpy state, step)`` of the latest complete checkpoint, or ``(None, 0)`` for a new run."""
         step = self.mngr.latest_step()
@@ -258,7 +238,7 @@ class Run:
                     window.setdefault(k, []).append(float(v))
             pending.clear()
 
-        with _Signals() as signals:
+        with DeferredSignals() as signals:
             while step < total:
                 names = set(programs(step)) if programs else {"step"}
                 t0 = time.perf_counter()
@@ -301,9 +281,7 @@ class Run:
         elapsed = time.perf_counter() - t_start
         if stopped is not None:
             self.print(f"{stopped.name}: saved step {step}; rerun the same command to resume")
-            if stopped == signal.SIGINT:
-                raise KeyboardInterrupt
-            raise SystemExit(128 + stopped)
+            signals.raise_requested()
         rate = (step - start) * self.scale / max(elapsed - compile_seconds, 1e-9)
         summary = {"run_dir": str(self.dir), "start_step": start, "step": step, "seconds": round(elapsed, 1),
                    "compile_seconds": round(compile_seconds, 1), f"{self.unit}_per_s": rate}

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxedit.edits.text.losses import Array, ImageEmbed, check_layer, clip_cosine, l2_norm
+from jaxedit.edits.text.losses import Array, ImageEmbed, check_layer, clip_cosine, l2_norm, minimize
 from jaxedit.errors import InputError
 from jaxedit.models.stylegan2 import StyleGAN2, WeightShift
 
@@ -64,16 +64,7 @@ def optimize_layer_shift(G: StyleGAN2, gparams, image_embed: ImageEmbed, ws: Arr
                                                          clip_weight=clip_weight, noise_mode=noise_mode))(xs, text_emb)
         return jnp.sum(loss), (loss, d)
 
-    opt = optax.adam(lr)
-    x0 = jnp.zeros((P, *shape), ws.dtype)
-
-    def step(carry, _):
-        xs, st = carry
-        (_, hist), g = jax.value_and_grad(total, has_aux=True)(xs)
-        upd, st = opt.update(g, st, xs)
-        return (optax.apply_updates(xs, upd), st), hist
-
-    (xs, _), (loss, d) = jax.lax.scan(step, (x0, opt.init(x0)), length=steps)
+    xs, (loss, d) = minimize(total, jnp.zeros((P, *shape), ws.dtype), optax.adam(lr), steps)
     return LayerShiftResult(xs, loss, d)
 
 

@@ -5,10 +5,11 @@ CLIP enters only as arguments (``image_embed``, text embeddings), so any CLIP wo
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxedit.errors import InputError
 from jaxedit.models.stylegan2 import StyleGAN2
@@ -49,3 +50,18 @@ def identity_loss(identity: ImageEmbed, images: Array, reference_features: Array
     reference uses ArcFace (IR-SE50) on the 188x188 face crop resized to 112 (faces only), which a
     user passes in as such a callable."""
     return 1.0 - jnp.sum(unit(identity(images)) * unit(reference_features), axis=-1)
+
+
+def minimize(loss: Callable[[Array], tuple[Array, Any]], x0: Array, optimizer: optax.GradientTransformation,
+             steps: int) -> tuple[Array, Any]:
+    """``steps`` updates of ``x0`` by ``optimizer`` in one ``lax.scan``; ``loss(x) -> (scalar, aux)``.
+    -> ``(x, aux of every step [steps, ...])`` (aux before that step's update)."""
+
+    def step(carry, _):
+        x, state = carry
+        (_, aux), g = jax.value_and_grad(loss, has_aux=True)(x)
+        upd, state = optimizer.update(g, state, x)
+        return (optax.apply_updates(x, upd), state), aux
+
+    (x, _), history = jax.lax.scan(step, (x0, optimizer.init(x0)), length=steps)
+    return x, history

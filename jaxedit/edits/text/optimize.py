@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxedit.edits.text.losses import Array, ImageEmbed, identity_loss, unit
+from jaxedit.edits.text.losses import Array, ImageEmbed, identity_loss, minimize, unit
 from jaxedit.models.stylegan2 import StyleGAN2
 
 
@@ -60,13 +60,5 @@ def optimize_latents(G: StyleGAN2, gparams, image_embed: ImageEmbed, w0: Array, 
             loss = loss + id_lambda * identity_loss(identity, img, feats0).reshape(P, N)
         return jnp.sum(loss), (loss, cos)
 
-    opt = optax.adam(styleclip_lr(lr, steps, rampdown, rampup))
-
-    def step(carry, _):
-        ws, state = carry
-        (_, hist), g = jax.value_and_grad(losses, has_aux=True)(ws)
-        upd, state = opt.update(g, state, ws)
-        return (optax.apply_updates(ws, upd), state), hist
-
-    (ws, _), (loss, cos) = jax.lax.scan(step, (start, opt.init(start)), length=steps)
+    ws, (loss, cos) = minimize(losses, start, optax.adam(styleclip_lr(lr, steps, rampdown, rampup)), steps)
     return LatentOptResult(ws, loss, cos)
