@@ -53,7 +53,7 @@ def convert(path: str | Path, key: str | None = None) -> tuple[StyleGAN2Config, 
     elif isinstance(obj, dict) and ("g_ema" in obj or "g" in obj or _looks_rosinality(obj)):
         cfg, params, info = from_rosinality(obj, key, path.name)
     else:
-        keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        keys = sorted(map(torchfile.describe, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
         raise ConversionError(f"{path.name}: not a StyleGAN2 checkpoint of a known kind (top level: {keys})")
     _check_params(StyleGAN2(cfg), params, path.name)
     return cfg, params, info
@@ -62,13 +62,35 @@ def convert(path: str | Path, key: str | None = None) -> tuple[StyleGAN2Config, 
 # ----------------------------------------------------------------------------- NVIDIA
 
 
+# Ranks of the NVIDIA tensors the config is read from (generator and discriminator names).
+_RANKS = [(re.compile(p), r) for p, r in (
+    (r"(mapping\.(fc\d+|embed)|.*\.affine|b4\.(fc|out))\.weight", 2),
+    (r"(synthesis\.)?b\d+\.(conv0|conv1|conv|torgb|fromrgb|skip)\.weight", 4),
+    (r"synthesis\.b4\.const", 3), (r".*\.noise_const", 2), (r".*\.noise_strength", 0),
+    (r".*\.bias|mapping\.w_avg", 1))]
+_KINDS = {"a number": (int, float, np.integer, np.floating), "an integer": (int, np.integer), "a dict": (dict,)}
+
+
+def _kwarg(kwargs: dict, key: str, default: Any, kind: str, name: str) -> Any:
+    """``kwargs.get(key, default)``, checked to be ``kind`` (a key of ``_KINDS``; a bool is no number)."""
+    v = kwargs.get(key, default)
+    if v is default or isinstance(v, _KINDS[kind]) and not isinstance(v, (bool, np.bool_)):
+        return v
+    raise ConversionError(f"{name}: _init_kwargs {key!r} is {torchfile.describe(v)}, not {kind}")
+
+
 def _network(obj: dict, key: str, name: str) -> tuple[Any, dict, dict]:
     """``obj[key]`` of an NVIDIA pickle -> (network, state dict, init kwargs)."""
     if key not in obj or not isinstance(obj[key], torchfile.PersistentObject):
-        found = [k for k, v in obj.items() if isinstance(v, torchfile.PersistentObject)]
+        found = [torchfile.describe(k) for k, v in obj.items() if isinstance(v, torchfile.PersistentObject)]
         raise ConversionError(f"{name}: no network {key!r} in the pickle (networks: {found})")
     net = obj[key]
-    return net, torchfile.module_state_dict(net), torchfile.init_kwargs(net)
+    sd = torchfile.module_state_dict(net)
+    for k, a in sd.items():
+        rank = next((r for pattern, r in _RANKS if pattern.fullmatch(k)), None)
+        if rank is not None and a.ndim != rank:
+            raise ConversionError(f"{name}: tensor {key}.{k} has shape {list(a.shape)}, not {rank}-D")
+    return net, sd, torchfile.init_kwargs(net)
 
 
 def from_nvidia(obj: dict, key: str, name: str):
@@ -76,20 +98,20 @@ def from_nvidia(obj: dict, key: str, name: str):
     if not any(k.startswith("synthesis.") for k in sd):
         raise ConversionError(f"{name}: {key!r} ({net.class_name}) is not a generator (no synthesis.* tensors; "
                               "a discriminator converts with convert_discriminator)")
-    syn_kw = dict(kwargs.get("synthesis_kwargs") or {})
+    syn_kw = dict(_kwarg(kwargs, "synthesis_kwargs", None, "a dict", name) or {})
     for k in ("channel_base", "channel_max", "conv_clamp", "architecture", "num_fp16_res"):
         if k in kwargs:  # the stylegan3 repo's networks_stylegan2 passes synthesis kwargs flat
             syn_kw.setdefault(k, kwargs[k])
-    map_kw = dict(kwargs.get("mapping_kwargs") or {})
+    map_kw = dict(_kwarg(kwargs, "mapping_kwargs", None, "a dict", name) or {})
 
     params = layout.from_state_dict(sd, name)
     cfg = _infer_config(params, name,
-                        conv_clamp=syn_kw.get("conv_clamp"),
-                        mapping_lr_mul=float(map_kw.get("lr_multiplier", 0.01)),
-                        img_channels_hint=kwargs.get("img_channels"))
+                        conv_clamp=_kwarg(syn_kw, "conv_clamp", None, "a number", name),
+                        mapping_lr_mul=float(_kwarg(map_kw, "lr_multiplier", 0.01, "a number", name)),
+                        img_channels_hint=_kwarg(kwargs, "img_channels", None, "an integer", name))
     _fill_missing_noise(cfg, params)
     info = {"format": "nvidia-pkl", "network": key, "class_name": net.class_name,
-            "num_fp16_res": syn_kw.get("num_fp16_res", 0),
+            "num_fp16_res": int(_kwarg(syn_kw, "num_fp16_res", 0, "an integer", name)),
             "note": "computed in float32 (the reference's force_fp32)"}
     return cfg, params, info
 
@@ -153,7 +175,8 @@ def convert_discriminator(path: str | Path, key: str = "D") -> tuple[Discriminat
     cfg = _infer_d_config(params, kwargs, path.name)
     _check_params(Discriminator(cfg), params, path.name)
     info = {"format": "nvidia-pkl", "network": key, "class_name": net.class_name,
-            "num_fp16_res": kwargs.get("num_fp16_res", 0), "note": "computed in float32"}
+            "num_fp16_res": int(_kwarg(kwargs, "num_fp16_res", 0, "an integer", path.name)),
+            "note": "computed in float32"}
     return cfg, params, info
 
 
@@ -174,16 +197,18 @@ def _infer_d_config(params: dict, kwargs: dict, name: str) -> DiscriminatorConfi
     mapping = params.get("mapping", {})
     c_dim = mapping["embed"]["weight"].shape[0] if "embed" in mapping else 0
     cmap_dim = params["b4"]["out"]["weight"].shape[1] if c_dim else None
-    epilogue, map_kw = kwargs.get("epilogue_kwargs") or {}, kwargs.get("mapping_kwargs") or {}
-    conv_clamp = kwargs.get("conv_clamp")
+    epilogue = _kwarg(kwargs, "epilogue_kwargs", None, "a dict", name) or {}
+    map_kw = _kwarg(kwargs, "mapping_kwargs", None, "a dict", name) or {}
+    conv_clamp = _kwarg(kwargs, "conv_clamp", None, "a number", name)
     return DiscriminatorConfig(
         img_resolution=top, img_channels=int(img_channels), c_dim=int(c_dim), channels=tuple(int(c) for c in channels),
         architecture="resnet" if "skip" in params[f"b{top}"] else "orig",
         conv_clamp=None if conv_clamp is None else float(conv_clamp),
-        mbstd_group_size=epilogue.get("mbstd_group_size", 4), mbstd_num_channels=int(mbstd),
+        mbstd_group_size=_kwarg(epilogue, "mbstd_group_size", 4, "an integer", name),
+        mbstd_num_channels=int(mbstd),
         cmap_dim=None if cmap_dim in (None, channels[0]) else int(cmap_dim),
         mapping_layers=len([k for k in mapping if re.fullmatch(r"fc\d+", k)]) if c_dim else 8,
-        mapping_lr_mul=float(map_kw.get("lr_multiplier", 0.01)))
+        mapping_lr_mul=float(_kwarg(map_kw, "lr_multiplier", 0.01, "a number", name)))
 
 
 # ------------------------------------------------------------------------- rosinality
@@ -197,12 +222,16 @@ def from_rosinality(obj: dict, key: str | None, name: str):
     key = key or ("g_ema" if "g_ema" in obj else "g" if "g" in obj else None)
     sd = obj if key is None else obj.get(key)
     if not isinstance(sd, dict):
-        raise ConversionError(f"{name}: no state dict {key!r} in the file (keys: {sorted(obj)})")
-    sd = {k: np.asarray(v, np.float32) for k, v in sd.items() if isinstance(v, np.ndarray)}
+        raise ConversionError(f"{name}: no state dict {key!r} in the file "
+                              f"(keys: {sorted(map(torchfile.describe, obj))[:8]})")
+    sd = {k: np.asarray(v, np.float32) for k, v in sd.items() if isinstance(k, str) and isinstance(v, np.ndarray)}
 
-    def get(k):
+    def get(k, ndim=None, size=None):
         if k not in sd:
             raise ConversionError(f"{name}: missing tensor {key}.{k}")
+        if (ndim is not None and sd[k].ndim != ndim) or (size is not None and sd[k].size != size):
+            raise ConversionError(f"{name}: tensor {key}.{k} has shape {list(sd[k].shape)}, not "
+                                  + (f"{ndim}-D" if ndim is not None else f"{size} elements"))
         return sd[k]
 
     n_mlp = len([k for k in sd if re.fullmatch(r"style\.\d+\.weight", k)])
@@ -210,35 +239,35 @@ def from_rosinality(obj: dict, key: str | None, name: str):
     if n_mlp == 0 or n_convs % 2:
         raise ConversionError(f"{name}: not a rosinality generator (style layers {n_mlp}, convs {n_convs})")
     resolution = 4 * 2 ** (n_convs // 2)
-    style_dim = get("style.1.weight").shape[0]
+    style_dim = get("style.1.weight", 2).shape[0]
 
     for k, v in sd.items():
-        if k.endswith("kernel") and not np.allclose(v, 4 * layout.STANDARD_FILTER, atol=1e-6):
+        if k.endswith("kernel") and (v.shape != (4, 4) or not np.allclose(v, 4 * layout.STANDARD_FILTER, atol=1e-6)):
             raise ConversionError(f"{name}: {key}.{k} is not 4x the [1,3,3,1] FIR filter; unsupported")
 
     nv = {}  # NVIDIA names, torch layout
     for i in range(n_mlp):
-        nv[f"mapping.fc{i}.weight"], nv[f"mapping.fc{i}.bias"] = get(f"style.{i + 1}.weight"), get(f"style.{i + 1}.bias")
+        nv[f"mapping.fc{i}.weight"], nv[f"mapping.fc{i}.bias"] = get(f"style.{i + 1}.weight", 2), get(f"style.{i + 1}.bias", 1)
 
     def modulated(prefix, dst):
-        nv[f"{dst}.affine.weight"] = get(f"{prefix}.conv.modulation.weight")
-        nv[f"{dst}.affine.bias"] = get(f"{prefix}.conv.modulation.bias")
+        nv[f"{dst}.affine.weight"] = get(f"{prefix}.conv.modulation.weight", 2)
+        nv[f"{dst}.affine.bias"] = get(f"{prefix}.conv.modulation.bias", 1)
 
     def modconv(prefix, noise_name, dst, r):
-        w = get(f"{prefix}.conv.weight")[0]  # [O, I, k, k]
+        w = get(f"{prefix}.conv.weight", 5)[0]  # [O, I, k, k]
         # rosinality scales the weight by 1/sqrt(fan_in) before modulation: fold it in (exact)
         nv[f"{dst}.weight"] = w / math.sqrt(w.shape[1] * w.shape[2] * w.shape[3])
         modulated(prefix, dst)
-        nv[f"{dst}.bias"] = get(f"{prefix}.activate.bias")
-        nv[f"{dst}.noise_strength"] = get(f"{prefix}.noise.weight").reshape(())
-        nv[f"{dst}.noise_const"] = get(f"noises.{noise_name}").reshape(r, r)
+        nv[f"{dst}.bias"] = get(f"{prefix}.activate.bias", 1)
+        nv[f"{dst}.noise_strength"] = get(f"{prefix}.noise.weight", size=1).reshape(())
+        nv[f"{dst}.noise_const"] = get(f"noises.{noise_name}", size=r * r).reshape(r, r)
 
     def torgb(prefix, dst):
-        nv[f"{dst}.weight"] = get(f"{prefix}.conv.weight")[0]
+        nv[f"{dst}.weight"] = get(f"{prefix}.conv.weight", 5)[0]
         modulated(prefix, dst)
         nv[f"{dst}.bias"] = get(f"{prefix}.bias").reshape(-1)
 
-    nv["synthesis.b4.const"] = get("input.input")[0]
+    nv["synthesis.b4.const"] = get("input.input", 4)[0]
     modconv("conv1", "noise_0", "synthesis.b4.conv1", 4)
     torgb("to_rgb1", "synthesis.b4.torgb")
     for i in range(n_convs // 2):
@@ -249,6 +278,8 @@ def from_rosinality(obj: dict, key: str | None, name: str):
     params = layout.from_state_dict(nv, name)
     mapping, syn = params["mapping"], params["synthesis"]
     latent_avg = obj.get("latent_avg")
+    if latent_avg is not None and not (isinstance(latent_avg, np.ndarray) and latent_avg.size == style_dim):
+        raise ConversionError(f"{name}: latent_avg is {torchfile.describe(latent_avg)}, not {style_dim} numbers")
     channels = tuple(int(syn[f"b{4 * 2 ** i}"]["conv1"]["weight"].shape[3]) for i in range(n_convs // 2 + 1))
     cfg = StyleGAN2Config(z_dim=style_dim, w_dim=style_dim, img_resolution=resolution,
                           img_channels=int(syn["b4"]["torgb"]["weight"].shape[3]), mapping_layers=n_mlp,

@@ -456,3 +456,20 @@ def test_fuzz_damaged_fixtures(name, workdir):
 @pytest.mark.parametrize("name", FUZZ_FIXTURES)
 def test_fuzz_damaged_fixtures_long(name, workdir):
     fuzz_test(300)(name, workdir)
+
+
+@pytest.mark.parametrize("change, expect", [
+    (lambda g: g.state["_init_kwargs"]["mapping_kwargs"].update(lr_multiplier="abc"), "'lr_multiplier' is 'abc'"),
+    (lambda g: g.state["_init_kwargs"]["synthesis_kwargs"].update(conv_clamp=[1]), "'conv_clamp' is [1]"),
+    (lambda g: g.state["_init_kwargs"].update(synthesis_kwargs=[1, 2]), "'synthesis_kwargs' is [1, 2]"),
+    (lambda g: g.state["_modules"]["mapping"].state["_modules"]["fc0"].state["_parameters"].update(
+        weight=np.zeros(3, np.float32)), "mapping.fc0.weight has shape [3], not 2-D"),
+    (lambda g: g.state["_modules"]["synthesis"].state.update(_parameters=[1]), "_parameters is not a dict"),
+    (lambda g: g.state["_init_kwargs"].update(z_dim={1, 2}), "_init_kwargs['z_dim'] is a set"),
+])
+def test_converter_refuses_malformed_modules(change, expect):
+    """Well-formed pickles with the wrong types inside: a ConversionError / TorchFileError, not a crash."""
+    obj = tf.load(fixture("nvidia_tiny32.pkl"))
+    change(obj["G_ema"])
+    with pytest.raises(JaxeditError, match=expect.replace("[", r"\[").replace("]", r"\]")):
+        sg2.from_nvidia(obj, "G_ema", "nvidia_tiny32.pkl")
