@@ -45,27 +45,28 @@ ROOT = Path(__file__).resolve().parents[1]
 TIME_LIMIT_S = 10.0
 MEMORY_LIMIT_MIB = 1024
 
-# Reads each file of argv in a forked child of one interpreter (torchfile imported once; address
-# space capped at 4 GB); prints {path: outcome, seconds, peak-RSS growth in MiB, or the signal} as JSON.
+# argv: READER_MODULE ALARM_S PATH...; reads each path with READER_MODULE.load in a forked child
+# of one interpreter (reader imported once; address space capped at 4 GB; killed by SIGALRM after
+# ALARM_S) and prints {path: outcome, seconds, peak-RSS growth in MiB | the signal or exit code}.
 RUNNER = r"""
-import json, os, resource, signal, sys, time
+import importlib, json, os, resource, signal, sys, time
 from jaxedit.errors import JaxeditError
-from jaxedit.io import torchfile
+reader = importlib.import_module(sys.argv[1])
 results = {}
-for path in sys.argv[1:]:
+for path in sys.argv[3:]:
     r, w = os.pipe()
     child = os.fork()
     if child == 0:
         os.close(r)
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-        signal.alarm(60)
+        signal.alarm(int(sys.argv[2]))
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t = time.perf_counter()
         try:
-            torchfile.load(path)
+            reader.load(path)
             out = {"refused": False}
         except JaxeditError as e:
-            out = {"refused": True, "type": type(e).__name__, "message": str(e)}
+            out = {"refused": True, "type": type(e).__name__, "message": str(e)[:2000]}
         out["seconds"] = time.perf_counter() - t
         out["peak_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
         os.write(w, json.dumps(out).encode())
@@ -75,7 +76,7 @@ for path in sys.argv[1:]:
         data = f.read()
     _, status = os.waitpid(child, 0)
     results[path] = json.loads(data) if data and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 else {
-        "crashed": os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)}
+        "crashed": -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)}
 print(json.dumps(results))
 """
 
@@ -248,12 +249,13 @@ def build_corpus(d: Path, marker: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
-def run_reader(paths: list[Path], workdir: Path) -> dict[str, dict]:
-    """``torchfile.load`` of each path in a forked child of one fresh interpreter (cwd and first on
-    its PYTHONPATH: ``workdir``): str(path) -> outcome, seconds, peak-RSS growth (MiB) or crash."""
+def run_reader(paths: list[Path], workdir: Path, reader: str = "jaxedit.io.torchfile",
+               alarm_s: int = 60) -> dict[str, dict]:
+    """``reader.load`` of each path in a forked child of one fresh interpreter (cwd and first on its
+    PYTHONPATH: ``workdir``): str(path) -> outcome, seconds, peak-RSS growth (MiB) or crash."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(workdir), str(ROOT)]))
-    res = subprocess.run([sys.executable, "-c", RUNNER, *map(str, paths)], capture_output=True, text=True,
-                         timeout=600, env=env, cwd=workdir)
+    res = subprocess.run([sys.executable, "-c", RUNNER, reader, str(alarm_s), *map(str, paths)],
+                         capture_output=True, text=True, timeout=120 + alarm_s * len(paths), env=env, cwd=workdir)
     assert res.returncode == 0, res.stderr[-2000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
