@@ -96,7 +96,7 @@ CLASSES = (
     "persistent_id_builtins", "nvidia_reconstructor_foreign_class", "ext_code", "zip_slip", "zip_absolute_name",
     "zip_duplicate_member", "zip_bomb", "zip_storage_size_lie", "truncated_zip", "truncated_pickle",
     "memo_index_huge", "bytes_length_huge", "bytearray_length_huge", "deep_nesting_lists",
-    "deep_nesting_tuple_key", "reference_cycle", "set_flood", "build_on_tensor", "nested_streams_deep",
+    "deep_nesting_tuple_key", "reference_cycle", "set_flood", "hash_collision_flood", "build_on_tensor", "nested_streams_deep",
     "tensor_huge_sizes", "tensor_overlapping_huge", "tensor_stride_zero", "tensor_negative_stride",
     "structured_dtype_oob_offset", "plain_dtype_built_with_fields", "object_dtype", "billion_laughs_in_message",
     "billion_laughs_in_pid", "billion_laughs_in_zip_pid", "billion_laughs_in_init_kwargs")
@@ -210,6 +210,9 @@ def build_corpus(d: Path, marker: Path) -> dict[str, tuple[Path, str]]:
     put("deep_nesting_tuple_key", b"\x80\x02}" + b"N" + b"\x85" * 200_000 + b"Ns.", "nested more than")
     put("reference_cycle", b"\x80\x02]q\x00h\x00a.", "reference cycle")
     put("set_flood", b"\x80\x04(" + b"\x8f" * 2_000_000 + b"l.", "refuses to materialize")
+    p61 = (1 << 61) - 1  # the ints k * p61 all hash to 0: inserting n of them costs n**2 / 2 comparisons
+    keys = b"".join(b"\x8a\x0b" + (k * p61).to_bytes(11, "little", signed=True) + b"K\x00" for k in range(1, 100_000))
+    put("hash_collision_flood", b"\x80\x02}(" + keys + b"u.", "hash-collision flood")
     put("build_on_tensor", program(tensor(call(glob("torch.storage", "_load_from_bytes"), frag(
         legacy_stream(program(pid("FloatStorage", "k", 4)), [("k", np.zeros(4, np.float32))]))), 0, (4,), (1,))
         + b"(" + b"}" + pdict([(frag("strides"), frag((1 << 40,)))]) + b"tb"), "refuses to set the state")

@@ -144,6 +144,7 @@ _BUDGET_FACTOR = 4
 _MAX_DEPTH = 100  # nesting of the loaded object (callers recurse: 1-3 frames per level)
 _MAX_EXPANSION = 1 << 20  # + 8 x opcodes: nodes of the object tree with shared references expanded
 _MAX_MEMO_GAP = 1 << 16  # a memo index may skip at most this many slots
+_MAX_SAME_HASH = 64  # keys of one dict / set with one hash value (a str key collides with odds 2**-64)
 _MAX_NDIM = 32
 _MAX_RATIO = 100  # inflated / compressed size of a zip member larger than 1 MiB
 _MAX_SMALL_MEMBER = 1 << 20
@@ -407,6 +408,8 @@ class _Unpickler(pickle._Unpickler):
         self._load_storage = load_storage
         self._pending: dict[int, Any] = {}  # fresh dtypes and arrays awaiting their one BUILD
         self._nesting: dict[int, tuple[Any, int]] = {}  # id -> (tuple or frozenset, nesting depth)
+        self._hashes: dict[tuple[int, int], int] = {}  # (container id, key hash) -> keys so far
+        self._hashed_containers: dict[int, Any] = {}
 
     def load(self) -> Any:
         """``pickle._Unpickler.load`` with the budget charged per opcode."""
@@ -501,20 +504,53 @@ class _Unpickler(pickle._Unpickler):
         items = self.pop_mark()
         self._target(list, "APPENDS").extend(items)
 
+    def _hashed(self, container: Any, keys) -> None:
+        """Refuse keys of ``container`` that share one hash value (crafted ints or tuples make inserting
+        them quadratic); called before they are inserted."""
+        counts, cid = self._hashes, id(container)
+        self._hashed_containers[cid] = container  # keeps ids unique while counting
+        for k in keys:
+            h = (cid, hash(k))
+            n = counts[h] = counts.get(h, 0) + 1
+            if n > _MAX_SAME_HASH:
+                raise _Refused(f"refuses a dict or set with more than {_MAX_SAME_HASH} keys of one hash value "
+                               "(a hash-collision flood)")
+
+    def _setitems(self, target: dict, items: list) -> None:
+        if len(items) % 2:
+            raise _Corrupt("pickle dict items with a key but no value")
+        keys = items[0::2]
+        self._hashed(target, keys)
+        for k, v in zip(keys, items[1::2]):
+            target[k] = v
+
     def _op_setitem(self):
         value = self.stack.pop()
         key = self.stack.pop()
-        self._target(dict, "SETITEM")[key] = value
+        self._setitems(self._target(dict, "SETITEM"), [key, value])
 
     def _op_setitems(self):
         items = self.pop_mark()
-        target = self._target(dict, "SETITEMS")
-        for i in range(0, len(items), 2):
-            target[items[i]] = items[i + 1]
+        self._setitems(self._target(dict, "SETITEMS"), items)
+
+    def _op_reduce(self):
+        args = self.stack.pop()
+        func = self.stack[-1]
+        if isinstance(func, type) and issubclass(func, dict) and args:  # keys only through _setitems
+            raise _Corrupt(f"pickle REDUCE of {func.__name__} with arguments")
+        self.stack[-1] = func(*args)
+
+    def _op_dict(self):
+        items = self.pop_mark()
+        d: dict = {}
+        self._setitems(d, items)
+        self.append(d)
 
     def _op_additems(self):
         items = self.pop_mark()
-        self._target(set, "ADDITEMS").update(items)
+        target = self._target(set, "ADDITEMS")
+        self._hashed(target, items)
+        target.update(items)
 
     def _nested(self, obj: Any, items) -> Any:
         """Record the nesting depth of a new tuple / frozenset: hashing recurses through them."""
@@ -542,7 +578,7 @@ class _Unpickler(pickle._Unpickler):
 
     def _op_frozenset(self):
         items = self.pop_mark()
-        self.append(self._nested(frozenset(items), items))
+        self.append(self._g_frozenset("", "")(items))
 
     def _op_build(self):
         state = self.stack.pop()
@@ -559,16 +595,28 @@ class _Unpickler(pickle._Unpickler):
 
     # ---- handlers: each returns the object the global stands for ----
     def _g_OrderedDict(self, q, n):
-        return collections.OrderedDict
+        def make_ordered_dict(items=()):  # Python 2 pickles give the items as [[k, v], ...]
+            d = collections.OrderedDict()
+            pairs = [tuple(p) for p in (items.items() if isinstance(items, dict) else items)]
+            if not all(len(p) == 2 for p in pairs):
+                raise _Corrupt("OrderedDict items that are not (key, value) pairs")
+            self._setitems(d, [x for p in pairs for x in p])
+            return d
+        return make_ordered_dict
 
     def _g_set(self, q, n):
         def make_set(items=()):
-            return set(items)
+            items = list(items)
+            s: set = set()
+            self._hashed(s, items)
+            s.update(items)
+            return s
         return make_set
 
     def _g_frozenset(self, q, n):
         def make_frozenset(items=()):
             items = list(items)
+            self._hashed(items, items)  # counted under the list's id: the frozenset does not exist yet
             return self._nested(frozenset(items), items)
         return make_frozenset
 
@@ -723,7 +771,8 @@ for _ops, _method in {
     (pickle.ADDITEMS,): _Unpickler._op_additems, (pickle.BUILD,): _Unpickler._op_build,
     (pickle.TUPLE,): _Unpickler._op_tuple, (pickle.TUPLE1,): _Unpickler._op_tuple1,
     (pickle.TUPLE2,): _Unpickler._op_tuple2, (pickle.TUPLE3,): _Unpickler._op_tuple3,
-    (pickle.FROZENSET,): _Unpickler._op_frozenset,
+    (pickle.FROZENSET,): _Unpickler._op_frozenset, (pickle.DICT,): _Unpickler._op_dict,
+    (pickle.REDUCE,): _Unpickler._op_reduce,
 }.items():
     _Unpickler._dispatch[_ops[0][0]] = _method
 
