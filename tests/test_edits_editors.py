@@ -315,7 +315,8 @@ def test_edit_cli_grid_equals_direct_render(tiny, tmp_path):
     ws = G.mapping(params, z)
     imgs = [G.synthesis(params, ws.at[:, :4].add(t * dirs[1]), noise_mode="const") for t in (-2.0, 0.0, 2.0)]
     expect = np.stack(imgs, 1).reshape(-1, 16, 16, 3)  # rows = seeds, columns = strengths
-    ref_path = imio.save_grid(np.asarray(expect), tmp_path / "expect.png", cols=3)
+    ref_path = imio.save_grid(np.asarray(expect), tmp_path / "expect.png", cols=3, row_labels=["seed 3", "seed 4"],
+                              col_labels=["-2", "0", "+2"])
     got, want = (np.asarray(Image.open(p), np.int16) for p in (tmp_path / "g.png", ref_path))
     assert got.shape == want.shape and np.max(np.abs(got - want)) <= 1
 

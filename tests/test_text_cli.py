@@ -56,7 +56,8 @@ def test_optimize_grid_and_saved_latents_equal_direct_call(models, tmp_path, cap
     assert float(jnp.max(jnp.abs(direct.ws - w0[None]))) > 1e-3  # it moved
     cells = [G.synthesis(gp, w0)] + [G.synthesis(gp, jnp.asarray(saved["ws"][p])) for p in range(2)]
     expect = np.stack(cells, 1).reshape(-1, *cells[0].shape[1:])  # rows = seeds, columns = original + prompts
-    want = png(imio.save_grid(np.asarray(expect), tmp_path / "expect.png", cols=3))
+    want = png(imio.save_grid(np.asarray(expect), tmp_path / "expect.png", cols=3, row_labels=["seed 0", "seed 5"],
+                              col_labels=["original", *PROMPTS]))
     got = png(tmp_path / "g.png")
     assert got.shape == want.shape and np.max(np.abs(got - want)) <= 1
 
@@ -70,7 +71,8 @@ def test_shift_grid_k0_is_the_original_and_k_scales_the_saved_shift(models, tmp_
     assert x.shape == G.layer_weight_shape("b16.conv1") and np.abs(x).max() > 0
     ws = G.mapping(gp, z_of((1,), G.cfg.z_dim), psi=0.7)
     cells = [G.synthesis(gp, ws), G.synthesis(gp, ws, deltas={"b16.conv1": jnp.asarray(x)})]
-    want = png(imio.save_grid(np.asarray(jnp.concatenate(cells)), tmp_path / "expect.png", cols=2))
+    want = png(imio.save_grid(np.asarray(jnp.concatenate(cells)), tmp_path / "expect.png", cols=2,
+                              row_labels=["a red shape / 1"], col_labels=["0", "+1"]))
     assert np.max(np.abs(png(tmp_path / "s.png") - want)) <= 1
     assert main(run) == 2  # --save exists: not overwritten without --force
 

@@ -90,3 +90,13 @@ def load_generator(path: str | None, *, unconditional: str | None = None):
     if unconditional and G.cfg.c_dim:
         raise UsageError(f"{unconditional}: conditional generators are not supported yet")
     return G, params
+
+
+def strength_labels(strengths) -> list[str]:
+    """Column labels of a strength sweep: ``['-3', '-1.5', '0', '+1.5', '+3']``."""
+    return ["0" if float(t) == 0 else f"{float(t):+.3g}" for t in strengths]
+
+
+def text_label(text: str, width: int = 22) -> str:
+    """A prompt shortened to fit a grid label."""
+    return text if len(text) <= width else text[:width - 3] + "..."

@@ -15,7 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxedit import edits
-from jaxedit.cli.common import DEFAULT_GENERATOR, load_generator, model_path, parse_seeds, parse_strengths, seed_latents
+from jaxedit.cli.common import (
+    DEFAULT_GENERATOR,
+    load_generator,
+    model_path,
+    parse_seeds,
+    parse_strengths,
+    seed_latents,
+    strength_labels,
+)
 from jaxedit.edits import fit
 from jaxedit.errors import UsageError
 from jaxedit.io import images as imio
@@ -73,7 +81,8 @@ def run_edit(args) -> None:
     dt = time.perf_counter() - t0
     grid = imgs.transpose(1, 0, 2, 3, 4).reshape(-1, *imgs.shape[2:])  # rows = seeds, columns = strengths
     args.signals.check()
-    imio.save_grid(grid, args.out, cols=len(strengths))
+    imio.save_grid(grid, args.out, cols=len(strengths), row_labels=[f"seed {s}" for s in seeds],
+                   col_labels=strength_labels(strengths))
     print(f"{ed.family} direction {args.direction} ({ed.space} space): {len(seeds)} seeds x {len(strengths)} strengths "
           f"{np.round(strengths, 3).tolist()} in {dt:.2f} s -> {args.out} (rows = seeds, columns = strengths)")
 
@@ -88,7 +97,8 @@ def run_traverse(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for b, seed in enumerate(seeds):
         args.signals.check()
-        imio.save_grid(imgs[:, :, b].reshape(-1, *imgs.shape[3:]), out / f"seed{seed}.png", cols=len(strengths))
+        imio.save_grid(imgs[:, :, b].reshape(-1, *imgs.shape[3:]), out / f"seed{seed}.png", cols=len(strengths),
+                       row_labels=[f"k={k}" for k in ks], col_labels=strength_labels(strengths))
     n = imgs.shape[0] * imgs.shape[1] * imgs.shape[2]
     print(f"{ed.family}: {len(ks)} directions x {len(strengths)} strengths x {len(seeds)} seeds = {n} frames in "
           f"{dt:.2f} s ({n / dt:.0f} frames/s incl. compile) -> {out}/seed*.png (rows = directions, columns = strengths)")

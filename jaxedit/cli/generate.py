@@ -15,8 +15,7 @@ from jaxedit import parallel
 from jaxedit.cli.common import load_generator, load_npy, parse_seeds, seed_latents
 from jaxedit.data import shapes
 from jaxedit.errors import CheckpointError, UsageError
-from jaxedit.io import checkpoint
-from jaxedit.io import files
+from jaxedit.io import checkpoint, files
 from jaxedit.io import images as imio
 from jaxedit.models.stylegan2 import StyleGAN2Config
 

@@ -25,12 +25,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit.cli.common import DEFAULT_CLIP, load_generator, model_path, parse_seeds, parse_strengths, seed_latents
+from jaxedit.cli.common import (
+    DEFAULT_CLIP,
+    load_generator,
+    model_path,
+    parse_seeds,
+    parse_strengths,
+    seed_latents,
+    strength_labels,
+    text_label,
+)
 from jaxedit.converters.styleclip import load_fs3
 from jaxedit.edits import text
 from jaxedit.errors import UsageError
-from jaxedit.io import checkpoint
-from jaxedit.io import files
+from jaxedit.io import checkpoint, files
 from jaxedit.io import images as imio
 from jaxedit.io.progress import Progress
 from jaxedit.models import clip
@@ -233,6 +241,7 @@ def run_text_edit(args) -> None:
         else:
             grid, cols, before, after, saved = _mapper(args, G, gp, guide, cp, tok, prompts, z, mappers)
         layout = "rows = seeds, columns = original then one per prompt"
+        rows, columns = [f"seed {s}" for s in seeds], ["original", *map(text_label, prompts)]
     else:
         strengths = parse_strengths(args.strengths or DEFAULT_STRENGTHS[args.method])
         if args.method == "global":
@@ -241,9 +250,11 @@ def run_text_edit(args) -> None:
         else:
             grid, cols, before, after, saved = _shift(args, G, gp, guide, cp, tok, prompts, z, strengths)
         layout = f"rows = prompts x seeds, columns = strengths {np.round(strengths, 3).tolist()}"
+        rows = [f"{text_label(p, 16)} / {s}" for p in prompts for s in seeds]
+        columns = strength_labels(strengths)
     dt = time.perf_counter() - t0
     args.signals.check()
-    imio.save_grid(grid, out, cols=cols)
+    imio.save_grid(grid, out, cols=cols, row_labels=rows, col_labels=columns)
     if args.save:
         files.save_npz(args.save, prompts=np.asarray(prompts), seeds=np.asarray(seeds), **saved)
     print(f"text-edit --method {args.method}: {len(prompts)} prompts x {len(seeds)} seeds in {dt:.2f} s "

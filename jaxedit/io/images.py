@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from einops import rearrange
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from jaxedit.io.files import atomic_path
 
@@ -47,7 +48,37 @@ def save_png(array: np.ndarray, path: str | Path, upscale: int = 1) -> Path:
     return Path(path)
 
 
-def save_grid(images: np.ndarray, path: str | Path, cols: int | None = None, min_cell: int = 128) -> Path:
-    """Save ``[N, H, W, C]`` images as a PNG grid; small images are upscaled to about ``min_cell`` px."""
-    upscale = max(1, min_cell // images.shape[1])
-    return save_png(grid(images, cols), path, upscale)
+def label(grid_image: np.ndarray, cell: tuple[int, int], origin: int, row_labels=(), col_labels=(),
+          pad_value: int = 255) -> np.ndarray:
+    """Add a left margin with ``row_labels`` and a top margin with ``col_labels`` to a grid image
+    ``[H, W, C]`` uint8 whose cells are ``cell = (height, width)`` px apart from ``origin``."""
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    text_w = max((measure.textbbox((0, 0), t, font=font)[2] for t in row_labels), default=0)
+    text_h = max((measure.textbbox((0, 0), t, font=font)[3] for t in [*row_labels, *col_labels]), default=0)
+    left = text_w + 8 if row_labels else 0
+    top = text_h + 6 if col_labels else 0
+    h, w, c = grid_image.shape
+    canvas = Image.new("RGB", (w + left, h + top), (pad_value,) * 3)
+    canvas.paste(Image.fromarray(grid_image if c == 3 else np.repeat(grid_image, 3, axis=-1)), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    for i, t in enumerate(row_labels):
+        draw.text((4, top + origin + i * cell[0] + cell[0] // 2), t, fill=(0, 0, 0), font=font, anchor="lm")
+    for j, t in enumerate(col_labels):
+        draw.text((left + origin + j * cell[1] + cell[1] // 2, 3), t, fill=(0, 0, 0), font=font, anchor="mt")
+    return np.asarray(canvas)
+
+
+def save_grid(images: np.ndarray, path: str | Path, cols: int | None = None, min_cell: int = 128,
+              row_labels: Sequence[str] = (), col_labels: Sequence[str] = ()) -> Path:
+    """Save ``[N, H, W, C]`` images as a PNG grid, optionally labelled (rows: e.g. seeds; columns:
+    e.g. strengths or prompts); small images are upscaled to about ``min_cell`` px."""
+    n, h, w = images.shape[:3]
+    upscale = max(1, min_cell // h)
+    pad = 2
+    tiled = grid(images, cols, pad=pad)
+    if not row_labels and not col_labels:
+        return save_png(tiled, path, upscale)
+    big = tiled.repeat(upscale, axis=0).repeat(upscale, axis=1)
+    return save_png(label(big, ((h + pad) * upscale, (w + pad) * upscale), pad * upscale, row_labels, col_labels),
+                    path)
