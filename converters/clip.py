@@ -85,9 +85,9 @@ def state_dict(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
     obj = torchfile.load(path)  # TorchFileError (a ValueError) names the file
     if isinstance(obj, torchfile.ScriptObject):
         return torchfile.module_state_dict(obj), "torchscript"
-    if isinstance(obj, dict) and all(isinstance(v, np.ndarray) for v in obj.values()):
+    if isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()):
         return dict(obj), "state_dict"
-    what = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+    what = sorted(map(torchfile.describe, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
     raise ConversionError(f"{path.name}: not a CLIP TorchScript archive or state dict (top level: {what})")
 
 
@@ -96,6 +96,8 @@ def infer_config(sd: dict[str, np.ndarray], name: str) -> CLIPConfig:
     def shape(key: str) -> tuple[int, ...]:
         if key not in sd:
             raise ConversionError(f"{name}: missing tensor {key!r} (not an OpenAI-layout CLIP state dict?)")
+        if sd[key].ndim == 0:
+            raise ConversionError(f"{name}: tensor {key!r} is a scalar, not an array")
         return tuple(sd[key].shape)
 
     def count(prefix: str) -> int:
@@ -133,6 +135,8 @@ def to_params(sd: dict[str, np.ndarray], cfg: CLIPConfig, name: str) -> dict:
             continue
         jname, fn = jax_name(tname)
         a = np.asarray(arr, np.float32)
+        if fn is _hwio and a.ndim != 4:
+            raise ConversionError(f"{name}: tensor {tname!r} has shape {list(a.shape)}, not a 4-D conv weight")
         a = fn(a) if fn is not None else a
         *parents, leaf = jname.split(".")
         node = params

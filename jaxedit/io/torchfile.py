@@ -61,6 +61,7 @@ from typing import Any, Callable
 
 import ml_dtypes
 import numpy as np
+
 from jaxedit.errors import FormatError
 
 __all__ = [
@@ -509,6 +510,7 @@ class _Unpickler(pickle._Unpickler):
         them quadratic); called before they are inserted."""
         counts, cid = self._hashes, id(container)
         self._hashed_containers[cid] = container  # keeps ids unique while counting
+        self._ctx.charge(128 * len(keys), "dict and set keys")  # the count records
         for k in keys:
             h = (cid, hash(k))
             n = counts[h] = counts.get(h, 0) + 1
@@ -569,11 +571,11 @@ class _Unpickler(pickle._Unpickler):
         self.stack[-1] = self._nested((self.stack[-1],), self.stack[-1:])
 
     def _op_tuple2(self):
-        items = self.stack[-2:]
+        items = [self.stack[-2], self.stack[-1]]
         self.stack[-2:] = [self._nested(tuple(items), items)]
 
     def _op_tuple3(self):
-        items = self.stack[-3:]
+        items = [self.stack[-3], self.stack[-2], self.stack[-1]]
         self.stack[-3:] = [self._nested(tuple(items), items)]
 
     def _op_frozenset(self):
@@ -597,16 +599,16 @@ class _Unpickler(pickle._Unpickler):
     def _g_OrderedDict(self, q, n):
         def make_ordered_dict(items=()):  # Python 2 pickles give the items as [[k, v], ...]
             d = collections.OrderedDict()
-            pairs = [tuple(p) for p in (items.items() if isinstance(items, dict) else items)]
-            if not all(len(p) == 2 for p in pairs):
-                raise _Corrupt("OrderedDict items that are not (key, value) pairs")
-            self._setitems(d, [x for p in pairs for x in p])
+            if not (isinstance(items, (list, tuple))
+                    and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in items)):
+                raise _Corrupt("OrderedDict items that are not a list of (key, value) pairs")
+            self._setitems(d, [x for p in items for x in p])
             return d
         return make_ordered_dict
 
     def _g_set(self, q, n):
         def make_set(items=()):
-            items = list(items)
+            _check_items(items, "set")
             s: set = set()
             self._hashed(s, items)
             s.update(items)
@@ -615,7 +617,7 @@ class _Unpickler(pickle._Unpickler):
 
     def _g_frozenset(self, q, n):
         def make_frozenset(items=()):
-            items = list(items)
+            _check_items(items, "frozenset")
             self._hashed(items, items)  # counted under the list's id: the frozenset does not exist yet
             return self._nested(frozenset(items), items)
         return make_frozenset
@@ -775,6 +777,11 @@ for _ops, _method in {
     (pickle.REDUCE,): _Unpickler._op_reduce,
 }.items():
     _Unpickler._dispatch[_ops[0][0]] = _method
+
+
+def _check_items(items: Any, what: str) -> None:
+    if not isinstance(items, (list, tuple)):
+        raise _Corrupt(f"a {what} of a {type(items).__name__}, not of a list")
 
 
 def _build_dtype(dt: np.dtype, state: Any) -> None:
