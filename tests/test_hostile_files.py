@@ -21,6 +21,7 @@ import copyreg
 import json
 import os
 import pickle
+import re
 import signal
 import struct
 import subprocess
@@ -35,6 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import fixture
+from jaxedit.converters import clip as clip_converter
 from jaxedit.converters import stylegan2 as sg2
 from jaxedit.edits import formats
 from jaxedit.errors import JaxeditError
@@ -478,3 +480,20 @@ def test_converter_refuses_malformed_modules(change, expect):
     change(obj["G_ema"])
     with pytest.raises(JaxeditError, match=expect.replace("[", r"\[").replace("]", r"\]")):
         sg2.from_nvidia(obj, "G_ema", "nvidia_tiny32.pkl")
+
+
+def test_edit_formats_and_clip_refuse_malformed_tensors():
+    """Wrong types and ranks inside well-formed files are EditFileError / ConversionError naming the key."""
+    cnf = tf.load(fixture("decurved_cnf.pt"))
+    key = "chain.0.odefunc.diffeq.layers.0._layer.weight"
+    for value, expect in (("abc", "is not a tensor"), (np.zeros(3, np.float32), "expected (out, in)")):
+        with pytest.raises(formats.EditFileError, match=re.escape(expect)):
+            formats.cnf_from_state({"state_dict": dict(cnf["state_dict"], **{key: value})}, "f.pt")
+    with pytest.raises(formats.EditFileError, match="'log_mat_half' is not a tensor"):
+        formats.deformator_from_state({"log_mat_half": [[1.0]]}, "f.pt")
+    sd = tf.load(fixture("clip_tiny_rn_state_dict.pt"))
+    for k, v, expect in (("visual.conv1.weight", np.zeros((3, 3), np.float32), "not a 4-D conv weight"),
+                         ("ln_final.weight", np.zeros((), np.float32), "is a scalar")):
+        bad = dict(sd, **{k: v})
+        with pytest.raises(clip_converter.ConversionError, match=expect):
+            clip_converter.to_params(bad, clip_converter.infer_config(bad, "f.pt"), "f.pt")

@@ -61,6 +61,13 @@ def read_torch(path: str | Path) -> Any:
         raise _err(path, f"cannot open ({e})") from e
 
 
+def _tensor(path, obj: dict, key: str) -> np.ndarray:
+    """``obj[key]`` as float32, refused (naming the key) unless the file holds a tensor there."""
+    if not isinstance(obj[key], np.ndarray):
+        raise _err(path, f"{key!r} is not a tensor ({type(obj[key]).__name__})")
+    return np.asarray(obj[key], np.float32)
+
+
 def sniff_torch(obj: Any) -> str | None:
     """Which edit family a read torch object holds: ``'warped'``, ``'curvilinear'``, ``'linear'``
     (a deformator) or ``None``."""
@@ -197,7 +204,7 @@ def deformator_from_state(obj: Any, path: str | Path, kind: str | None = None) -
     if not isinstance(obj, dict):
         raise _err(path, f"expected a state dict, got {type(obj).__name__}")
     if "log_mat_half" in obj:
-        L = np.asarray(obj["log_mat_half"], np.float32)
+        L = _tensor(path, obj, "log_mat_half")
         if L.ndim != 2 or L.shape[0] != L.shape[1]:
             raise _err(path, f"'log_mat_half' must be square (K, K), got {L.shape}")
         return {"kind": "ortho", "params": {"log_mat_half": _finite(path, "log_mat_half", L)}}
@@ -211,12 +218,12 @@ def deformator_from_state(obj: Any, path: str | Path, kind: str | None = None) -
             raise _err(path, "a linear.weight deformator is 'linear' or 'proj': pass kind= (no args.json found)")
     if kind not in ("linear", "proj"):
         raise _err(path, f"deformator kind {kind!r} does not match the file's linear.weight (linear or proj)")
-    W = np.asarray(obj["linear.weight"], np.float32)
+    W = _tensor(path, obj, "linear.weight")
     if W.ndim != 2:
         raise _err(path, f"'linear.weight' must be (d, K), got {W.shape}")
     params = {"weight": _finite(path, "linear.weight", W)}
     if "linear.bias" in obj:
-        b = np.asarray(obj["linear.bias"], np.float32).reshape(-1)
+        b = _tensor(path, obj, "linear.bias").reshape(-1)
         if b.shape != (W.shape[0],):
             raise _err(path, f"'linear.bias' has shape {b.shape}, expected ({W.shape[0]},)")
         params["bias"] = b
@@ -253,7 +260,7 @@ def cnf_from_state(obj: Any, path: str | Path, T: float | None = None) -> tuple[
     for k, v in sd.items():
         m = _CNF_KEY.match(k)
         if m:
-            layers.setdefault(int(m[1]), {})[f"{m[2]}.{m[3]}"] = np.asarray(v, np.float32)
+            layers.setdefault(int(m[1]), {})[f"{m[2]}.{m[3]}"] = _tensor(path, sd, k)
         elif k not in ("chain.0.odefunc._num_evals", "chain.0.sqrt_end_time"):
             raise _err(path, f"unexpected key {k!r}")
     if not layers or sorted(layers) != list(range(len(layers))):
@@ -265,6 +272,8 @@ def cnf_from_state(obj: Any, path: str | Path, T: float | None = None) -> tuple[
             if need not in L:
                 raise _err(path, f"missing key {CNF_PREFIX}{i}._{need}")
         w = L["layer.weight"]
+        if w.ndim != 2:
+            raise _err(path, f"{CNF_PREFIX}{i}._layer.weight has shape {w.shape}, expected (out, in)")
         out, inp = w.shape
         if dims and inp != dims[-1]:
             raise _err(path, f"{CNF_PREFIX}{i}._layer.weight has input size {inp}, previous layer outputs {dims[-1]}")
@@ -281,8 +290,13 @@ def cnf_from_state(obj: Any, path: str | Path, T: float | None = None) -> tuple[
         }
     if dims[-1] != dims[0]:
         raise _err(path, f"the ODE net maps {dims[0]} -> {dims[-1]} dimensions; a flow needs equal sizes")
-    if T is None:
-        T = float(np.asarray(sd["chain.0.sqrt_end_time"])) ** 2 if "chain.0.sqrt_end_time" in sd else 0.1
+    if T is None and "chain.0.sqrt_end_time" in sd:
+        end = _tensor(path, sd, "chain.0.sqrt_end_time")
+        if end.size != 1:
+            raise _err(path, f"'chain.0.sqrt_end_time' has shape {end.shape}, expected one number")
+        T = float(end.reshape(())) ** 2
+    elif T is None:
+        T = 0.1
     return CNFConfig(dim=dims[0], hidden=tuple(dims[1:-1]), T=T), params
 
 
