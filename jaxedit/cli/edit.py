@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit import edits
+from jaxedit import edits, parallel
 from jaxedit.cli.common import (
     DEFAULT_GENERATOR,
     load_generator,
@@ -61,12 +61,7 @@ def _frames(G, gp, ed, z, ks, strengths, psi: float, batch: int):
         lat = ed.prepare(G, gp, z, psi)
         B = z.shape[0]
         moved = jax.vmap(lambda k: jax.vmap(lambda t: edits.apply(ed, lat, k, jnp.full((B,), t)))(strengths))(ks)
-        flat = moved.reshape(-1, *lat.shape[1:])
-        n = flat.shape[0]
-        pad = (-n) % batch
-        flat = jnp.concatenate([flat, jnp.repeat(flat[:1], pad, 0)]) if pad else flat
-        imgs = jax.lax.map(lambda x: ed.render(G, gp, x, psi), flat.reshape(-1, batch, *lat.shape[1:]))
-        imgs = imgs.reshape(-1, *imgs.shape[2:])[:n]
+        imgs = parallel.chunked_map(lambda x: ed.render(G, gp, x, psi), moved.reshape(-1, *lat.shape[1:]), batch)
         return imgs.reshape(ks.shape[0], strengths.shape[0], B, *imgs.shape[1:])
 
     return np.asarray(run(ed, jnp.asarray(z), jnp.asarray(ks, jnp.int32), jnp.asarray(strengths)))

@@ -20,6 +20,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from jaxedit import parallel
 from jaxedit.errors import InputError
 
 Array = jax.Array
@@ -108,8 +110,8 @@ def render(G: Any, gparams: Any, latents: Array, batch: int = 16, space: str = "
     """Render latents ``[..., d]`` (e.g. a traversal ``[K, 2S+1, B, d]``) to images ``[..., H, W, C]``.
 
     ``space='z'`` maps with ``G.mapping`` (truncation ``psi``) first, ``'w'`` feeds W codes to
-    every layer. The flattened latents are zero-padded to a multiple of ``batch`` and
-    rendered with ``lax.map`` over fixed-size chunks: one compiled program per (shape, batch).
+    every layer. The flattened latents are rendered ``batch`` at a time
+    (:func:`jaxedit.parallel.chunked_map`): one compiled program per (shape, batch).
     """
     if space not in ("z", "w"):
         raise InputError(f"space must be 'z' or 'w', got {space!r}")
@@ -119,15 +121,10 @@ def render(G: Any, gparams: Any, latents: Array, batch: int = 16, space: str = "
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 6))
 def _render(G, gparams, latents, batch, space, psi, noise_mode):
     lead, d = latents.shape[:-1], latents.shape[-1]
-    flat = latents.reshape(-1, d)
-    n = flat.shape[0]
-    pad = (-n) % batch
-    chunks = jnp.pad(flat, ((0, pad), (0, 0))).reshape(-1, batch, d)
 
     def one(x):
         ws = G.mapping(gparams, x, psi=psi) if space == "z" else x
         return G.synthesis(gparams, ws, noise_mode=noise_mode)
 
-    imgs = jax.lax.map(one, chunks)
-    imgs = imgs.reshape((-1,) + imgs.shape[2:])[:n]
+    imgs = parallel.chunked_map(one, latents.reshape(-1, d), batch)
     return imgs.reshape(tuple(lead) + imgs.shape[1:])

@@ -5,7 +5,7 @@ along direction (path, axis) ``k`` by strength ``t`` (linear, warped and curvili
 fit); a *score* is ``score(latents [B, ...]) -> (attributes [B, A], shape_probs [B, 3])``,
 e.g. render with the generator and read with the probe (:mod:`jaxedit.metrics.attributes`).
 Every function is one compiled program over all directions, strengths and latents, scored in
-chunks of ``batch`` latents (``lax.map``), so memory is bounded by the chunk.
+chunks of ``batch`` latents (:func:`jaxedit.parallel.chunked_map`), so memory is bounded by the chunk.
 """
 
 from __future__ import annotations
@@ -16,19 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxedit import parallel
 from jaxedit.metrics import attributes as attr_lib
 
 Edit = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 Score = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
-
-
-def _chunked(score: Score, flat: jax.Array, batch: int):
-    """``score`` of ``flat [N, *latent]`` in chunks of ``batch`` -> (attrs [N, A], probs [N, 3])."""
-    n = flat.shape[0]
-    pad = (-n) % batch
-    x = jnp.concatenate([flat, jnp.repeat(flat[:1], pad, 0)]) if pad else flat
-    a, p = jax.lax.map(score, x.reshape(-1, batch, *flat.shape[1:]))
-    return a.reshape(-1, a.shape[-1])[:n], p.reshape(-1, p.shape[-1])[:n]
 
 
 def sweep_changes(score: Score, edit: Edit, latents: jax.Array, directions: jax.Array, strengths: jax.Array,
@@ -44,7 +36,7 @@ def sweep_changes(score: Score, edit: Edit, latents: jax.Array, directions: jax.
     strengths = jnp.asarray(strengths, jnp.float32)
     K, S, B = directions.shape[0], strengths.shape[0], latents.shape[0]
     moved = jax.vmap(lambda k: jax.vmap(lambda t: edit(latents, k, jnp.full((B,), t)))(strengths))(directions)
-    a, p = _chunked(score, moved.reshape(K * S * B, *latents.shape[1:]), batch)
+    a, p = parallel.chunked_map(score, moved.reshape(K * S * B, *latents.shape[1:]), batch)
     a = a.reshape(K, S, B, -1)
     p = p.reshape(K, S, B, -1)
     zero = jnp.argmin(jnp.abs(strengths))
@@ -92,7 +84,7 @@ def commutativity(score: Score, edit: Edit, latents: jax.Array, a: tuple[int, fl
     full = lambda t: jnp.full((B,), t, jnp.float32)
     ab = edit(edit(latents, jnp.asarray(a[0]), full(a[1])), jnp.asarray(b[0]), full(b[1]))
     ba = edit(edit(latents, jnp.asarray(b[0]), full(b[1])), jnp.asarray(a[0]), full(a[1]))
-    sa, sb = _chunked(score, ab, batch), _chunked(score, ba, batch)
+    sa, sb = parallel.chunked_map(score, ab, batch), parallel.chunked_map(score, ba, batch)
     return np.asarray(jnp.mean(jnp.abs(attr_lib.change(sa, sb)), 0))
 
 

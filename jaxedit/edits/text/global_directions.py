@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxedit import parallel
 from jaxedit.edits.text.losses import Array, ImageEmbed, Styles, unit
 from jaxedit.errors import InputError
 from jaxedit.models.stylegan2 import StyleGAN2
@@ -101,7 +102,7 @@ def channel_relevance(G: StyleGAN2, gparams, image_embed: ImageEmbed, ws: Array,
     and normalize both; ``diff = e(+) - e(-)``, normalized; average over the M images;
     normalize (``GetFs``). The reference uses the first 100 of its 100,000 stats samples.
 
-    Batched: one ``lax.map`` step renders ``2 * M * k`` images for a chunk of
+    Batched (:func:`jaxedit.parallel.chunked_map`): one step renders ``2 * M * k`` images for a chunk of
     ``k = max(1, batch // (2 M))`` channels (channel index, sign and image vectorized); the
     reference renders one image at a time (about 1.1 M renders for FFHQ).
 
@@ -126,31 +127,29 @@ def channel_relevance(G: StyleGAN2, gparams, image_embed: ImageEmbed, ws: Array,
     total = int(offsets[-1])
     layer_of = jnp.asarray(np.repeat(np.arange(len(layers)), dims))
     per = max(1, batch // (2 * M))
-    chunks = -(-total // per)
-    index = jnp.minimum(jnp.arange(chunks * per), total - 1).reshape(chunks, per)
     sign = jnp.array([-1.0, 1.0])
 
-    def chunk(f):  # f [per] global channel indices
+    def chunk(f):  # f [k] global channel indices
+        k = f.shape[0]
         edited = {}
         for name, s in styles.items():
-            base = jnp.broadcast_to(s[None, None], (per, 2, M, s.shape[1]))
+            base = jnp.broadcast_to(s[None, None], (k, 2, M, s.shape[1]))
             if name in layers:
                 j = layers.index(name)
                 local = jnp.clip(f - offsets[j], 0, dims[j] - 1)
-                hit = (jnp.arange(dims[j])[None] == local[:, None]) & (layer_of[f] == j)[:, None]  # [per, C]
+                hit = (jnp.arange(dims[j])[None] == local[:, None]) & (layer_of[f] == j)[:, None]  # [k, C]
                 mean, std = stats["mean"][name], stats["std"][name]
-                value = mean[local][:, None] + sign[None] * delta * std[local][:, None]  # [per, 2]
+                value = mean[local][:, None] + sign[None] * delta * std[local][:, None]  # [k, 2]
                 if cumulative_means:
-                    earlier = (offsets[j] + jnp.arange(dims[j]))[None] < f[:, None]  # [per, C]
+                    earlier = (offsets[j] + jnp.arange(dims[j]))[None] < f[:, None]  # [k, C]
                     base = jnp.where(earlier[:, None, None], mean, base)
                 base = jnp.where(hit[:, None, None], value[:, :, None, None], base)
-            edited[name] = base.reshape(per * 2 * M, s.shape[1])
+            edited[name] = base.reshape(k * 2 * M, s.shape[1])
         img = G.synthesis_from_styles(gparams, edited, noise_mode)
-        e = unit(image_embed(img)).reshape(per, 2, M, -1)
+        e = unit(image_embed(img)).reshape(k, 2, M, -1)
         return unit(jnp.mean(unit(e[:, 1] - e[:, 0]), axis=1))
 
-    out = jax.lax.map(chunk, index)
-    return out.reshape(chunks * per, -1)[:total]
+    return parallel.chunked_map(chunk, jnp.arange(total), per)
 
 
 def prompt_embedding(text_emb: Array) -> Array:
