@@ -30,9 +30,10 @@ Every file is treated as hostile. Pickles are read by a restricted pure-Python u
 - what a file materializes (pickle objects by a per-opcode estimate, copies of
   non-contiguous or big-endian tensors, inflated zip members) stays within one budget of
   ``_BUDGET_BASE + _BUDGET_FACTOR x file size`` bytes;
-- pickle memo indices, tuple nesting while reading, and the loaded object graph (no
-  cycles, nesting <= ``_MAX_DEPTH``, expanded tree <= ``_MAX_EXPANSION + 8 x opcodes``:
-  no "billion laughs") are bounded, so that callers may walk and print what they get;
+- pickle memo indices, tuple nesting while reading, keys of one hash value per dict or set
+  (no hash-collision floods), and the loaded object graph (no cycles, nesting <=
+  ``_MAX_DEPTH``, expanded tree <= ``_MAX_EXPANSION + 8 x opcodes``: no "billion laughs")
+  are bounded, so that callers may walk and print what they get;
 - zip members are checked before reading (names, duplicates, compression method and
   ratio, declared sizes) and read with their declared size as the cap;
 - values from the file reach messages only through :func:`describe` (bounded).
@@ -147,6 +148,7 @@ _MAX_EXPANSION = 1 << 20  # + 8 x opcodes: nodes of the object tree with shared 
 _MAX_MEMO_GAP = 1 << 16  # a memo index may skip at most this many slots
 _MAX_SAME_HASH = 64  # keys of one dict / set with one hash value (a str key collides with odds 2**-64)
 _MAX_NDIM = 32
+_INT64 = 1 << 63  # sizes, strides, offsets and element counts are torch int64s
 _MAX_RATIO = 100  # inflated / compressed size of a zip member larger than 1 MiB
 _MAX_SMALL_MEMBER = 1 << 20
 
@@ -803,7 +805,7 @@ def _build_array(arr: np.ndarray, state: Any) -> None:
     """BUILD of a fresh ``_reconstruct`` array: ``(1, shape, dtype, is_fortran, raw bytes)``, sizes checked."""
     ok = (isinstance(state, tuple) and len(state) == 5 and type(state[0]) is int and state[0] == 1
           and isinstance(state[1], tuple)
-          and len(state[1]) <= _MAX_NDIM and all(_is_int(s) and s >= 0 for s in state[1])
+          and len(state[1]) <= _MAX_NDIM and all(_is_int(s) and 0 <= s < _INT64 for s in state[1])
           and _plain(state[2]) and isinstance(state[3], (bool, int)) and isinstance(state[4], bytes))
     if not ok:
         raise _Refused("refuses a numpy array that is not of a plain numeric dtype with raw data")
@@ -827,8 +829,8 @@ def _tensor_from_storage(ctx: _Context, storage, offset, size, stride) -> np.nda
         raise _Corrupt(f"a tensor is rebuilt from a {type(storage).__name__}, not a storage")
     size, stride = tuple(size) if isinstance(size, (tuple, list)) else size, \
         tuple(stride) if isinstance(stride, (tuple, list)) else stride
-    if not (_is_int(offset) and offset >= 0 and isinstance(size, tuple) and isinstance(stride, tuple)
-            and len(size) == len(stride) <= _MAX_NDIM and all(_is_int(s) and s >= 0 for s in size + stride)):
+    if not (_is_int(offset) and 0 <= offset < _INT64 and isinstance(size, tuple) and isinstance(stride, tuple)
+            and len(size) == len(stride) <= _MAX_NDIM and all(_is_int(s) and 0 <= s < _INT64 for s in size + stride)):
         raise _Corrupt(f"invalid tensor geometry (offset {describe(offset)}, size {describe(size)}, "
                        f"stride {describe(stride)})")
     for s, st in zip(size, stride):
@@ -884,7 +886,7 @@ def _parse_pid(pid: Any, legacy: bool) -> tuple[np.dtype, str, int, Any]:
     _, stype, key, _location, numel = pid[:5]
     if not isinstance(stype, _StorageType) or _STORAGE_DTYPES.get(stype.name) != stype.dtype:
         raise _Corrupt(f"persistent id with storage type {describe(stype)}")
-    if not isinstance(key, str) or not _is_int(numel) or numel < 0:
+    if not isinstance(key, str) or not _is_int(numel) or not 0 <= numel < _INT64:
         raise _Corrupt(f"invalid storage persistent id {describe(pid)}")
     return stype.dtype, key, numel, (pid[5] if legacy else None)
 
