@@ -462,7 +462,7 @@ def test_fuzz_damaged_fixtures(name, workdir):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FUZZ_FIXTURES)
 def test_fuzz_damaged_fixtures_long(name, workdir):
-    fuzz_test(300)(name, workdir)
+    fuzz_test(500)(name, workdir)
 
 
 @pytest.mark.parametrize("change, expect", [
