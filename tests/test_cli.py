@@ -166,3 +166,23 @@ def test_convert_clip_and_vocab_mismatch(tmp_path):
     assert max_abs(feats, r["image_features_fp16weights"]) < 1e-4 * np.abs(r["image_features_fp16weights"]).max()
     one_line_error(run("convert", "clip", src, tmp_path / "c2", "--vocab", fixture("bpe_simple_vocab_16e6.txt.gz"),
                        ok=False), "49408 tokens", "vocab_size 1000", code=1)
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "--psi", "nan", "--out", "{o}/x.png"],
+    ["sample", "--batch-size", "0", "--out", "{o}/x.png"],
+    ["demo", "--seed", "-1", "--out", "{o}/d"],
+    ["edit", "--directions", "{o}/d.npy", "--strengths=nan,1", "--out", "{o}/x.png"],
+    ["edit", "--directions", "{o}/d.npy", "--psi", "inf", "--out", "{o}/x.png"],
+    ["text-edit", "--prompt", "x", "--lr", "-1", "--out", "{o}/x.png"],
+    ["text-edit", "--prompt", "x", "--steps", "1.5", "--out", "{o}/x.png"],
+    ["fit", "ganspace", "--components", "0", "--out", "{o}/g"],
+])
+def test_bad_numbers_exit_2_before_anything_is_written(tmp_path, argv):
+    np.save(tmp_path / "d.npy", np.eye(2, 64, dtype=np.float32))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = subprocess.run([JAXEDIT, *(a.format(o=tmp_path) for a in argv)], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 2, out.stderr
+    assert "error: argument" in out.stderr or ": error: " in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

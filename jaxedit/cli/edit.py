@@ -41,15 +41,18 @@ def _layers(text: str | None) -> tuple[int, int] | None:
 
 
 def _setup(args):
+    """Flags first (nothing is loaded before they are checked), then generator, editor and provenance."""
+    seeds = parse_seeds(args.seeds)
+    given = parse_strengths(args.strengths) if args.strengths else None
+    layers = _layers(args.layers)
     G, gp = load_generator(args.ckpt, unconditional="edit/traverse")
-    ed = edits.load(args.directions, args.method, space=args.space, layers=_layers(args.layers), eps=args.eps)
+    ed = edits.load(args.directions, args.method, space=args.space, layers=layers, eps=args.eps)
     prov = edits.read_provenance(args.directions) if Path(args.directions).is_dir() else {}
     gen = fit.generator_identity(model_path(args.ckpt, DEFAULT_GENERATOR), gp)
     fit.check_provenance(prov, gen["name"], gen["sha256"], ed.space)
     ed.check(G)
-    seeds = parse_seeds(args.seeds)
+    strengths = given if given is not None else fit.default_strengths(prov)
     z = seed_latents(seeds, G.cfg.z_dim)
-    strengths = parse_strengths(args.strengths) if args.strengths else fit.default_strengths(prov)
     return G, gp, ed, seeds, z, parse_strengths("-3:3:7") if strengths is None else strengths
 
 
