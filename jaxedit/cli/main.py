@@ -224,10 +224,10 @@ def _add_train(sub) -> None:
     g.add_argument("run_dir", help="run directory (config.json, checkpoints/, samples/, log.jsonl, G_ema/)")
     g.add_argument("--config", help="preset (tiny, shapes32-stylegan2), path/to/config.py[:arg] or config.json; "
                                     "default: the stored config when resuming, else shapes32-stylegan2")
-    g.add_argument("--kimg", type=float, help="total length of the run in thousands of real images")
-    g.add_argument("--steps", type=int, help="end this call at this iteration (not stored; default: at --kimg)")
-    g.add_argument("--batch-size", type=int, help="batch size (new runs only)")
-    g.add_argument("--seed", type=int, help="random seed (new runs only)")
+    g.add_argument("--kimg", type=positive, help="total length of the run in thousands of real images")
+    g.add_argument("--steps", type=count, help="end this call at this iteration (not stored; default: at --kimg)")
+    g.add_argument("--batch-size", type=count, help="batch size (new runs only)")
+    g.add_argument("--seed", type=index, help="random seed (new runs only)")
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field, e.g. --set r1_gamma=0.2 --set G.z_dim=64 (repeatable)")
     g.add_argument("--export", metavar="DST", help="also write G_ema as a jaxedit checkpoint to DST at the end")
@@ -239,11 +239,11 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train-probe", help="train the shapes-world probe (factors + label map) on fresh renders; "
                                            "resumable")
     p.add_argument("dst", help="checkpoint directory to write")
-    p.add_argument("--steps", type=int, help="total training steps (default 4000; a larger value extends a run)")
-    p.add_argument("--batch-size", type=int, help="images per step (default 64)")
-    p.add_argument("--lr", type=float, help="Adam peak learning rate (default 2e-3)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--resolution", type=int, help="render and probe resolution (default 32)")
+    p.add_argument("--steps", type=count, help="total training steps (default 4000; a larger value extends a run)")
+    p.add_argument("--batch-size", type=count, help="images per step (default 64)")
+    p.add_argument("--lr", type=positive, help="Adam peak learning rate (default 2e-3)")
+    p.add_argument("--seed", type=index, help="random seed (default 0)")
+    p.add_argument("--resolution", type=count, help="render and probe resolution (default 32)")
     p.add_argument("--run", dest="run_dir", help="run folder (config, checkpoints, log; default DST.run); rerun to "
                                                 "resume")
     _force_arg(p, "an existing jaxedit checkpoint at DST")
@@ -251,11 +251,11 @@ def _add_train(sub) -> None:
 
     c = sub.add_parser("train-clip", help="train the small shapes-world CLIP (BPE merges + ViT/text transformer)")
     c.add_argument("dst", help="checkpoint directory to write")
-    c.add_argument("--steps", type=int, help="total training steps (default 3000; a larger value extends a run)")
-    c.add_argument("--batch-size", type=int, help="image-caption pairs per step (default 128)")
-    c.add_argument("--lr", type=float, help="AdamW peak learning rate (default 1e-3)")
-    c.add_argument("--seed", type=int, help="random seed (default 0)")
-    c.add_argument("--partial-captions", type=float,
+    c.add_argument("--steps", type=count, help="total training steps (default 3000; a larger value extends a run)")
+    c.add_argument("--batch-size", type=count, help="image-caption pairs per step (default 128)")
+    c.add_argument("--lr", type=positive, help="AdamW peak learning rate (default 1e-3)")
+    c.add_argument("--seed", type=index, help="random seed (default 0)")
+    c.add_argument("--partial-captions", type=nonnegative,
                    help="fraction of captions that name a random subset of the factors (short prompts)")
     c.add_argument("--run", dest="run_dir", help="run folder (config, checkpoints, log; default DST.run); rerun to "
                                                 "resume")
@@ -269,11 +269,11 @@ def _add_train(sub) -> None:
     d.add_argument("--method", choices=DISCOVERY_METHODS, help="needed for a new run")
     d.add_argument("--generator", help=f"generator checkpoint or default model name (default {DEFAULT_GENERATOR})")
     d.add_argument("--space", choices=("z", "w"), help="latent space (default w)")
-    d.add_argument("--directions", type=int, help="number of directions K (default 16)")
-    d.add_argument("--steps", type=int, help="total training steps (a larger value extends a run)")
-    d.add_argument("--batch-size", type=int, help="latents per step")
+    d.add_argument("--directions", type=count, help="number of directions K (default 16)")
+    d.add_argument("--steps", type=count, help="total training steps (a larger value extends a run)")
+    d.add_argument("--batch-size", type=count, help="latents per step")
     d.add_argument("--eps", help="magnitude range MIN:MAX (default: the method's reference range)")
-    d.add_argument("--seed", type=int)
+    d.add_argument("--seed", type=index)
     _command(d, "train:run_discover")
 
 
