@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 sys.path.insert(0, str(ROOT / "tests"))
 
-import test_hostile_files as hostile  # noqa: E402  (the corpus and the forking reader)
+import test_hostile_files as hostile  # the corpus and the forking reader
 
 
 def outcome(out: dict, alarm_s: int) -> str:

@@ -257,7 +257,7 @@ def cnf_from_state(obj: Any, path: str | Path, T: float | None = None) -> tuple[
     if other:
         raise _err(path, f"only one CNF block (chain.0) is supported; found {other[:3]}")
     layers: dict[int, dict[str, np.ndarray]] = {}
-    for k, v in sd.items():
+    for k in sd:
         m = _CNF_KEY.match(k)
         if m:
             layers.setdefault(int(m[1]), {})[f"{m[2]}.{m[3]}"] = _tensor(path, sd, k)

@@ -58,7 +58,8 @@ import sys
 import types
 import zipfile
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -66,8 +67,16 @@ import numpy as np
 from jaxedit.errors import FormatError
 
 __all__ = [
-    "ALLOWED_GLOBALS", "ALLOWED_GLOBAL_PREFIXES", "TorchFileError", "load", "PersistentObject",
-    "ScriptObject", "EasyDict", "module_state_dict", "init_kwargs", "describe",
+    "ALLOWED_GLOBALS",
+    "ALLOWED_GLOBAL_PREFIXES",
+    "EasyDict",
+    "PersistentObject",
+    "ScriptObject",
+    "TorchFileError",
+    "describe",
+    "init_kwargs",
+    "load",
+    "module_state_dict",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -225,7 +234,7 @@ class PersistentObject:
     messages). The embedded ``module_src`` is dropped, never executed.
     """
 
-    __slots__ = ("class_name", "state", "version", "source")
+    __slots__ = ("class_name", "source", "state", "version")
 
     def __init__(self, class_name: str, state: dict, version: Any = None, source: str = "<memory>"):
         self.class_name = class_name
@@ -289,7 +298,7 @@ class Namespace(types.SimpleNamespace):
 class _StorageType:
     """Marker returned for ``torch.<X>Storage`` globals."""
 
-    __slots__ = ("name", "dtype")
+    __slots__ = ("dtype", "name")
 
     def __init__(self, name: str, dtype: np.dtype):
         self.name, self.dtype = name, dtype
@@ -1084,7 +1093,7 @@ def _legacy_stream(buf, reader, ctx: _Context) -> Any:
     views: dict[str, _Storage] = {}
 
     def load_storage(pid):
-        dtype, key, numel, view = _parse_pid(pid, legacy=True)
+        dtype, key, _, view = _parse_pid(pid, legacy=True)
         root = roots[key]
         if view is None:
             return views.setdefault(key, _Storage(root, dtype, key))
