@@ -106,7 +106,7 @@ class Payload:
 CLASSES = (
     "reduce_os_system", "reduce_builtins_eval", "reduce_subprocess", "global_arbitrary_module",
     "persistent_id_builtins", "nvidia_reconstructor_foreign_class", "ext_code", "zip_slip", "zip_absolute_name",
-    "zip_duplicate_member", "zip_bomb", "zip_storage_size_lie", "truncated_zip", "truncated_pickle",
+    "zip_duplicate_member", "zip_bomb", "zip_size_understated", "zip_storage_size_lie", "truncated_zip", "truncated_pickle",
     "memo_index_huge", "bytes_length_huge", "bytearray_length_huge", "deep_nesting_lists",
     "deep_nesting_tuple_key", "reference_cycle", "set_flood", "hash_collision_flood", "build_on_tensor", "nested_streams_deep",
     "tensor_huge_sizes", "tensor_overlapping_huge", "tensor_stride_zero", "tensor_negative_stride",
@@ -208,6 +208,11 @@ def build_corpus(d: Path, marker: Path) -> dict[str, tuple[Path, str]]:
                                                   (1 << 26,), (1,)))]))
     out["zip_bomb"] = (deflated_zip(d / "zip_bomb.pt", [("archive/data.pkl", bomb_pkl), ("archive/data/0", 1 << 28)]),
                        "zip bomb")
+    lie = bytearray(deflated_zip(d / "zip_size_understated.pt", [("archive/data.pkl", 1 << 26)]).read_bytes())
+    cd = lie.index(b"PK\x01\x02")  # central directory entry of data.pkl: its uncompressed size says 100 bytes
+    lie[cd + 24:cd + 28] = struct.pack("<I", 100)
+    (d / "zip_size_understated.pt").write_bytes(bytes(lie))
+    out["zip_size_understated"] = (d / "zip_size_understated.pt", "corrupted zip member")
     put_zip("zip_storage_size_lie", program(tensor(pid("FloatStorage", "0", 1 << 40, legacy=False), 0,
                                                    (1 << 40,), (1,))), [("0", bytes(16))], "truncated or corrupted")
     good = torch_zip(d / "good.pt", pkl, [("0", np.arange(4, dtype=np.float32).tobytes())]).read_bytes()
