@@ -1,9 +1,10 @@
 """Hostile and damaged files against jaxedit.io.torchfile ("prove it", issue 14).
 
 1. A hostile corpus, written here by hand (pickle opcodes, zipfile; no torch): each class is
-   read in a fresh subprocess (address space capped at 4 GB) and must be refused with a
-   TorchFileError whose one-line message names the file, within 10 s and 1 GB of peak RSS,
-   without running anything (marker files) or importing anything the file names.
+   read in its own forked child of a fresh interpreter (address space capped at 4 GB) and must
+   be refused with a TorchFileError whose one-line message names the file, within 10 s and
+   1 GB of peak-RSS growth, without running anything (a marker file) or importing anything
+   the file names (a module on the path that would create the marker).
 2. The CLI on a few of them: exit 1, one line naming the file, nothing written.
 3. Property-based fuzzing (hypothesis) of the reference fixtures: byte flips and truncations
    either load to exactly the same result (formats with checksums) or a well-formed result
@@ -104,14 +105,23 @@ class Payload:
 
 
 CLASSES = (
+    # code execution
     "reduce_os_system", "reduce_builtins_eval", "reduce_subprocess", "global_arbitrary_module",
-    "persistent_id_builtins", "nvidia_reconstructor_foreign_class", "ext_code", "zip_slip", "zip_absolute_name",
-    "zip_duplicate_member", "zip_bomb", "zip_size_understated", "zip_storage_size_lie", "truncated_zip", "truncated_pickle",
-    "memo_index_huge", "bytes_length_huge", "bytearray_length_huge", "deep_nesting_lists",
-    "deep_nesting_tuple_key", "reference_cycle", "set_flood", "hash_collision_flood", "build_on_tensor", "nested_streams_deep",
+    "persistent_id_builtins", "nvidia_reconstructor_foreign_class", "ext_code",
+    # zip archives
+    "zip_slip", "zip_absolute_name", "zip_duplicate_member", "zip_bomb", "zip_size_understated",
+    "zip_storage_size_lie", "truncated_zip",
+    # pickle machinery
+    "truncated_pickle", "memo_index_huge", "bytes_length_huge", "bytearray_length_huge", "deep_nesting_lists",
+    "deep_nesting_tuple_key", "reference_cycle", "set_flood", "hash_collision_flood", "build_on_tensor",
+    "nested_streams_deep",
+    # tensors and dtypes
     "tensor_huge_sizes", "tensor_overlapping_huge", "tensor_stride_zero", "tensor_negative_stride",
-    "structured_dtype_oob_offset", "plain_dtype_built_with_fields", "object_dtype", "billion_laughs_in_message",
-    "billion_laughs_in_pid", "billion_laughs_in_zip_pid", "billion_laughs_in_init_kwargs")
+    "structured_dtype_oob_offset", "plain_dtype_built_with_fields", "object_dtype",
+    # billion laughs
+    "billion_laughs_in_message", "billion_laughs_in_pid", "billion_laughs_in_zip_pid",
+    "billion_laughs_in_init_kwargs",
+)
 
 
 def billion_laughs(levels: int = 30) -> bytes:
