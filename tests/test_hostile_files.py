@@ -37,6 +37,7 @@ from conftest import fixture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_torchfile import (
+    Reduce,
     call,
     frag,
     glob,
@@ -92,16 +93,6 @@ for path in sys.argv[3:]:
         "crashed": -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)}
 print(json.dumps(results))
 """
-
-
-class Payload:
-    """Pickles as ``fn(*args)``: the classic malicious payload."""
-
-    def __init__(self, fn, args):
-        self.fn, self.args = fn, args
-
-    def __reduce__(self):
-        return self.fn, self.args
 
 
 CLASSES = (
@@ -183,11 +174,11 @@ def build_corpus(d: Path, marker: Path) -> dict[str, tuple[Path, str]]:
 
     touch = f"touch {marker}"
     # -- code execution: REDUCE of dangerous callables, arbitrary globals, persistence tricks
-    put("reduce_os_system", pickle.dumps({"G_ema": Payload(os.system, (touch,))}, protocol=2),
+    put("reduce_os_system", pickle.dumps({"G_ema": Reduce(os.system, (touch,))}, protocol=2),
         f"refuses to load global '{os.system.__module__}.system'")
-    put("reduce_builtins_eval", pickle.dumps(Payload(builtins.eval, (f"open({str(marker)!r},'w')",)), protocol=4),
+    put("reduce_builtins_eval", pickle.dumps(Reduce(builtins.eval, (f"open({str(marker)!r},'w')",)), protocol=4),
         "refuses to load global 'builtins.eval'")
-    put("reduce_subprocess", pickle.dumps(Payload(subprocess.call, (["touch", str(marker)],)), protocol=4),
+    put("reduce_subprocess", pickle.dumps(Reduce(subprocess.call, (["touch", str(marker)],)), protocol=4),
         "refuses to load global 'subprocess.call'")
     put("global_arbitrary_module", program(call(glob("jaxedit_evil_mod", "f"), frag(1))),
         "refuses to load global 'jaxedit_evil_mod.f'")
@@ -199,7 +190,7 @@ def build_corpus(d: Path, marker: Path) -> dict[str, tuple[Path, str]]:
         state, f"import os\nos.system({touch!r})\n"))])), "refuses to load global 'training.networks.MappingNetwork'")
     copyreg.add_extension("posix", "system", 0x7A51)
     try:
-        put("ext_code", pickle.dumps(Payload(os.system, (touch,)), protocol=2), "extension code")
+        put("ext_code", pickle.dumps(Reduce(os.system, (touch,)), protocol=2), "extension code")
     finally:
         copyreg.remove_extension("posix", "system", 0x7A51)
     # -- zip archives
@@ -326,7 +317,7 @@ def test_extension_cache_is_not_trusted(tmp_path):
     try:
         copyreg._extension_cache[0x7A52] = os.system
         path = tmp_path / "ext_cached.pkl"
-        path.write_bytes(pickle.dumps(Payload(os.system, (f"touch {marker}",)), protocol=2))
+        path.write_bytes(pickle.dumps(Reduce(os.system, (f"touch {marker}",)), protocol=2))
         with pytest.raises(tf.TorchFileError, match="refuses to load global 'posix.system'"):
             tf.load(path)
     finally:
