@@ -15,6 +15,10 @@ from jaxedit.models.clip import CLIP, CLIP_MEAN, CLIP_STD, CLIPConfig, load, pre
 from jaxedit.models.clip.tokenizer import Tokenizer, TokenizerError
 
 FILE_KINDS = ("state_dict", "torchscript")
+# Relative errors vs the reference (fp16-rounded weights) are bounded at ~3x the measured ones, in the
+# comments (the same for both file kinds): image features, text features, logits.
+REL_TOL = {"vit": (1e-6, 5e-6, 3e-6),  # 3.1e-7 1.1e-6 9.8e-7
+           "rn": (3e-6, 2e-6, 5e-6)}  # 9.4e-7 5.7e-7 1.0e-6
 
 
 def _rel(a, b) -> float:
@@ -45,14 +49,15 @@ def test_matches_reference(arch, kind):
     cfg, params, info = _converted(arch, kind)
     assert info["format"] == kind and cfg.is_vit == (arch == "vit")
     img, txt, per_image, per_text = _forward(cfg)(params, r["image"], r["tokens"].astype(np.int32))
-    assert _rel(img, r["image_features_fp16weights"]) < 1e-4
-    assert _rel(txt, r["text_features_fp16weights"]) < 1e-4
+    tol_img, tol_txt, tol_logits = REL_TOL[arch]
+    assert _rel(img, r["image_features_fp16weights"]) < tol_img
+    assert _rel(txt, r["text_features_fp16weights"]) < tol_txt
     scale = np.exp(np.float64(params["logit_scale"]))
     expected = scale * _unit(r["image_features_fp16weights"].astype(np.float64)) @ _unit(
         r["text_features_fp16weights"].astype(np.float64)).T
-    assert _rel(per_image, expected) < 1e-4
+    assert _rel(per_image, expected) < tol_logits
     np.testing.assert_array_equal(np.asarray(per_text), np.asarray(per_image).T)
-    # the reference's float32-weight logits differ only by the fp16 rounding of the released weights
+    # the reference's float32-weight logits differ only by the fp16 rounding of the released weights (7.5e-4)
     assert _rel(per_image, r["logits_per_image"]) < 3e-3
 
 
@@ -74,7 +79,7 @@ def test_short_token_rows_equal_padded_rows():
     model = CLIP(cfg)
     encode = jax.jit(model.encode_text)
     full, short = encode(params, jnp.asarray(tokens)), encode(params, jnp.asarray(tokens[:, :n]))
-    assert max_abs(full, short) < 1e-5
+    assert max_abs(full, short) < 5e-6  # measured 1.4e-6
     with pytest.raises(ValueError, match="context_length|L <="):
         model.encode_text(params, jnp.zeros((1, cfg.context_length + 1), jnp.int32))
     with pytest.raises(ValueError, match=r"\[B, 32, 32, 3\]"):
@@ -193,19 +198,19 @@ def test_preprocess_clip_matches_pil(shape):
     x = np.random.default_rng(0).uniform(-1, 1, (2, *shape, 3)).astype(np.float32)
     got = np.asarray(preprocess(jnp.asarray(x), 32, "clip"))
     assert got.shape == (2, 32, 32, 3)
-    assert max_abs(got[1], _pil_clip_transform(x[1], 32)) < 1e-4
+    assert max_abs(got[1], _pil_clip_transform(x[1], 32)) < 2e-5  # measured 6.4e-6
 
 
 def test_preprocess_constants_and_styleclip():
     const = jnp.full((1, 48, 48, 3), 0.2)
     np.testing.assert_allclose(preprocess(const, 32, "clip")[0, 5, 7], (0.6 - np.array(CLIP_MEAN)) / np.array(CLIP_STD),
-                               rtol=1e-5)
-    np.testing.assert_allclose(preprocess(const, 14, "styleclip"), 0.2, rtol=1e-6)
+                               rtol=2e-6)  # measured 4.3e-7
+    np.testing.assert_allclose(preprocess(const, 14, "styleclip"), 0.2, rtol=5e-8)
     # StyleCLIP's factors at 1024 -> 224 are x7 nearest then 32x32 average: the same pair as 64 -> 14
     x = np.random.default_rng(1).normal(size=(1, 64, 64, 3)).astype(np.float32)
     up = np.repeat(np.repeat(x, 7, axis=1), 7, axis=2)
     want = up.reshape(1, 14, 32, 14, 32, 3).mean(axis=(2, 4))
-    assert max_abs(preprocess(jnp.asarray(x), 14, "styleclip"), want) < 1e-5
+    assert max_abs(preprocess(jnp.asarray(x), 14, "styleclip"), want) < 1e-5  # measured 2.6e-6
     assert max_abs(preprocess(jnp.asarray(x), 64, "none"), x) == 0
     with pytest.raises(ValueError, match="mode 'none' needs 32x32"):
         preprocess(jnp.asarray(x), 32, "none")
