@@ -44,7 +44,7 @@ def test_unit_grad_matches_reference():
     z = jnp.asarray(r["z"])
     ug = jax.vmap(lambda k: W.unit_grad(p, z, k))(jnp.arange(p["support_sets"].shape[0]))
     assert ug.shape == r["unit_grad"].shape
-    assert max_abs(ug, r["unit_grad"]) < 1e-5
+    assert max_abs(ug, r["unit_grad"]) < 1e-6  # measured 2.2e-7
 
 
 def test_traverse_matches_reference_path2():
@@ -55,8 +55,8 @@ def test_traverse_matches_reference_path2():
     z = jnp.asarray(r["z"])
     path = W.traverse(p, z, steps, 0.2)
     assert path.shape == (6, 2 * steps + 1) + z.shape
-    assert max_abs(path[2, steps + 1:], want) < 1e-5
-    assert max_abs(W.walk(p, z, 2, steps, 0.2), want) < 1e-5
+    assert max_abs(path[2, steps + 1:], want) < 1e-6  # measured 2.4e-7
+    assert max_abs(W.walk(p, z, 2, steps, 0.2), want) < 1e-6
     np.testing.assert_array_equal(np.asarray(path[:, steps]), np.broadcast_to(np.asarray(z), (6,) + z.shape))
 
 
@@ -66,7 +66,7 @@ def test_analytic_grad_matches_autodiff():
     ks = jnp.arange(p["support_sets"].shape[0])
     auto = jax.vmap(lambda k: jax.vmap(jax.grad(lambda x: W.field(p, x, k)))(z))(ks)
     got = jax.vmap(lambda k: W.grad_f(p, z, k))(ks)
-    assert max_abs(got, auto) <= 1e-5 * float(jnp.max(jnp.abs(auto)))
+    assert max_abs(got, auto) <= 5e-7 * float(jnp.max(jnp.abs(auto)))  # measured 1.3e-7
 
 
 def test_analytic_grad_matches_finite_differences_float64():
@@ -81,7 +81,7 @@ def test_analytic_grad_matches_finite_differences_float64():
         fd = np.asarray(jnp.swapaxes(fd, 1, 2))  # [K, B, d]
         g = np.asarray(jax.vmap(lambda k: W.grad_f(p, z, k))(ks))
         assert g.dtype == np.float64
-        assert np.max(np.abs(g - fd)) < 1e-8 * max(1.0, np.max(np.abs(g)))
+        assert np.max(np.abs(g - fd)) < 1e-9  # measured 2.0e-10 (|g| <= 0.7)
 
 
 def test_traverse_equals_per_path_loop():
@@ -97,7 +97,7 @@ def test_traverse_equals_per_path_loop():
             for j in range(1, S + 1):
                 g = np.asarray(grad(zc.astype(np.float32), k), np.float64)
                 zc = zc + sign * eps * g / np.linalg.norm(g, axis=-1, keepdims=True)
-                np.testing.assert_allclose(path[k, S + sign * j], np.asarray(zc), atol=1e-5)
+                np.testing.assert_allclose(path[k, S + sign * j], np.asarray(zc), atol=5e-7)  # measured 1.4e-7
 
 
 def test_reference_frames():
@@ -106,9 +106,9 @@ def test_reference_frames():
     path = W.traverse(p, z, 2, 0.2)
     frames = np.asarray(W.reference_frames(path))
     path = np.asarray(path)
-    np.testing.assert_allclose(frames[:, 2], path[:, 2])
-    np.testing.assert_allclose(frames[:, 3], 2 * path[:, 3] - path[:, 2], atol=1e-6)
-    np.testing.assert_allclose(frames[:, 0], 2 * path[:, 0] - path[:, 1], atol=1e-6)
+    np.testing.assert_array_equal(frames[:, 2], path[:, 2])
+    np.testing.assert_allclose(frames[:, 3], 2 * path[:, 3] - path[:, 2], atol=3e-7)  # measured 0; 1 ulp at 2 is 2.4e-7
+    np.testing.assert_allclose(frames[:, 0], 2 * path[:, 0] - path[:, 1], atol=3e-7)
 
 
 def test_render_chunks_equal_direct_frames():
@@ -121,8 +121,8 @@ def test_render_chunks_equal_direct_frames():
     imgs = np.asarray(W.render(G, gp, path, batch=4, psi=0.7))  # chunks of 4 do not divide 30
     assert imgs.shape == (3, 5, 2, 8, 8, 3)
     direct = np.asarray(G(gp, path.reshape(-1, 6), psi=0.7, noise_mode="const")).reshape(imgs.shape)
-    np.testing.assert_allclose(imgs, direct, atol=1e-5)
+    np.testing.assert_allclose(imgs, direct, atol=1e-5)  # measured 3.3e-6 (|img| up to 7)
     ws = G.mapping(gp, path.reshape(-1, 6))[:, 0].reshape(3, 5, 2, 8)
     np.testing.assert_allclose(np.asarray(W.render(G, gp, ws, batch=8, space="w")),
                                np.asarray(G.synthesis(gp, G.mapping(gp, path.reshape(-1, 6)))).reshape(imgs.shape),
-                               atol=1e-5)
+                               atol=1e-6)  # measured 0; 1 ulp at 8 is 9.5e-7
