@@ -6,6 +6,7 @@ the StyleCLIP mapper loader against a torch-made file."""
 
 import functools
 import math
+import os
 import subprocess
 from pathlib import Path
 
@@ -26,7 +27,6 @@ from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
 
 CFG = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=8, mapping_layers=2, channels=(8, 8))
 EMBED_DIM = 8
-TORCH_PY = Path("/work/ref/torchvenv/bin/python")
 
 
 @functools.cache
@@ -88,10 +88,11 @@ def test_lr_schedule_is_the_reference_formula():
 
     sched = T.styleclip_lr(0.1, 300)
     for i in (0, 1, 7, 15, 100, 224, 225, 260, 299):
-        assert abs(float(sched(i)) - get_lr(i / 300, 0.1)) < 1e-7, i
+        assert abs(float(sched(i)) - get_lr(i / 300, 0.1)) < 5e-8, i  # measured 1.1e-8
 
 
 STEPS = 40
+EARLY = 10  # steps over which the batched and the single-pair optimizations agree to rounding
 
 
 @functools.cache
@@ -120,18 +121,19 @@ def test_latent_optimization_raises_cosine():
 
 def test_latent_optimization_batched_equals_each_pair_alone():
     w0, t, res = _latent_run()
-    moved = max_abs(res.ws, w0[None])
-    assert moved > 0.1  # the optimization actually moved
+    assert max_abs(res.ws, w0[None]) > 0.1  # the optimization actually moved (by up to 1.7)
     early = final = 0.0
     for i in range(2):
         for n in range(3):
             one = _opt_latents()(w0[n:n + 1], t[i:i + 1])  # P = N = 1: one more compile, reused
-            early = max(early, max_abs(one.loss[:3, 0, 0], res.loss[:3, i, n]))
+            early = max(early, max_abs(one.loss[:EARLY, 0, 0], res.loss[:EARLY, i, n]))
             final = max(final, max_abs(one.ws[0, 0], res.ws[i, n]))
-    # The two programs round differently (1 ulp of the loss), and Adam amplifies that over the
-    # steps (to ~4e-3 at LLVM -O0); the first steps must agree to rounding, the end closely.
+    # The two programs round differently: their losses differ by 1-2 ulps (measured <= 2.4e-7 over the
+    # first 16 steps of every pair). The optimization then amplifies such a difference: for one pair of
+    # six it jumps to 4.9e-6 at step 17 and grows to 2e-4 in the loss and 3.8e-3 in the final latent
+    # (the other five end within 9.5e-7). Early steps: rounding; the end: 3x the measured divergence.
     assert early < 1e-6, early
-    assert final < 1e-2 * moved, (final, moved)
+    assert final < 2e-2, final
 
 
 _B = np.asarray(jax.random.normal(jax.random.key(8), (8 * 8 * 3, 5))) / np.sqrt(192.0)
@@ -148,7 +150,7 @@ def test_identity_loss_starts_at_zero_and_pulls_towards_the_original():
     run = jax.jit(lambda lam: T.optimize_latents(G, p, embed, w0, t, steps=STEPS, identity=features, id_lambda=lam))
     strong = run(5.0)
     # step 0 sees ws == w0: the identity term is 0 and the loss is the plain one
-    assert max_abs(strong.loss[0], plain.loss[0]) < 1e-6
+    assert max_abs(strong.loss[0], plain.loss[0]) < 2e-6  # measured 6e-7: two programs
     synth = _jitted()["synth"]
     feats0 = features(synth(w0))
 
@@ -164,8 +166,8 @@ def test_identity_loss_starts_at_zero_and_pulls_towards_the_original():
                    static_argnums=0)
     with_id, without = loss(features)[1], loss(None)[1]
     want = np.mean(np.asarray(T.identity_loss(features, synth(M(mp, w0)), features(synth(w0)))))
-    assert abs(float(with_id["id"]) - want) < 1e-6 and want > 1e-3
-    assert abs(float(with_id["loss"]) - float(without["loss"]) - 0.7 * want) < 1e-5
+    assert abs(float(with_id["id"]) - want) < 1e-6 and want > 1e-3  # measured 1.8e-7 (want 0.17)
+    assert abs(float(with_id["loss"]) - float(without["loss"]) - 0.7 * want) < 3e-7  # measured 8.9e-8
 
 
 # ------------------------------------------------------------------ global directions
@@ -180,8 +182,8 @@ def test_style_channel_stats_match_numpy():
     assert set(stats["mean"]) == set(direct) == set(CFG.layer_ws())
     for name, s in direct.items():
         s = np.asarray(s, np.float64)
-        assert max_abs(stats["mean"][name], s.mean(0)) < 1e-5
-        assert max_abs(stats["std"][name], s.std(0)) < 1e-5
+        assert max_abs(stats["mean"][name], s.mean(0)) < 5e-7  # measured 1.2e-7
+        assert max_abs(stats["std"][name], s.std(0)) < 5e-7  # measured 1.0e-7
 
 
 @functools.cache
@@ -216,13 +218,13 @@ def test_channel_relevance_matches_direct_computation():
     fs3, fs3q = (np.asarray(a) for a in rel(ws))
     assert fs3.shape == (24, EMBED_DIM)
     for f, (layer, c) in [(0, ("b4.conv1", 0)), (13, ("b8.conv0", 5)), (23, ("b8.conv1", 7))]:
-        assert max_abs(fs3[f], _fs3_row_direct(ws, stats, layer, c)) < 1e-5, (layer, c)
+        assert max_abs(fs3[f], _fs3_row_direct(ws, stats, layer, c)) < 2e-6, (layer, c)  # measured 3.8e-7
     # the reference's in-place quirk: every earlier channel is held at its mean
     earlier = [("b4.conv1", ch) for ch in range(8)] + [("b8.conv0", ch) for ch in range(2)]
     row = _fs3_row_direct(ws, stats, "b8.conv0", 2, earlier=earlier)
-    assert max_abs(fs3q[10], row) < 1e-5
+    assert max_abs(fs3q[10], row) < 3e-6  # measured 7.7e-7
     assert max_abs(fs3q[10], fs3[10]) > 1e-2
-    assert max_abs(fs3q[0], fs3[0]) < 1e-6  # nothing precedes the first channel
+    assert max_abs(fs3q[0], fs3[0]) < 3e-7  # nothing precedes the first channel (measured 0)
 
 
 def test_global_edit_identities_and_values():
@@ -242,7 +244,7 @@ def test_global_edit_identities_and_values():
     r = np.where(np.abs(r) < 0.1, 0.0, r)
     r = r / np.abs(r).max()
     want = styles["b8.conv0"][2] + 3.0 * r[8:16] * stats["std"]["b8.conv0"]  # b8.conv0 follows b4.conv1's 8 rows
-    assert max_abs(out["b8.conv0"][1, 1, 2], want) < 1e-5
+    assert max_abs(out["b8.conv0"][1, 1, 2], want) < 5e-7  # measured 1.2e-7
     assert max_abs(out["b8.torgb"], jnp.broadcast_to(styles["b8.torgb"], out["b8.torgb"].shape)) == 0.0
     img = _jitted()["from_styles"]({k: v.reshape(-1, v.shape[-1]) for k, v in out.items()})
     assert img.shape == (2 * 2 * 3, 8, 8, 3) and bool(jnp.all(jnp.isfinite(img)))
@@ -253,7 +255,7 @@ def test_text_direction_and_load_fs3(tmp_path):
     neu = jax.random.normal(jax.random.key(1), (5, EMBED_DIM))
     u = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
     want = u(u(u(np.asarray(tgt)).mean(1)) - u(u(np.asarray(neu)).mean(0)))
-    assert max_abs(jax.jit(T.text_direction)(tgt, neu), want) < 1e-6
+    assert max_abs(jax.jit(T.text_direction)(tgt, neu), want) < 5e-7  # measured 1.2e-7
     G, _ = gen()
     good = tmp_path / "fs3.npy"
     np.save(good, np.ones((24, EMBED_DIM), np.float32))
@@ -292,12 +294,13 @@ def test_layer_shift_apply_k0_and_additivity():
 
     o = run(x1, x2, y, ks)
     assert o["one"].shape == (3, 2, 8, 8, 3)
-    assert max_abs(o["one"][0], o["base"]) < 1e-5  # k = 0 is the original image
+    # |img| < 3; measured 2.4e-7, 6e-7, 0, 6e-7, 6e-7
+    assert max_abs(o["one"][0], o["base"]) < 1e-6  # k = 0 is the original image
     assert max_abs(o["one"][1], o["base"]) > 1e-2
-    assert max_abs(o["one"][2], o["ref_one"]) < 1e-4
-    assert max_abs(o["same"], o["ref_sum"]) < 1e-5  # same layer: shifts add
-    assert max_abs(o["same"], o["summed"]) < 1e-4
-    assert max_abs(o["both"], o["ref_both"]) < 1e-4  # different layers: each on its own
+    assert max_abs(o["one"][2], o["ref_one"]) < 2e-6
+    assert max_abs(o["same"], o["ref_sum"]) < 5e-7  # same layer: shifts add
+    assert max_abs(o["same"], o["summed"]) < 2e-6
+    assert max_abs(o["both"], o["ref_both"]) < 2e-6  # different layers: each on its own
     with pytest.raises(ValueError, match="b8.conv9"):
         T.apply_layer_shifts(G, p, ws, [("b8.conv9", x1, 1.0)])
 
@@ -314,7 +317,7 @@ def test_layer_shift_loss_gradient_matches_finite_differences():
         eps = 1e-5
         fd = (vg(x + eps * v)[0] - vg(x - eps * v)[0]) / (2 * eps)
         rel = abs(float(jnp.vdot(vg(x)[1], v)) - float(fd)) / abs(float(fd))
-        assert rel < 1e-6, rel
+        assert rel < 5e-10, rel  # measured 1.6e-10
         assert bool(jnp.all(jnp.isfinite(vg(jnp.zeros_like(x))[1])))  # |x|_2 at 0: finite (sub)gradient
 
 
@@ -331,10 +334,10 @@ def test_layer_shift_optimization_batched_and_improves():
     assert res.shifts.shape == (2, *G.layer_weight_shape("b8.conv1"))
     d = np.asarray(res.clip_distance)
     assert np.all(d[-1] < d[0] - 0.02), d[[0, -1]]
-    for i in range(2):
+    for i in range(2):  # measured 0 (bit for bit) over the 25 Adam steps; bounds: 2 ulps (|x| < 0.6, loss < 10)
         one = _opt_shift()(ws, t[i:i + 1])
-        assert max_abs(one.shifts[0], res.shifts[i]) < 1e-5
-        assert max_abs(one.loss[:, 0], res.loss[:, i]) < 1e-5
+        assert max_abs(one.shifts[0], res.shifts[i]) < 1.2e-7
+        assert max_abs(one.loss[:, 0], res.loss[:, i]) < 2e-6
 
 
 # ------------------------------------------------------------------ mapper
@@ -368,8 +371,8 @@ def test_mapper_forward_and_batched_training():
     ws = latents(4)
     mp0 = jax.tree_util.tree_map(lambda a: a[0], params)
     fwd = jax.jit(lambda mp, ws: (M.delta(mp, ws), M(mp, ws)))(mp0, ws)
-    assert max_abs(fwd[0], _mapper_ref(mp0, ws, M.cfg)) < 1e-5
-    assert max_abs(fwd[1], np.asarray(ws) + 0.1 * _mapper_ref(mp0, ws, M.cfg)) < 1e-5
+    assert max_abs(fwd[0], _mapper_ref(mp0, ws, M.cfg)) < 2e-6  # measured 4.3e-7
+    assert max_abs(fwd[1], np.asarray(ws) + 0.1 * _mapper_ref(mp0, ws, M.cfg)) < 2e-7  # measured 5e-8
     assert max_abs(fwd[1][:, 1:2], ws[:, 1:2]) == 0.0  # medium group disabled
     step = T.make_mapper_step(M, G, embed, opt)
     t = texts(2, seed=8)
@@ -420,7 +423,7 @@ def test_mapper_norm_axis_on_latents_with_equal_layers():
         mp = jax.tree.map(lambda a: a + 0.3, M.init(jax.random.key(0)))
         d = M.delta(mp, ws)
         scale = float(jnp.max(jnp.abs(d)))
-        assert max_abs(d, _mapper_ref(mp, ws, M.cfg)) < 1e-6 * scale
+        assert max_abs(d, _mapper_ref(mp, ws, M.cfg)) < 1e-6 * scale  # measured 2.5e-7 * scale
         gap = max_abs(d, M.delta(mp, signs)) / scale
         assert (gap < 1e-3) if norm == "layers" else (gap > 1e-1), (norm, gap)  # layers: x / sqrt(x^2 + 1e-8)
     assert mapper_lib.MapperConfig.for_generator(8, 16).norm == "features" and mapper_lib.MapperConfig().norm == "layers"
@@ -438,14 +441,17 @@ def test_train_mappers_scan_equals_step_loop_and_prompts_are_independent():
     opt = optax.adam(0.1)
     mp, st = T.init_mappers(M, k_init, 3, opt)
     step = T.make_mapper_step(M, G, embed, opt)
+    # float tolerance: biases (|b| < 0.4) differ by up to 4.9e-7, weights (|w| up to 380) by up to 1.5e-5,
+    # half an ulp at 256: bounds 2e-6 + 2e-7 |w|_max; losses by 6e-8
+    close = lambda a, b: max_abs(a, b) < 2e-6 + 2e-7 * float(jnp.max(jnp.abs(b)))
     for i, k in enumerate(jax.random.split(k_data, steps)):
         mp, st, m = step(mp, st, p, G.mapping(p, jax.random.normal(k, (batch, CFG.z_dim)), psi=0.7), t)
-        assert max_abs(m["loss"], res.metrics["loss"][i]) < 1e-5
+        assert max_abs(m["loss"], res.metrics["loss"][i]) < 2e-7
     for a, b in zip(jax.tree_util.tree_leaves(mp), jax.tree_util.tree_leaves(res.params)):
-        assert max_abs(a, b) < 1e-5 * (1 + float(jnp.max(jnp.abs(b))))
+        assert close(a, b)
     alone = train(t[:1])
     for a, b in zip(jax.tree_util.tree_leaves(alone.params), jax.tree_util.tree_leaves(res.params)):
-        assert max_abs(a[0], b[0]) < 1e-5 * (1 + float(jnp.max(jnp.abs(b))))
+        assert close(a[0], b[0])
 
 
 def test_mapper_checkpoint_round_trip(tmp_path):
@@ -462,22 +468,26 @@ def test_mapper_checkpoint_round_trip(tmp_path):
         mapper_lib.save_mappers(tmp_path / "m", M, params, ["a", "b"])
 
 
-def test_load_mapper_matches_torch(tmp_path):
+@pytest.mark.parametrize("made", ["stored", "afresh"])
+def test_load_mapper_matches_torch(tmp_path, made):
     """``tests/data/styleclip_mapper_tiny.pt`` and its ``_ref.npz`` were written by ``_TORCH_SCRIPT``
     (torch.save of a LevelsMapper-layout state dict with random weights, and the torch forward);
-    with the reference torch python at hand the files are made afresh."""
+    ``afresh`` runs the script under the Python named by ``JAXEDIT_TORCH_PYTHON``."""
     data = Path(__file__).parent / "data"
     pt, ref_file = data / "styleclip_mapper_tiny.pt", data / "styleclip_mapper_tiny_ref.npz"
-    if TORCH_PY.exists():
+    if made == "afresh":
+        python = os.environ.get("JAXEDIT_TORCH_PYTHON")
+        if not python:
+            pytest.skip("needs torch: set JAXEDIT_TORCH_PYTHON to a Python that has torch to remake the mapper files")
         script = tmp_path / "make.py"
         script.write_text(_TORCH_SCRIPT)
-        subprocess.run([str(TORCH_PY), str(script), str(tmp_path)], check=True, capture_output=True, timeout=120)
+        subprocess.run([python, str(script), str(tmp_path)], check=True, capture_output=True, timeout=120)
         pt, ref_file = tmp_path / "mapper.pt", tmp_path / "ref.npz"
     M, mp, description = styleclip.load_mapper(pt)
     assert description == "purple hair"
     assert M.cfg.num_ws == 18 and M.cfg.w_dim == 8 and M.cfg.groups == (True, True, False)
     ref = np.load(ref_file)
-    assert max_abs(jax.jit(M.__call__)(mp, jnp.asarray(ref["ws"])), ref["w_hat"]) < 1e-5
+    assert max_abs(jax.jit(M.__call__)(mp, jnp.asarray(ref["ws"])), ref["w_hat"]) < 1e-6  # measured 1.8e-7
     (tmp_path / "junk.pt").write_bytes(b"\x80\x02}q\x00.")  # a pickled empty dict: no mapper tensors
     with pytest.raises(InputError, match="junk.pt"):
         styleclip.load_mapper(tmp_path / "junk.pt")
