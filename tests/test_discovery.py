@@ -49,9 +49,10 @@ def test_shift_zero_and_step_length(gen, method):
     k = jnp.asarray([0, 1, 2, 3, 0, 1])
     eps = jnp.asarray([0.0, 0.15, -0.15, 0.1, 0.2, -0.2])
     x2, aux = s.apply(p, x, k, eps, jax.random.key(2))
-    np.testing.assert_allclose(x2[0], x[0], atol=1e-5)  # eps 0 is the identity for every family
+    # measured 0 and 3e-8 (|x| < 2.2: 1 ulp is 2.4e-7)
+    np.testing.assert_allclose(x2[0], x[0], atol=3e-7)  # eps 0 is the identity for every family
     if method != "curvilinear":  # unit directions / normalized gradient steps: |shift| = |eps|
-        np.testing.assert_allclose(jnp.linalg.norm(x2 - x, axis=1), jnp.abs(eps), atol=1e-5)
+        np.testing.assert_allclose(jnp.linalg.norm(x2 - x, axis=1), jnp.abs(eps), atol=1e-7)
     else:
         assert float(aux) >= 0 and np.all(np.isfinite(np.asarray(x2)))
 
@@ -110,7 +111,7 @@ def test_editor_from_run_reproduces_the_trained_shift(gen, tmp_path, method):
     k, eps = jnp.asarray([0, 1, 2, 3]), jnp.full((4,), 0.2 if method == "warped" else 1.5)
     want, _ = s.apply(params["shift"], x, k, eps, None)
     got = edits.apply(ed, x, k, eps)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(got, want, atol=3e-7)  # measured 0 (|x| < 2.1)
 
 
 def test_resume_refuses_a_different_config(gen, tmp_path):
