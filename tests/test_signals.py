@@ -44,3 +44,16 @@ def test_traverse_leaves_only_complete_files(tmp_path):
     assert rc == 130, err[-2000:]
     for png in (tmp_path / "t").glob("*") if (tmp_path / "t").exists() else []:
         assert png.suffix == ".png" and np.asarray(Image.open(png)).ndim == 3
+
+
+@pytest.mark.parametrize("argv", [
+    ["train-gan", "{o}/run", "--config", "tiny", "--kimg", "1000"],
+    ["discover", "{o}/run", "--method", "linear", "--steps", "100000", "--batch-size", "4"],
+])
+def test_trainers_save_and_exit_130(tmp_path, argv):
+    """SIGINT during a trainer: it saves the current step and exits 130; the run resumes from it."""
+    rc, err = interrupted([a.format(o=tmp_path) for a in argv], signal.SIGINT, 20.0, tmp_path)
+    assert rc == 130, err[-2000:]
+    assert "SIGINT: saved step" in err and "Traceback" not in err
+    ckpts = [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+    assert ckpts and all((p / "_CHECKPOINT_METADATA").exists() for p in ckpts)

@@ -3,7 +3,8 @@
 While :class:`DeferredSignals` is active a signal only records itself; the command calls
 :meth:`~DeferredSignals.check` between units of work (a compiled program, a chunk, a file, a
 training step), where SIGINT raises ``KeyboardInterrupt`` (the CLI exits 130) and SIGTERM
-``SystemExit(143)``. A second signal raises at once. (A signal cannot stop a compiled program
+``SystemExit(143)``. A second signal raises at once. Contexts nest (a trainer's inside the CLI's): a signal recorded by
+either is seen by both. (A signal cannot stop a compiled program
 that is running: Python sees it when the program returns.)
 """
 
@@ -25,7 +26,13 @@ class DeferredSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handler)
+            self.requested = self._outer().requested if self._outer() else None  # a signal that came before
         return self
+
+    def _outer(self) -> "DeferredSignals | None":
+        """The enclosing DeferredSignals (nested: the CLI's around a trainer's), if any."""
+        outer = getattr(self._old.get(signal.SIGINT), "__self__", None)
+        return outer if isinstance(outer, DeferredSignals) else None
 
     def _handler(self, signum, frame) -> None:
         if self.requested is not None:
@@ -44,5 +51,8 @@ class DeferredSignals:
         self.raise_requested()
 
     def __exit__(self, *exc) -> None:
+        outer = self._outer()
+        if outer is not None and outer.requested is None:
+            outer.requested = self.requested  # the enclosing context still sees it
         for sig, old in self._old.items():
             signal.signal(sig, old)
