@@ -15,15 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxedit import edits, parallel
-from jaxedit.cli.common import (
-    DEFAULT_GENERATOR,
-    load_generator,
-    model_path,
-    parse_seeds,
-    parse_strengths,
-    seed_latents,
-    strength_labels,
-)
+from jaxedit.cli.common import (DEFAULT_GENERATOR, load_generator, model_path, parse_seeds, parse_strengths,
+                                seed_latents, strength_labels)
 from jaxedit.edits import fit
 from jaxedit.errors import UsageError
 from jaxedit.io import images as imio

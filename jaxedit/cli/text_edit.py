@@ -25,16 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit.cli.common import (
-    DEFAULT_CLIP,
-    load_generator,
-    model_path,
-    parse_seeds,
-    parse_strengths,
-    seed_latents,
-    strength_labels,
-    text_label,
-)
+from jaxedit.cli.common import (DEFAULT_CLIP, load_generator, model_path, parse_seeds, parse_strengths, seed_latents,
+                                strength_labels, text_label)
 from jaxedit.converters.styleclip import load_fs3
 from jaxedit.edits import text
 from jaxedit.errors import UsageError

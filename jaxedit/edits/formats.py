@@ -84,15 +84,21 @@ def sniff_torch(obj: Any) -> str | None:
 
 
 # ------------------------------------------------------------------------------ numpy formats
-def load_interfacegan(path: str | Path, normalize: bool = True) -> np.ndarray:
-    """InterFaceGAN boundary ``.npy`` ``(1, d)`` (float64 in the releases) -> unit normal ``[d]`` float32."""
-    path = Path(path)
+def _numeric_npy(path: Path, what: str) -> np.ndarray:
+    """A ``.npy`` file holding a plain numeric array (no pickles), else an error naming the file."""
     try:
         a = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise _err(path, f"not a readable .npy boundary ({e})") from e
+        raise _err(path, f"not a readable .npy {what} ({e})") from e
     if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu":
         raise _err(path, f"expected a numeric array, got {getattr(a, 'dtype', type(a))}")
+    return a
+
+
+def load_interfacegan(path: str | Path, normalize: bool = True) -> np.ndarray:
+    """InterFaceGAN boundary ``.npy`` ``(1, d)`` (float64 in the releases) -> unit normal ``[d]`` float32."""
+    path = Path(path)
+    a = _numeric_npy(path, "boundary")
     if a.ndim == 2 and a.shape[0] == 1:
         a = a[0]
     if a.ndim != 1 or a.size == 0:
@@ -109,12 +115,7 @@ def load_interfacegan(path: str | Path, normalize: bool = True) -> np.ndarray:
 def load_directions(path: str | Path) -> np.ndarray:
     """Plain directions ``.npy`` ``[K, d]`` (or ``[d]``) -> float32 ``[K, d]``, rows as given."""
     path = Path(path)
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise _err(path, f"not a readable .npy array ({e})") from e
-    if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu":
-        raise _err(path, f"expected a numeric array, got {getattr(a, 'dtype', type(a))}")
+    a = _numeric_npy(path, "array")
     a = a[None] if a.ndim == 1 else a
     if a.ndim != 2 or a.size == 0:
         raise _err(path, f"linear directions must be [K, d], got {a.shape}")
