@@ -136,7 +136,7 @@ def to_params(sd: dict[str, np.ndarray], cfg: CLIPConfig, name: str) -> dict:
         jname, fn = jax_name(tname)
         a = np.asarray(arr, np.float32)
         if fn is _hwio and a.ndim != 4:
-            raise ConversionError(f"{name}: tensor {tname!r} has shape {list(a.shape)}, not a 4-D conv weight")
+            raise ConversionError(f"{name}: tensor {torchfile.describe(tname)} has shape {list(a.shape)}, not a 4-D conv weight")
         a = fn(a) if fn is not None else a
         *parents, leaf = jname.split(".")
         node = params
