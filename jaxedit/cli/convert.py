@@ -1,5 +1,5 @@
-"""``jaxedit convert``: PyTorch checkpoints (NVIDIA / rosinality StyleGAN2, OpenAI CLIP, StyleCLIP mappers)
-to jaxedit checkpoints, read without torch and verified by reloading."""
+"""``jaxedit convert``: PyTorch checkpoints (NVIDIA / rosinality StyleGAN2, OpenAI CLIP, StyleCLIP mappers) and
+NVIDIA's TensorFlow StyleGAN2 pickles to jaxedit checkpoints, read without torch or TF and verified by reloading."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxedit.cli.main import FORWARD_CHECK_MAX_RESOLUTION
 from jaxedit.converters import clip as clip_converter
-from jaxedit.converters import styleclip
+from jaxedit.converters import styleclip, stylegan2_tf
 from jaxedit.converters import stylegan2 as sg2_converter
 from jaxedit.errors import CheckpointError, UsageError
 from jaxedit.io import checkpoint
@@ -36,7 +36,8 @@ def run_convert(args) -> None:
         return _convert_mapper(src, args)
     t0 = time.perf_counter()
 
-    cfg, params, info = sg2_converter.convert(src, key=args.key)
+    tf = stylegan2_tf.looks_like_tf_pickle(src)  # legacy TensorFlow (G, D, Gs) pickle
+    cfg, params, info = (stylegan2_tf if tf else sg2_converter).convert(src, key=args.key)
     source = {"file": src.name, "sha256": sg2_converter.sha256(src), "converter": sg2_converter.CONVERTER_VERSION, **info}
     dst = checkpoint.save(args.dst, kind="stylegan2", model=cfg.to_dict(), params=params, source=source,
                           force=args.force, replace_kind=args.replace_kind)

@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 
 from jaxedit import parallel
 from jaxedit.cli.common import load_generator, load_npy, parse_seeds, seed_latents
+from jaxedit.converters import source_info
 from jaxedit.data import shapes
 from jaxedit.errors import CheckpointError, UsageError
 from jaxedit.io import checkpoint, files
@@ -80,7 +81,11 @@ def _source_line(src: dict) -> str:
 
 
 def run_info(args) -> None:
-    """The kind, the model's key facts, the parameter count and the source; ``--json``: all of jaxedit.json."""
+    """The kind, the model's key facts, the parameter count and the source; ``--json``: all of jaxedit.json.
+
+    On a source file (``.pkl`` / ``.pt``): what is inside, read without running or converting anything."""
+    if Path(args.ckpt).is_file():
+        return _source_info(args)
     meta = checkpoint.read_meta(args.ckpt)
     if args.json:
         print(json.dumps(meta, indent=2, sort_keys=True))
@@ -95,6 +100,28 @@ def run_info(args) -> None:
     print(f"  parameters = {sum(int(np.prod(s)) for s in arrays.values()):,} in {len(arrays)} arrays")
     print(f"  source = {_source_line(meta.get('source', {}))}")
     print("  (--json: the whole jaxedit.json)")
+
+
+def _source_info(args) -> None:
+    desc = source_info.describe(args.ckpt)
+    if args.json:
+        nets = [{k: (v.to_dict() if k == "config" else v) for k, v in n.items()} for n in desc["networks"]]
+        print(json.dumps({**desc, "networks": nets}, indent=2, sort_keys=True, default=str))
+        return
+    print(f"{args.ckpt}: {desc['format']} ({desc['container']}; a source file, not a jaxedit checkpoint)")
+    for n in desc["networks"]:
+        default = " (default)" if n["key"] == desc["default"] else ""
+        print(f"  {n['key']}{default}: {n['role']} {n['class']}, {n['elements']:,} elements in {n['arrays']} tensors"
+              + (f", resolution {n['resolution']}" if n.get("resolution") and "config" not in n else ""))
+        if "config" in n:
+            for line in _model_facts("stylegan2", n["config"].to_dict(), {}):
+                print(f"    {line}")
+            print(f"    as converted: {n['converted_elements']:,} parameter elements in {n['converted_arrays']} arrays"
+                  + (f"; latent_avg {n['latent_avg']}" if "latent_avg" in n else ""))
+        elif "problem" in n:
+            print(f"    would not convert: {n['problem']}")
+    if any("config" in n for n in desc["networks"]):
+        print(f"  (jaxedit convert stylegan2 {args.ckpt} OUT [--key NAME]; --json: everything above)")
 
 
 def run_sample(args) -> None:

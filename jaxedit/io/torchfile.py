@@ -9,7 +9,9 @@ the file:
 3. legacy (pre-1.6, non-zip) ``torch.save`` streams;
 4. plain pickles such as NVIDIA stylegan2-ada / stylegan3 network ``.pkl`` files, whose
    ``torch_utils.persistence`` modules come back as inert :class:`PersistentObject` instances
-   (their embedded ``module_src`` source code is dropped, never executed).
+   (their embedded ``module_src`` source code is dropped, never executed), and the legacy
+   TensorFlow StyleGAN2 ``.pkl`` files, whose ``dnnlib.tflib.network.Network`` objects come
+   back as inert :class:`TFNetwork` instances (``build_module_src`` dropped, never executed).
 
 Tensors become numpy arrays (right dtype, shape, storage offset and strides; bfloat16
 as ``ml_dtypes.bfloat16``). Zip storages are zero-copy views of a read-only memory map
@@ -72,6 +74,7 @@ __all__ = [
     "EasyDict",
     "PersistentObject",
     "ScriptObject",
+    "TFNetwork",
     "TorchFileError",
     "describe",
     "init_kwargs",
@@ -118,6 +121,8 @@ ALLOWED_GLOBALS: types.MappingProxyType = types.MappingProxyType({
     # NVIDIA stylegan2-ada / stylegan3 pickles
     "torch_utils.persistence._reconstruct_persistent_obj": "persistent_obj",
     "dnnlib.util.EasyDict": "EasyDict",
+    # legacy TensorFlow StyleGAN / StyleGAN2 pickles (NVlabs/stylegan2, stylegan2-ada TF)
+    "dnnlib.tflib.network.Network": "tf_network",
     # numpy scalars, dtypes and arrays (plain numeric dtypes only)
     "numpy.dtype": "np_dtype",
     "ml_dtypes.bfloat16": "bfloat16",
@@ -187,7 +192,7 @@ def _describe(obj: Any, limit: int, depth: int) -> str:
         s = repr(obj)
     elif isinstance(obj, np.ndarray):
         s = f"<array {obj.dtype.str} {list(obj.shape)}>" if _plain(obj.dtype) else "<array>"
-    elif isinstance(obj, (PersistentObject, ScriptObject, _StorageType)):
+    elif isinstance(obj, (PersistentObject, ScriptObject, TFNetwork, _StorageType)):
         s = repr(obj)
     elif isinstance(obj, (list, tuple, dict, set, frozenset)):
         if depth == 0:
@@ -273,6 +278,31 @@ class ScriptObject:
 
     def __repr__(self) -> str:
         return f"ScriptObject({describe(self.qualname)})"
+
+
+class TFNetwork:
+    """A legacy TensorFlow ``dnnlib.tflib.network.Network`` (NVlabs/stylegan2 ``.pkl``), inert.
+
+    ``state``: the pickled state dict (``version``, ``name``, ``static_kwargs``, ``components``
+    (a dict of further TFNetworks), ``build_func_name``, ``variables`` as a list of
+    ``(TF name, numpy array)`` pairs); the ``build_module_src`` source code is dropped, never
+    executed. ``source``: the path of the file (for messages). Built only by pickle's
+    NEWOBJ + one BUILD with a dict of string keys.
+    """
+
+    __slots__ = ("source", "state")
+
+    def __new__(cls):
+        self = object.__new__(cls)
+        self.state, self.source = None, "<memory>"
+        return self
+
+    def __repr__(self) -> str:
+        name = self.state.get("name") if isinstance(self.state, dict) else None
+        return f"TFNetwork({describe(name)})"
+
+    def __reduce__(self):
+        raise TypeError("not picklable")
 
 
 class EasyDict(dict):
@@ -598,6 +628,12 @@ class _Unpickler(pickle._Unpickler):
         inst = self.stack[-1]
         if isinstance(inst, ScriptObject):
             inst.__setstate__(state)
+        elif type(inst) is TFNetwork:
+            if inst.state is not None or not (isinstance(state, dict) and all(type(k) is str for k in state)):
+                raise _Refused("refuses a TensorFlow Network state that is not one dict with string keys")
+            state = dict(state)
+            state.pop("build_module_src", None)  # TF source code: dropped, never executed
+            inst.state, inst.source = state, self._ctx.name
         elif self._pending.pop(id(inst), None) is not None:
             (_build_dtype if isinstance(inst, np.dtype) else _build_array)(inst, state)
         elif (type(inst) in (collections.OrderedDict, EasyDict, Namespace) and isinstance(state, dict)
@@ -638,6 +674,9 @@ class _Unpickler(pickle._Unpickler):
 
     def _g_Namespace(self, q, n):
         return Namespace
+
+    def _g_tf_network(self, q, n):
+        return TFNetwork
 
     def _g_codecs_encode(self, q, n):
         ctx = self._ctx
@@ -1158,6 +1197,8 @@ def _children(obj: Any):
         return iter(obj)
     if isinstance(obj, PersistentObject):
         return iter((obj.state, obj.version))
+    if isinstance(obj, TFNetwork):
+        return iter((obj.state,))
     if isinstance(obj, (ScriptObject, Namespace)):
         return iter(vars(obj).values())
     return None
@@ -1222,7 +1263,8 @@ def load(path: str | os.PathLike, *, verify: bool = True) -> Any:
     the pickle's bytes (plain pickles), copied only when the saved strides are not
     C-contiguous. Containers stay dicts / OrderedDicts / lists / tuples; NVIDIA persistence
     modules become :class:`PersistentObject`, TorchScript objects :class:`ScriptObject`,
-    ``dnnlib.util.EasyDict`` :class:`EasyDict`, ``argparse.Namespace`` :class:`Namespace`.
+    ``dnnlib.util.EasyDict`` :class:`EasyDict`, ``argparse.Namespace`` :class:`Namespace`,
+    TensorFlow ``dnnlib.tflib.network.Network`` :class:`TFNetwork`.
     The result has no reference cycles, nests at most ``_MAX_DEPTH`` levels and is small when
     expanded, so it can be walked recursively and printed.
 
