@@ -9,7 +9,8 @@ The config is read from tensor shapes (channel table, mapping depth, dims, archi
 NVIDIA's ``_init_kwargs`` supply what shapes cannot (conv_clamp, mapping lr multiplier).
 Parameter names and layouts map by the rules of :mod:`jaxedit.models.stylegan2.params`;
 rosinality files are renamed to NVIDIA's names first. :func:`convert_discriminator` reads the
-``D`` of an NVIDIA pickle (fine-tuning, and the discriminator's reference parity).
+``D`` of an NVIDIA pickle or the ``d`` of a rosinality checkpoint (fine-tuning, and the discriminator's
+reference parity).
 """
 
 from __future__ import annotations
@@ -162,21 +163,29 @@ def _fill_missing_noise(cfg: StyleGAN2Config, params: dict) -> None:
         p.setdefault("noise_const", np.zeros((r, r), np.float32))
 
 
-def convert_discriminator(path: str | Path, key: str = "D") -> tuple[DiscriminatorConfig, dict, dict[str, Any]]:
-    """The discriminator ``key`` of an NVIDIA ``.pkl`` -> ``(config, params, info)`` (config from shapes + kwargs)."""
+def convert_discriminator(path: str | Path, key: str | None = None
+                          ) -> tuple[DiscriminatorConfig, dict, dict[str, Any]]:
+    """A discriminator -> ``(config, params, info)``: ``key`` (default ``D``) of an NVIDIA ``.pkl``, or ``key``
+    (default ``d``) of a rosinality ``.pt`` (config from shapes + NVIDIA's kwargs)."""
     path = Path(path)
     obj = torchfile.load(path)
-    if not (isinstance(obj, dict) and any(isinstance(v, torchfile.PersistentObject) for v in obj.values())):
-        raise ConversionError(f"{path.name}: not an NVIDIA pickle (discriminators convert from those only)")
-    net, sd, kwargs = _network(obj, key, path.name)
-    if "b4.out.weight" not in sd or any(k.startswith("synthesis.") for k in sd):
-        raise ConversionError(f"{path.name}: {key!r} ({net.class_name}) is not a discriminator (no b4.out.weight)")
-    params = layout.from_state_dict(sd, path.name)
-    cfg = _infer_d_config(params, kwargs, path.name)
+    if isinstance(obj, dict) and any(isinstance(v, torchfile.PersistentObject) for v in obj.values()):
+        key = key or "D"
+        net, sd, kwargs = _network(obj, key, path.name)
+        if "b4.out.weight" not in sd or any(k.startswith("synthesis.") for k in sd):
+            raise ConversionError(f"{path.name}: {key!r} ({net.class_name}) is not a discriminator (no b4.out.weight)")
+        params = layout.from_state_dict(sd, path.name)
+        cfg = _infer_d_config(params, kwargs, path.name)
+        info = {"format": "nvidia-pkl", "network": key, "class_name": net.class_name,
+                "num_fp16_res": int(_kwarg(kwargs, "num_fp16_res", 0, "an integer", path.name)),
+                "note": "computed in float32"}
+    elif isinstance(obj, dict) and ("d" in obj or any(isinstance(k, str) and k.startswith("final_linear.")
+                                                      for k in obj)):
+        cfg, params, info = _rosinality_discriminator(obj, key, path.name)
+    else:
+        raise ConversionError(f"{path.name}: not an NVIDIA pickle or a rosinality checkpoint with a discriminator "
+                              f"(top level: {torchfile.describe(obj)})")
     _check_params(Discriminator(cfg), params, path.name)
-    info = {"format": "nvidia-pkl", "network": key, "class_name": net.class_name,
-            "num_fp16_res": int(_kwarg(kwargs, "num_fp16_res", 0, "an integer", path.name)),
-            "note": "computed in float32"}
     return cfg, params, info
 
 
@@ -256,7 +265,8 @@ def from_rosinality(obj: dict, key: str | None, name: str):
     def modconv(prefix, noise_name, dst, r):
         w = get(f"{prefix}.conv.weight", 5)[0]  # [O, I, k, k]
         # rosinality scales the weight by 1/sqrt(fan_in) before modulation: fold it in (exact)
-        nv[f"{dst}.weight"] = w / math.sqrt(w.shape[1] * w.shape[2] * w.shape[3])
+        fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+        nv[f"{dst}.weight"] = (w.astype(np.float64) / math.sqrt(fan_in)).astype(np.float32)  # correctly rounded
         modulated(prefix, dst)
         nv[f"{dst}.bias"] = get(f"{prefix}.activate.bias", 1)
         nv[f"{dst}.noise_strength"] = get(f"{prefix}.noise.weight", size=1).reshape(())
@@ -299,6 +309,64 @@ def _estimate_w_avg(cfg: StyleGAN2Config, params: dict, n: int = 100_000) -> np.
     p = {"mapping": dict(params["mapping"], w_avg=np.zeros(cfg.w_dim, np.float32)), "synthesis": params["synthesis"]}
     z = jax.random.normal(jax.random.key(0), (n, cfg.z_dim))
     return np.asarray(jax.jit(lambda p, z: G.mapping(p, z)[:, 0].mean(0))(p, z))
+
+
+def rosinality_d_names(resolution: int) -> list[tuple[str, str]]:
+    """``(rosinality name, NVIDIA name)`` of every parameter of rosinality's ``Discriminator(resolution)``.
+
+    ``convs.0`` = ConvLayer 1x1 (FromRGB), ``convs.k`` = ResBlock at ``R = resolution / 2^(k-1)``
+    (``conv1`` -> ``conv0``, ``conv2`` (Blur, conv, act) -> ``conv1``, ``skip`` (Blur, conv) -> ``skip``),
+    ``final_conv`` -> ``b4.conv``, ``final_linear.{0,1}`` -> ``b4.{fc,out}``. The Blur ``kernel`` buffers
+    (the normalized [1,3,3,1] FIR) are at ``convs.k.{conv2,skip}.0.kernel``."""
+    names = [("convs.0.0.weight", f"b{resolution}.fromrgb.weight"), ("convs.0.1.bias", f"b{resolution}.fromrgb.bias")]
+    k, r = 1, resolution
+    while r > 4:
+        names += [(f"convs.{k}.conv1.0.weight", f"b{r}.conv0.weight"), (f"convs.{k}.conv1.1.bias", f"b{r}.conv0.bias"),
+                  (f"convs.{k}.conv2.1.weight", f"b{r}.conv1.weight"), (f"convs.{k}.conv2.2.bias", f"b{r}.conv1.bias"),
+                  (f"convs.{k}.skip.1.weight", f"b{r}.skip.weight")]
+        k, r = k + 1, r // 2
+    return names + [("final_conv.0.weight", "b4.conv.weight"), ("final_conv.1.bias", "b4.conv.bias"),
+                    ("final_linear.0.weight", "b4.fc.weight"), ("final_linear.0.bias", "b4.fc.bias"),
+                    ("final_linear.1.weight", "b4.out.weight"), ("final_linear.1.bias", "b4.out.bias")]
+
+
+def _rosinality_discriminator(obj: dict, key: str | None, name: str):
+    """rosinality's ``Discriminator`` (resnet, no clamp, minibatch stddev 4 x 1, unconditional) by renaming."""
+    key = key or ("d" if "d" in obj else None)
+    sd = obj if key is None else obj.get(key)
+    if not isinstance(sd, dict):
+        raise ConversionError(f"{name}: no state dict {key!r} in the file "
+                              f"(keys: {sorted(map(torchfile.describe, obj))[:8]})")
+    sd = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, np.ndarray)}
+    n_res = len([k for k in sd if re.fullmatch(r"convs\.\d+\.conv1\.0\.weight", k)])
+    if "convs.0.0.weight" not in sd or n_res == 0:
+        raise ConversionError(f"{name}: {key or 'the file'} is not a rosinality discriminator "
+                              "(no convs.0.0.weight / convs.k.conv1)")
+    resolution = 4 * 2 ** n_res
+    for k, v in sd.items():
+        if k.endswith("kernel") and (v.shape != (4, 4) or not np.allclose(v, layout.STANDARD_FILTER, atol=1e-7)):
+            raise ConversionError(f"{name}: {key}.{k} is not the [1,3,3,1] FIR filter; unsupported")
+    pairs = rosinality_d_names(resolution)
+    known = {r for r, _ in pairs}
+    extra = sorted(k for k in sd if k not in known and not k.endswith("kernel"))
+    if extra:
+        raise ConversionError(f"{name}: unexpected tensors in {key} ({extra[:4]}): not the rosinality discriminator")
+    nv = {}
+    for ros, nvn in pairs:
+        if ros not in sd:
+            raise ConversionError(f"{name}: missing tensor {key}.{ros}")
+        nv[nvn] = np.asarray(sd[ros], np.float32)
+    params = layout.from_state_dict(nv, name)
+    for dst, rank in (("b4.conv.weight", 4), ("b4.fc.weight", 2), ("b4.out.weight", 2)):
+        if nv[dst].ndim != rank:
+            raise ConversionError(f"{name}: tensor {key}.{ {b: a for a, b in pairs}[dst]} has shape "
+                                  f"{list(nv[dst].shape)}, not {rank}-D")
+    ch4 = params["b4"]["conv"]["weight"].shape[3]
+    channels = [int(ch4)] + [int(params[f"b{4 * 2 ** i}"]["conv0"]["weight"].shape[3]) for i in range(1, n_res + 1)]
+    cfg = DiscriminatorConfig(img_resolution=resolution, channels=tuple(channels), architecture="resnet",
+                              img_channels=int(nv[f"b{resolution}.fromrgb.weight"].shape[1]),
+                              mbstd_num_channels=int(params["b4"]["conv"]["weight"].shape[2] - ch4))
+    return cfg, params, {"format": "rosinality-pt", "network": key, "note": "computed in float32"}
 
 
 # ----------------------------------------------------------------------------- checks

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxedit.cli.export import run_convert_discriminator
 from jaxedit.cli.main import FORWARD_CHECK_MAX_RESOLUTION
 from jaxedit.converters import clip as clip_converter
 from jaxedit.converters import styleclip, stylegan2_tf
@@ -28,6 +29,8 @@ def run_convert(args) -> None:
     src = Path(args.src)
     if not src.is_file():
         raise UsageError(f"convert: {src} does not exist or is not a file")
+    if args.kind == "stylegan2" and (args.key or "").lower() == "d":  # a discriminator (NVIDIA D, rosinality d)
+        return run_convert_discriminator(args)
     kind = {"stylegan2": stylegan2.KIND, "clip": "clip", "mapper": mapper_lib.MAPPER_KIND}[args.kind]
     checkpoint.check_writable(args.dst, args.force, kind, replace_kind=args.replace_kind)
     if args.kind == "clip":

@@ -317,12 +317,26 @@ def _add_fit(sub) -> None:
     _command(g, "fit:run_fit_ganspace")
 
 
+def _add_export(sub) -> None:
+    e = sub.add_parser("export", help="write a StyleGAN2 generator or discriminator checkpoint as a rosinality .pt "
+                                      "(torch.load-able, written without torch) or NVIDIA-named safetensors")
+    e.add_argument("ckpt", help=f"jaxedit StyleGAN2 generator or discriminator checkpoint (or {DEFAULT_GENERATOR})")
+    e.add_argument("out", help="file to write")
+    e.add_argument("--format", choices=("rosinality", "safetensors"), required=True,
+                   help="rosinality: {'g_ema', 'latent_avg'} or {'d'} as rosinality/stylegan2-pytorch names them; "
+                        "safetensors: the stylegan2-ada-pytorch state dict (buffers included), config in the metadata")
+    e.add_argument("--drop-clamp", action="store_true",
+                   help="rosinality: write a model with conv_clamp anyway (rosinality has no clamp)")
+    _force_arg(e, "OUT")
+    _command(e, "export:run_export")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxedit", description="Speed-first semantic image editing in the latent spaces "
                                                             "of pretrained generators (JAX).")
     p.add_argument("--version", action="version", version=f"jaxedit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_convert, _add_generate, _add_edit, _add_text_edit, _add_train, _add_fit):
+    for add in (_add_convert, _add_generate, _add_edit, _add_text_edit, _add_train, _add_fit, _add_export):
         add(sub)
     return p
 

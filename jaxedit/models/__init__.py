@@ -10,9 +10,11 @@ import os
 from jaxedit.errors import CheckpointError
 from jaxedit.io import checkpoint
 from jaxedit.models import clip, mapper, probe, stylegan2
+from jaxedit.models.stylegan2 import discriminator
 
 LOADERS = {
     stylegan2.KIND: stylegan2.load,
+    discriminator.KIND: discriminator.load,
     "clip": clip.load,
     "probe": probe.load,
     mapper.MAPPER_KIND: mapper.load,

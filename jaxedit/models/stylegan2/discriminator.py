@@ -33,6 +33,9 @@ nested parameter dict (keys mirror the reference names: ``b32.conv0.weight``,
     D = Discriminator(DiscriminatorConfig(img_resolution=32, channels=(128, 128, 64, 32)))
     params = D.init(jax.random.key(0))
     logits = D(params, img)            # img [B, H, W, C] in [-1, 1] -> [B]
+
+Converted discriminators (``jaxedit convert stylegan2 FILE OUT --key D``) are checkpoints of kind
+:data:`KIND`: ``D, params = jaxedit.load(OUT)`` (or :func:`load`).
 """
 
 from __future__ import annotations
@@ -48,11 +51,13 @@ from flax import nnx
 
 from jaxedit.config import JSONConfig
 from jaxedit.errors import InputError
+from jaxedit.io import checkpoint
 from jaxedit.nn import ops
 from jaxedit.nn.handle import ModelHandle
 from jaxedit.nn.layers import Dense
 
 Params = dict[str, Any]
+KIND = "stylegan2-discriminator"
 ARCHITECTURES = ("resnet", "orig")
 _FIR = (1.0 / 8, 3.0 / 8, 3.0 / 8, 1.0 / 8)  # [1,3,3,1] normalized per axis (2-D filter sums to 1)
 
@@ -301,3 +306,8 @@ class Discriminator(ModelHandle):
         if not jnp.issubdtype(img.dtype, jnp.floating):
             img = img.astype(jnp.float32)
         return self.model(params)(img, c)
+
+
+def load(path) -> tuple[Discriminator, Params]:
+    """A ``kind="stylegan2-discriminator"`` checkpoint (``jaxedit convert stylegan2 ... --key D``) -> ``(D, params)``."""
+    return checkpoint.load_handle(path, KIND, lambda cfg: Discriminator(DiscriminatorConfig.from_dict(cfg)))
