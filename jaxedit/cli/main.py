@@ -100,7 +100,7 @@ def _add_convert(sub) -> None:
     c.add_argument("src", help="source file")
     c.add_argument("dst", help="destination checkpoint directory")
     c.add_argument("--key", default=None, help="network inside the file (NVIDIA: G_ema (default), G; rosinality: "
-                                               "g_ema, g)")
+                                               "g_ema, g; NVIDIA TF: Gs (default), G)")
     c.add_argument("--vocab", help="clip: the BPE merges file (default: bpe_simple_vocab_16e6.txt.gz next to SRC)")
     c.add_argument("--prompt", help="mapper: the text it was trained for (default: the file's opts['description'])")
     _force_arg(c, "an existing jaxedit checkpoint at DST")
@@ -113,7 +113,7 @@ def _add_convert(sub) -> None:
 
 
 def _add_generate(sub) -> None:
-    i = sub.add_parser("info", help="describe a jaxedit checkpoint")
+    i = sub.add_parser("info", help="describe a jaxedit checkpoint, or a source .pkl/.pt file (nothing run or converted)")
     i.add_argument("ckpt")
     i.add_argument("--json", action="store_true", help="print the whole jaxedit.json")
     _command(i, "generate:run_info")
