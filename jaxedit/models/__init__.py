@@ -9,11 +9,12 @@ import os
 
 from jaxedit.errors import CheckpointError
 from jaxedit.io import checkpoint
-from jaxedit.models import clip, mapper, probe, stylegan2
+from jaxedit.models import clip, mapper, probe, stylegan2, stylegan3
 from jaxedit.models.stylegan2 import discriminator
 
 LOADERS = {
     stylegan2.KIND: stylegan2.load,
+    stylegan3.KIND: stylegan3.load,
     discriminator.KIND: discriminator.load,
     "clip": clip.load,
     "probe": probe.load,
