@@ -186,3 +186,18 @@ def test_bad_numbers_exit_2_before_anything_is_written(tmp_path, argv):
     assert out.returncode == 2, out.stderr
     assert "error: argument" in out.stderr or ": error: " in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_convert_stylegan3_and_load(tmp_path):
+    """`jaxedit convert stylegan3` writes a checkpoint that jaxedit.load reads (parity: test_stylegan3.py);
+    a StyleGAN2 pickle given as stylegan3 is one line naming the file."""
+    import jaxedit
+    from jaxedit.models.stylegan3 import StyleGAN3
+
+    out = run("convert", "stylegan3", fixture("nvidia_sg3_t32.pkl"), tmp_path / "t")
+    assert "bit-identical" in out.stdout
+    G, params = jaxedit.load(tmp_path / "t")
+    assert isinstance(G, StyleGAN3) and checkpoint.read_meta(tmp_path / "t")["kind"] == "stylegan3"
+    one_line_error(run("convert", "stylegan3", fixture("nvidia_tiny32.pkl"), tmp_path / "x", ok=False),
+                   "nvidia_tiny32.pkl", code=1)
+    assert not (tmp_path / "x").exists()

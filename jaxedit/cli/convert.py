@@ -12,15 +12,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxedit import models
 from jaxedit.cli.export import run_convert_discriminator
 from jaxedit.cli.main import FORWARD_CHECK_MAX_RESOLUTION
 from jaxedit.converters import clip as clip_converter
 from jaxedit.converters import styleclip, stylegan2_tf
 from jaxedit.converters import stylegan2 as sg2_converter
+from jaxedit.converters import stylegan3 as sg3_converter
 from jaxedit.errors import CheckpointError, UsageError
 from jaxedit.io import checkpoint
 from jaxedit.models import mapper as mapper_lib
-from jaxedit.models import stylegan2
+from jaxedit.models import stylegan2, stylegan3
 from jaxedit.models.stylegan2 import StyleGAN2
 
 
@@ -31,12 +33,15 @@ def run_convert(args) -> None:
         raise UsageError(f"convert: {src} does not exist or is not a file")
     if args.kind == "stylegan2" and (args.key or "").lower() == "d":  # a discriminator (NVIDIA D, rosinality d)
         return run_convert_discriminator(args)
-    kind = {"stylegan2": stylegan2.KIND, "clip": "clip", "mapper": mapper_lib.MAPPER_KIND}[args.kind]
+    kind = {"stylegan2": stylegan2.KIND, "stylegan3": stylegan3.KIND, "clip": "clip",
+            "mapper": mapper_lib.MAPPER_KIND}[args.kind]
     checkpoint.check_writable(args.dst, args.force, kind, replace_kind=args.replace_kind)
     if args.kind == "clip":
         return _convert_clip(src, args)
     if args.kind == "mapper":
         return _convert_mapper(src, args)
+    if args.kind == "stylegan3":
+        return _convert_stylegan3(src, args)
     t0 = time.perf_counter()
 
     tf = stylegan2_tf.looks_like_tf_pickle(src)  # legacy TensorFlow (G, D, Gs) pickle
@@ -54,6 +59,22 @@ def run_convert(args) -> None:
           f"{cfg.architecture}, channels {list(cfg.block_channels.values())}, conv_clamp {cfg.conv_clamp}")
     print(f"  {n_params:,} parameter elements; reload check: {check}; "
           f"{time.perf_counter() - t0:.1f} s")
+
+
+def _convert_stylegan3(src: Path, args) -> None:
+    t0 = time.perf_counter()
+    cfg, params, info = sg3_converter.convert(src, key=args.key or "G_ema")
+    source = {"file": src.name, "sha256": sg3_converter.sha256(src), "converter": sg3_converter.CONVERTER_VERSION,
+              **info}
+    dst = checkpoint.save(args.dst, kind=stylegan3.KIND, model=cfg.to_dict(), params=params, source=source,
+                          force=args.force, replace_kind=args.replace_kind)
+    _release_free_memory()
+    forward = args.check_forward or cfg.img_resolution <= FORWARD_CHECK_MAX_RESOLUTION
+    check = _verify_roundtrip(stylegan3.StyleGAN3(cfg), params, dst, forward)
+    n_params = sum(int(np.size(a)) for a in jax.tree.leaves(params))
+    print(f"converted {src.name} (StyleGAN3, network {args.key or 'G_ema'}) -> {dst}")
+    print(f"  resolution {cfg.img_resolution}, z {cfg.z_dim}, w {cfg.w_dim}, c {cfg.c_dim}; {n_params:,} parameter "
+          f"elements; reload check: {check}; {time.perf_counter() - t0:.1f} s")
 
 
 def _convert_clip(src: Path, args) -> None:
@@ -98,7 +119,7 @@ def _verify_roundtrip(G, params, dst: Path, forward: bool) -> str:
     test; at 1024 px it alone costs about 4x the source file in RSS, hence opt-in there.
     """
 
-    G2, reloaded = stylegan2.load(dst)
+    G2, reloaded = models.load(dst)
     if G2.cfg != G.cfg:
         raise CheckpointError(f"{dst}: reloaded config differs from the converted one")
     mine = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}

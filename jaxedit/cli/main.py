@@ -30,7 +30,7 @@ EDIT_METHODS = ("linear", "interfacegan", "ganspace", "warped", "curvilinear")
 TEXT_METHODS = ("optimize", "global", "shift", "mapper")
 DISCOVERY_METHODS = ("linear", "warped", "curvilinear")
 PREPROCESS_MODES = ("clip", "styleclip", "none")  # == jaxedit.models.clip.PREPROCESS_MODES (a test checks)
-CONVERT_KINDS = ("stylegan2", "clip", "mapper")
+CONVERT_KINDS = ("stylegan2", "stylegan3", "clip", "mapper")
 FORWARD_CHECK_MAX_RESOLUTION = 256
 HELP_STRENGTHS = ("strengths (write --strengths=-3:3:7 when it starts with a minus): START:STOP:NUM (inclusive "
                   "linspace) or a comma list; per method: linear = step along the unit direction, interfacegan (z) = "
@@ -94,9 +94,10 @@ def _force_arg(p, what: str) -> None:
 # ----------------------------------------------------------------------------------- commands
 def _add_convert(sub) -> None:
     c = sub.add_parser("convert", help="convert a PyTorch checkpoint to a jaxedit checkpoint (no torch needed)")
-    c.add_argument("kind", choices=CONVERT_KINDS, help="what the file holds: stylegan2 (NVIDIA .pkl or rosinality "
-                                                       ".pt), clip (OpenAI TorchScript or state-dict .pt), mapper "
-                                                       "(a StyleCLIP latent mapper .pt)")
+    c.add_argument("kind", choices=CONVERT_KINDS,
+                   help="what the file holds: stylegan2 (NVIDIA .pkl, TF .pkl or rosinality .pt), stylegan3 (NVIDIA "
+                        ".pkl, configs T and R), clip (OpenAI TorchScript or state-dict .pt), mapper (a StyleCLIP "
+                        "latent mapper .pt)")
     c.add_argument("src", help="source file")
     c.add_argument("dst", help="destination checkpoint directory")
     c.add_argument("--key", default=None, help="network inside the file (NVIDIA: G_ema (default), G; rosinality: "
