@@ -42,10 +42,10 @@ from flax import nnx
 from jaxedit.config import JSONConfig
 from jaxedit.errors import InputError
 from jaxedit.io import checkpoint
+from jaxedit.models.stylegan2.generator import Mapping, MappingMethods, check_shape
 from jaxedit.nn import ops
 from jaxedit.nn.handle import ModelHandle, compiled
 from jaxedit.nn.layers import Buffer, Dense
-from jaxedit.models.stylegan2.generator import Mapping, truncate
 
 Params = dict[str, Any]
 KIND = "stylegan3"
@@ -390,27 +390,11 @@ class Generator(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class StyleGAN3(ModelHandle):
+class StyleGAN3(MappingMethods, ModelHandle):
     """Hashable handle: pure functions of ``params`` for one :class:`StyleGAN3Config`."""
 
     cfg: StyleGAN3Config
     module = Generator
-
-    def mapping(self, params: Params, z: jax.Array | None, c: jax.Array | None = None,
-                psi: float | jax.Array = 1.0, cutoff: int | None = None) -> jax.Array:
-        """z ``[B, z_dim]`` (+ c ``[B, c_dim]``) -> ws ``[B, num_ws, w_dim]``, truncated toward ``w_avg``
-        (``psi`` scalar or ``[B]``; ``cutoff`` static: only ``ws[:, :cutoff]``)."""
-        cfg = self.cfg
-        if cfg.z_dim:
-            _check_shape("z", z, (None, cfg.z_dim))
-        if cfg.c_dim:
-            if c is None:
-                raise InputError(f"this generator is conditional: pass c of shape [B, {cfg.c_dim}]")
-            _check_shape("c", c, (None, cfg.c_dim))
-        return self.model(params).mapping(z, c, psi, cutoff)
-
-    def truncate(self, params: Params, ws: jax.Array, psi: float | jax.Array, cutoff: int | None = None) -> jax.Array:
-        return truncate(ws, params["mapping"]["w_avg"], psi, cutoff)
 
     def synthesis(self, params: Params, ws: jax.Array, transform: jax.Array | None = None) -> jax.Array:
         """ws ``[B, num_ws, w_dim]`` (or ``[B, w_dim]``, broadcast) -> image ``[B, H, W, C]``.
@@ -447,9 +431,9 @@ class StyleGAN3(ModelHandle):
     def _ws(self, ws):
         cfg = self.cfg
         if getattr(ws, "ndim", None) == 2:
-            _check_shape("ws", ws, (None, cfg.w_dim))
+            check_shape("ws", ws, (None, cfg.w_dim))
             return jnp.broadcast_to(ws[:, None], (ws.shape[0], cfg.num_ws, cfg.w_dim))
-        _check_shape("ws", ws, (None, cfg.num_ws, cfg.w_dim))
+        check_shape("ws", ws, (None, cfg.num_ws, cfg.w_dim))
         return ws
 
 
@@ -464,8 +448,3 @@ def _check_transform(t) -> None:
         raise InputError(f"transform must have shape [3, 3] or [B, 3, 3], got {None if shape is None else list(shape)}")
 
 
-def _check_shape(name: str, x, expected: tuple[int | None, ...]) -> None:
-    shape = getattr(x, "shape", None)
-    if shape is None or len(shape) != len(expected) or any(e is not None and e != s for s, e in zip(shape, expected)):
-        want = "[" + ", ".join("B" if e is None else str(e) for e in expected) + "]"
-        raise InputError(f"{name} must have shape {want}, got {None if shape is None else list(shape)}")

@@ -327,8 +327,31 @@ class Generator(nnx.Module):
 # ------------------------------------------------------------------------ pure API
 
 
+class MappingMethods:
+    """``mapping`` and ``truncate``, shared by the StyleGAN2 and StyleGAN3 handles (``self.cfg`` has
+    ``z_dim``, ``c_dim``; the module has ``.mapping``; params hold ``mapping.w_avg``)."""
+
+    def mapping(self, params: Params, z: jax.Array | None, c: jax.Array | None = None,
+                psi: float | jax.Array = 1.0, cutoff: int | None = None) -> jax.Array:
+        """z ``[B, z_dim]`` (+ c ``[B, c_dim]``) -> ws ``[B, num_ws, w_dim]``, truncated toward ``w_avg``.
+
+        ``psi`` is a scalar or ``[B]``; ``cutoff`` (static) truncates only ``ws[:, :cutoff]``.
+        """
+        cfg = self.cfg
+        if cfg.z_dim:
+            check_shape("z", z, (None, cfg.z_dim))
+        if cfg.c_dim:
+            if c is None:
+                raise InputError(f"this generator is conditional: pass c of shape [B, {cfg.c_dim}]")
+            check_shape("c", c, (None, cfg.c_dim))
+        return self.model(params).mapping(z, c, psi, cutoff)
+
+    def truncate(self, params: Params, ws: jax.Array, psi: float | jax.Array, cutoff: int | None = None) -> jax.Array:
+        return truncate(ws, params["mapping"]["w_avg"], psi, cutoff)
+
+
 @dataclasses.dataclass(frozen=True)
-class StyleGAN2(ModelHandle):
+class StyleGAN2(MappingMethods, ModelHandle):
     """Hashable handle: pure functions of ``params`` for one :class:`StyleGAN2Config`.
 
     Called eagerly, ``synthesis*`` runs as one compiled program per input shape (not op by op);
@@ -338,29 +361,10 @@ class StyleGAN2(ModelHandle):
     module = Generator
 
 
-    # -- mapping
-    def mapping(self, params: Params, z: jax.Array | None, c: jax.Array | None = None,
-                psi: float | jax.Array = 1.0, cutoff: int | None = None) -> jax.Array:
-        """z ``[B, z_dim]`` (+ c ``[B, c_dim]``) -> ws ``[B, num_ws, w_dim]``, truncated toward ``w_avg``.
-
-        ``psi`` is a scalar or ``[B]``; ``cutoff`` (static) truncates only ``ws[:, :cutoff]``.
-        """
-        cfg = self.cfg
-        if cfg.z_dim:
-            _check_shape("z", z, (None, cfg.z_dim))
-        if cfg.c_dim:
-            if c is None:
-                raise InputError(f"this generator is conditional: pass c of shape [B, {cfg.c_dim}]")
-            _check_shape("c", c, (None, cfg.c_dim))
-        return self.model(params).mapping(z, c, psi, cutoff)
-
-    def truncate(self, params: Params, ws: jax.Array, psi: float | jax.Array, cutoff: int | None = None) -> jax.Array:
-        return truncate(ws, params["mapping"]["w_avg"], psi, cutoff)
-
     # -- synthesis
     def ws_to_styles(self, params: Params, ws: jax.Array) -> dict[str, jax.Array]:
         """ws ``[B, num_ws, w_dim]`` -> StyleSpace ``{'b{res}.{layer}': s [B, Cin]}`` in synthesis order."""
-        _check_shape("ws", ws, (None, self.cfg.num_ws, self.cfg.w_dim))
+        check_shape("ws", ws, (None, self.cfg.num_ws, self.cfg.w_dim))
         styles = self._ws_to_styles(params, ws)
         return {name: styles[name] for name in self.cfg.layer_ws()}  # jit returns dicts key-sorted
 
@@ -425,7 +429,7 @@ def _as_typed_key(key: jax.Array) -> jax.Array:
     return jax.random.wrap_key_data(key)
 
 
-def _check_shape(name: str, x, expected: tuple[int | None, ...]) -> None:
+def check_shape(name: str, x, expected: tuple[int | None, ...]) -> None:
     shape = getattr(x, "shape", None)
     if shape is None or len(shape) != len(expected) or any(e is not None and e != s for s, e in zip(shape, expected)):
         want = "[" + ", ".join("B" if e is None else str(e) for e in expected) + "]"
