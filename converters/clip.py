@@ -155,7 +155,7 @@ def to_params(sd: dict[str, np.ndarray], cfg: CLIPConfig, name: str) -> dict:
         raise ConversionError(f"{name}: missing tensors {missing[:5]} for the inferred architecture")
     for k, s in expected.items():
         if tuple(got[k]) != tuple(s):
-            raise ConversionError(f"{name}: tensor {origin[k]!r} has shape {list(np.shape(sd[origin[k]]))}, "
+            raise ConversionError(f"{name}: tensor {torchfile.describe(origin[k])} has shape {list(np.shape(sd[origin[k]]))}, "
                                   f"which does not fit the inferred architecture (expected {list(s)} after layout)")
     return params
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +17,21 @@ DEFAULT_GENERATOR = "shapes32-stylegan2"
 DEFAULT_CLIP = "shapes-clip"
 
 
+SEED_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+MAX_SEEDS = 1_000_000  # one command's seeds (a bigger job is a batch job)
+
+
 def parse_seeds(text: str) -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
-    seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
-                seeds.extend(range(int(lo), int(hi) + 1))
-            elif part:
-                seeds.append(int(part))
-    except ValueError:
-        raise UsageError(f"--seeds: cannot parse {text!r} (expected e.g. 0-15 or 1,5,9-12)") from None
-    if not seeds or any(s < 0 or s >= 2 ** 32 for s in seeds):
-        raise UsageError(f"--seeds: {text!r} gives no seeds in [0, 2**32)")
-    return seeds
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (at most MAX_SEEDS, each in [0, 2**32))."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    matches = [SEED_RANGE.fullmatch(p) for p in parts]
+    if not parts or not all(matches):
+        raise UsageError(f"--seeds: cannot parse {text[:80]!r} (expected e.g. 0-15 or 1,5,9-12)")
+    ranges = [(int(m[1]), int(m[2] or m[1])) for m in matches]
+    if any(hi < lo or hi >= 2 ** 32 for lo, hi in ranges) or sum(hi - lo + 1 for lo, hi in ranges) > MAX_SEEDS:
+        raise UsageError(f"--seeds: {text[:80]!r} must give at most {MAX_SEEDS:,} seeds in [0, 2**32), ranges low-high")
+    return [s for lo, hi in ranges for s in range(lo, hi + 1)]
 
 
 def seed_latents(seeds: list[int], z_dim: int) -> np.ndarray:
@@ -40,17 +40,17 @@ def seed_latents(seeds: list[int], z_dim: int) -> np.ndarray:
 
 
 def parse_strengths(text: str) -> np.ndarray:
-    """'-3:3:7' (inclusive linspace) or '-2,0,2' -> float32 ``[S]``, every value finite."""
-    try:
-        if ":" in text:
-            a, b, n = text.split(":")
-            out = np.linspace(float(a), float(b), int(n))
-        else:
-            out = np.asarray([float(v) for v in text.split(",") if v.strip()])
-    except ValueError:
-        out = np.zeros(0)
-    if out.size == 0 or not np.all(np.isfinite(out)):
-        raise UsageError(f"--strengths {text!r}: expected finite START:STOP:NUM (e.g. -3:3:7) or a list (e.g. -2,0,2)")
+    """'-3:3:7' (inclusive linspace, at most 1,000 values) or '-2,0,2' -> float32 ``[S]``, every value finite."""
+    fields = text.split(":") if ":" in text else [v.strip() for v in text.split(",") if v.strip()]
+    linspace = ":" in text and len(fields) == 3 and fields[2].isdigit() and 0 < int(fields[2]) <= 1000
+    numbers = fields[:2] if linspace else fields
+    if not numbers or (":" in text and not linspace) or not all(NUMBER.fullmatch(v.strip()) for v in numbers):
+        raise UsageError(f"--strengths {text[:80]!r}: expected finite START:STOP:NUM (e.g. -3:3:7, NUM <= 1000) or "
+                         "a list (e.g. -2,0,2)")
+    values = [float(v) for v in numbers]
+    out = np.linspace(values[0], values[1], int(fields[2])) if linspace else np.asarray(values)
+    if not np.all(np.isfinite(out)):
+        raise UsageError(f"--strengths {text[:80]!r}: values must be finite")
     return out.astype(np.float32)
 
 
