@@ -1,5 +1,6 @@
 """Legacy TensorFlow StyleGAN2 ``.pkl`` (NVlabs/stylegan2, stylegan2-ada TF) -> jaxedit params, TF-free.
 
+Generators (``Gs``, ``G``) and the discriminator (``D``, :func:`from_tf_discriminator`) convert.
 The file is a pickled tuple ``(G, D, Gs)`` of ``dnnlib.tflib.network.Network`` states, read by
 :func:`jaxedit.io.torchfile.load` as inert :class:`~jaxedit.io.torchfile.TFNetwork` objects
 (their ``build_module_src`` is dropped, never run). Variables are collected by TF name through
@@ -22,6 +23,7 @@ conv ``weight``             ``[kh, kw, I, O]``      same (HWIO); ``Conv0_up`` an
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -31,7 +33,7 @@ import numpy as np
 
 from jaxedit.converters import stylegan2 as sg2
 from jaxedit.io import torchfile
-from jaxedit.models.stylegan2 import StyleGAN2
+from jaxedit.models.stylegan2 import Discriminator, StyleGAN2
 from jaxedit.models.stylegan2 import params as layout
 
 NETWORKS = ("G", "D", "Gs")
@@ -41,6 +43,11 @@ KNOWN_KWARGS = frozenset({
     "mapping_fmaps", "mapping_nonlinearity", "mapping_lrmul", "w_avg_beta", "fmap_base", "fmap_max",
     "num_fp16_res", "conv_clamp", "architecture", "resample_kernel", "use_noise", "nonlinearity",
     "truncation_psi", "truncation_cutoff", "style_mixing_prob", "structure"})
+#: TF discriminator static kwargs jaxedit understands (unconditional resnet D of NVlabs/stylegan2 and -ada TF).
+KNOWN_D_KWARGS = frozenset({
+    "num_channels", "resolution", "label_size", "fmap_base", "fmap_max", "fmap_min", "fmap_decay", "architecture",
+    "nonlinearity", "mbstd_group_size", "mbstd_num_features", "resample_kernel", "num_fp16_res", "conv_clamp",
+    "dtype", "structure"})
 _SNIFF = (b"dnnlib.tflib.network\nNetwork\n", b"\x14dnnlib.tflib.network\x94\x8c\x07Network",
           b"\x14dnnlib.tflib.network\x8c\x07Network")
 
@@ -86,6 +93,20 @@ def _rename(tf: str) -> tuple[str, Any, int] | None:
     return None
 
 
+def _rename_d(tf: str) -> tuple[str, Any, int] | None:
+    """TF discriminator variable -> (NVIDIA name, torch-layout transform, rank), the rules of legacy.py (no flips:
+    TF's strided convs correlate as torch's do)."""
+    if m := re.fullmatch(r"(\d+)x\1/(FromRGB|Conv0|Conv1_down|Skip)/(weight|bias)", tf):
+        layer = {"FromRGB": "fromrgb", "Conv0": "conv0", "Conv1_down": "conv1", "Skip": "skip"}[m[2]]
+        return f"b{int(m[1])}.{layer}.{m[3]}", (_t if m[3] == "weight" else None), (4 if m[3] == "weight" else 1)
+    if m := re.fullmatch(r"4x4/Conv/(weight|bias)", tf):
+        return f"b4.conv.{m[1]}", (_t if m[1] == "weight" else None), (4 if m[1] == "weight" else 1)
+    if m := re.fullmatch(r"(4x4/Dense0|Output)/(weight|bias)", tf):
+        layer = "fc" if m[1] == "4x4/Dense0" else "out"  # Dense0 flattens NCHW, as torch does
+        return f"b4.{layer}.{m[2]}", (np.transpose if m[2] == "weight" else None), (2 if m[2] == "weight" else 1)
+    return None
+
+
 #: The rules, for documentation: TF pattern -> NVIDIA name (see :func:`_rename`).
 RULES = {
     "dlatent_avg": "mapping.w_avg", "mapping/Dense{i}/{weight,bias}": "mapping.fc{i}.* (weight as is)",
@@ -93,7 +114,9 @@ RULES = {
     "synthesis/noise{i}": "noise_const of b4.conv1 (i=0), b{2^((i+5)//2)}.conv0 (odd i), .conv1 (even i)",
     "synthesis/4x4/Conv/*": "synthesis.b4.conv1.*", "synthesis/{r}x{r}/{Conv0_up,Conv1,ToRGB}/*":
     "synthesis.b{r}.{conv0,conv1,torgb}.*", "*/mod_weight, */mod_bias": "*.affine.weight, *.affine.bias (+1)",
-    "synthesis/{r}x{r}/Skip/weight": "synthesis.b{r}.skip.weight", "lod": "ignored (0 in StyleGAN2)"}
+    "synthesis/{r}x{r}/Skip/weight": "synthesis.b{r}.skip.weight", "lod": "ignored (0 in StyleGAN2)",
+    "D: {r}x{r}/{FromRGB,Conv0,Conv1_down,Skip}/*": "b{r}.{fromrgb,conv0,conv1,skip}.*",
+    "D: 4x4/{Conv,Dense0}/*, Output/*": "b4.{conv,fc,out}.*"}
 
 
 def looks_like_tf_pickle(path: str | Path) -> bool:
@@ -183,8 +206,8 @@ def _check_kwargs(kw: dict, name: str, key: str) -> None:
             raise sg2.ConversionError(f"{name}: {key} static kwarg {k} is {torchfile.describe(v)}, not a number")
 
 
-def to_state_dict(vars_: dict[str, np.ndarray], name: str, key: str) -> dict[str, np.ndarray]:
-    """TF generator variables -> NVIDIA state-dict names in torch layout (every variable must map)."""
+def to_state_dict(vars_: dict[str, np.ndarray], name: str, key: str, rename=_rename) -> dict[str, np.ndarray]:
+    """TF variables -> NVIDIA state-dict names in torch layout by ``rename`` (every variable must map)."""
     sd: dict[str, np.ndarray] = {}
     for tf, a in vars_.items():
         if tf == "lod":
@@ -195,7 +218,7 @@ def to_state_dict(vars_: dict[str, np.ndarray], name: str, key: str) -> dict[str
         if tf == "mapping/LabelConcat/weight":
             raise sg2.ConversionError(f"{name}: {key} variable {tf!r}: conditional NVlabs/stylegan2 (LabelConcat) "
                                       "generators are not supported (stylegan2-ada LabelEmbed ones are)")
-        rule = _rename(tf)
+        rule = rename(tf)
         if rule is None:
             raise sg2.ConversionError(f"{name}: {key} has TF variable {tf!r} that jaxedit cannot map")
         nv, fn, rank = rule
@@ -213,7 +236,8 @@ def from_tf(obj: Any, key: str, name: str):
     """A loaded TF pickle's generator ``key`` ('Gs' or 'G') -> ``(config, params, info)``."""
     nets = networks(obj, name)
     if key == "D":
-        raise sg2.ConversionError(f"{name}: {key!r} is the discriminator; only the TF generators 'Gs' and 'G' convert")
+        raise sg2.ConversionError(f"{name}: {key!r} is the discriminator; it converts with --key D "
+                                  "(convert_discriminator)")
     if key not in nets:
         raise sg2.ConversionError(f"{name}: no network {key!r} in the TF pickle (networks: {list(nets)})")
     net = nets[key]
@@ -249,8 +273,63 @@ def from_tf(obj: Any, key: str, name: str):
     return cfg, params, info
 
 
+def from_tf_discriminator(obj: Any, name: str):
+    """A loaded TF pickle's ``D`` -> ``(DiscriminatorConfig, params, info)``.
+
+    As stylegan2-ada-pytorch's ``legacy.py`` converts it: a pickle without ``mbstd_group_size`` gets ``None``,
+    i.e. the whole batch is one minibatch-stddev group (TF's own default was 4; set the config to change it).
+    """
+    key = "D"
+    net = networks(obj, name)[key]
+    kw = static_kwargs(net, name, key)
+    unknown = sorted(k for k in kw if k not in KNOWN_D_KWARGS)
+    if unknown:
+        raise sg2.ConversionError(f"{name}: {key} has TF static kwarg {torchfile.describe(unknown[0])} that jaxedit "
+                                  "does not know (the network may compute something else)")
+    if kw.get("label_size"):
+        raise sg2.ConversionError(f"{name}: {key} is conditional (label_size={torchfile.describe(kw['label_size'])}); "
+                                  "conditional TF discriminators are not supported")
+    if kw.get("architecture", "resnet") != "resnet":
+        raise sg2.ConversionError(f"{name}: {key} static kwarg architecture={torchfile.describe(kw['architecture'])} "
+                                  "is not supported (only resnet)")
+    _check_kwargs({k: v for k, v in kw.items() if k in ("nonlinearity", "resample_kernel", "conv_clamp")}, name, key)
+    group = kw.get("mbstd_group_size")
+    features = kw.get("mbstd_num_features", 1)
+    for k, v in (("mbstd_group_size", group), ("mbstd_num_features", features)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 64):
+            raise sg2.ConversionError(f"{name}: {key} static kwarg {k} is {torchfile.describe(v)}, not 1..64")
+    sd = to_state_dict(variables(net, name, key), name, key, rename=_rename_d)
+    if "b4.out.weight" not in sd:
+        raise sg2.ConversionError(f"{name}: {key!r} is not a discriminator (no Output/weight variable)")
+    params = layout.from_state_dict(sd, name)
+    cfg = sg2._infer_d_config(params, {"conv_clamp": kw.get("conv_clamp")}, name)
+    if cfg.mbstd_num_channels != features:
+        raise sg2.ConversionError(f"{name}: {key} mbstd_num_features={features} but 4x4/Conv/weight gives "
+                                  f"{cfg.mbstd_num_channels}")
+    cfg = dataclasses.replace(cfg, mbstd_group_size=None if group is None else int(group))
+    for tf_k, got in (("resolution", cfg.img_resolution), ("num_channels", cfg.img_channels)):
+        if kw.get(tf_k) is not None and kw[tf_k] != got:
+            raise sg2.ConversionError(f"{name}: {key} static kwarg {tf_k}={torchfile.describe(kw[tf_k])} but the "
+                                      f"variables give {got}")
+    info = {"format": "nvidia-tf-pkl", "network": key, "class_name": str(net.state.get("build_func_name", "?")),
+            "num_fp16_res": int(kw.get("num_fp16_res") or 0),
+            "note": "TensorFlow release pickle read without TF; computed in float32; minibatch-stddev group "
+                    f"{'the whole batch' if group is None else group} (as legacy.py)"}
+    return cfg, params, info
+
+
 def convert(path: str | Path, key: str | None = None):
     """Read a TF StyleGAN2 ``.pkl`` and return ``(config, params, info)`` (default network ``Gs``)."""
     path = Path(path)
     obj = torchfile.load(path)
     return from_tf(obj, key or "Gs", path.name)
+
+
+def convert_discriminator(path: str | Path, key: str | None = None):
+    """Read a TF StyleGAN2 ``.pkl`` and return its discriminator ``(config, params, info)``."""
+    path = Path(path)
+    if key not in (None, "D", "d"):
+        raise sg2.ConversionError(f"{path.name}: the TF discriminator is network 'D', not {key!r}")
+    cfg, params, info = from_tf_discriminator(torchfile.load(path), path.name)
+    sg2._check_params(Discriminator(cfg), params, path.name)
+    return cfg, params, info

@@ -1,5 +1,6 @@
-"""Discriminators as checkpoints: ``jaxedit convert stylegan2 FILE OUT --key D`` (NVIDIA ``D``) and ``--key d``
-(rosinality ``d``), loaded by ``jaxedit.load``, reproduce the reference D (../shared/fixtures/README.md).
+"""Discriminators as checkpoints: ``jaxedit convert stylegan2 FILE OUT --key D`` (NVIDIA ``D``, TF-era ``D``),
+``jaxedit convert stylegan3 FILE OUT --key D`` and ``--key d`` (rosinality ``d``), loaded by ``jaxedit.load``,
+reproduce the reference D (../shared/fixtures/README.md).
 
 The fixtures hold no rosinality discriminator, so the rosinality path is proven by a structural round trip:
 each NVIDIA D written as a rosinality ``{'d': ...}`` file (``jaxedit export``, names by
@@ -9,6 +10,7 @@ Bounds are about 3x the max abs errors measured on XLA CPU at -O0 (in the commen
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from conftest import fixture, max_abs, ref
 
@@ -16,6 +18,7 @@ import jaxedit
 from jaxedit.cli.main import main
 from jaxedit.converters import export as exporter
 from jaxedit.converters import stylegan2 as conv
+from jaxedit.converters import stylegan2_tf
 from jaxedit.io import checkpoint, torchfile
 from jaxedit.models.stylegan2 import Discriminator, discriminator
 
@@ -76,6 +79,33 @@ def test_rosinality_discriminator_round_trip(name, tmp_path):
     check_against_reference(D, p, name)  # no activation reaches the dropped clamp here
 
 
+@pytest.mark.parametrize("kind,name", [("stylegan3", "nvidia_sg3_t32"), ("stylegan3", "nvidia_sg3_r32"),
+                                       ("stylegan2", "nvidia_tf_tiny32")])
+def test_cli_convert_stylegan3_and_tf_discriminators(kind, name, tmp_path, capsys):
+    """The StyleGAN3 release trains the StyleGAN2 D; the TF D converts as legacy.py does (its pickle sets no
+    group size, so the whole batch is one minibatch-stddev group). These D refs have non-zero biases."""
+    out = tmp_path / "D"
+    assert main(["convert", kind, str(fixture(name + ".pkl")), str(out), "--key", "D"]) == 0
+    assert "network D" in capsys.readouterr().out
+    D, params = jaxedit.load(out)
+    r = ref(name + "_ref.npz")
+    assert any(float(abs(b).max()) > 0 for b in jax.tree.leaves(params["b4"]))
+    run = jax.jit(lambda x: D(params, x))
+    assert max_abs(run(r["D_img"]), r["D_logits"][:, 0]) <= 1e-5  # sg3-t 4.3e-7, sg3-r 6.0e-7, tf 2.1e-6
+    grad = np.array(jax.jit(jax.grad(lambda x: jnp.sum(D(params, x))))(r["D_img"]))
+    if name == "nvidia_tf_tiny32":
+        assert D.cfg.mbstd_group_size is None
+        assert checkpoint.read_meta(out)["source"]["format"] == "nvidia-tf-pkl"
+        # a batch of 4 is its own group (1e-7 measured); a group of 4 inside the 8 would differ by 0.04
+        assert max_abs(run(r["D_img"][:4]), r["D_logits_first4"][:, 0]) <= 3e-7
+        # One 16x16 pre-activation of image 4 is 7e-8 from the leaky-ReLU kink, and float rounding puts it on the
+        # other side than in the reference: the gradient differs (8e-5) in that unit's 9x9 pixel footprint only.
+        kink = (4, slice(21, 32), slice(11, 22))
+        assert max_abs(grad[kink], r["D_grad_img_of_sum_logits"][kink]) <= 2e-4
+        grad[kink] = r["D_grad_img_of_sum_logits"][kink]
+    assert max_abs(grad, r["D_grad_img_of_sum_logits"]) <= 1e-8  # sg3 2.7e-9, tf 2.9e-9 (|grad| <= 0.005)
+
+
 def test_discriminator_errors(tmp_path, capsys):
     # a rosinality file with only generators has no discriminator: one line, exit 1
     assert main(["convert", "stylegan2", str(fixture("rosinality_tiny64.pt")), str(tmp_path / "x"), "--key", "D"]) == 1
@@ -87,3 +117,7 @@ def test_discriminator_errors(tmp_path, capsys):
     with pytest.raises(exporter.ExportError, match="conditional"):
         exporter.export(Discriminator(cfg), params, tmp_path / "d.pt", "rosinality")
     assert not (tmp_path / "d.pt").exists()
+    with pytest.raises(conv.ConversionError, match="it converts with --key D"):
+        stylegan2_tf.convert(fixture("nvidia_tf_tiny32.pkl"), key="D")
+    with pytest.raises(conv.ConversionError, match="is network 'D'"):
+        stylegan2_tf.convert_discriminator(fixture("nvidia_tf_tiny32.pkl"), key="Gs")

@@ -31,7 +31,8 @@ def run_convert(args) -> None:
     src = Path(args.src)
     if not src.is_file():
         raise UsageError(f"convert: {src} does not exist or is not a file")
-    if args.kind == "stylegan2" and (args.key or "").lower() == "d":  # a discriminator (NVIDIA D, rosinality d)
+    if args.kind in ("stylegan2", "stylegan3") and (args.key or "").lower() == "d":  # a discriminator (TF D,
+        # NVIDIA StyleGAN2 / StyleGAN3 D, rosinality d: the StyleGAN3 release trains the StyleGAN2 D)
         return run_convert_discriminator(args)
     kind = {"stylegan2": stylegan2.KIND, "stylegan3": stylegan3.KIND, "clip": "clip",
             "mapper": mapper_lib.MAPPER_KIND}[args.kind]

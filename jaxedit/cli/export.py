@@ -13,6 +13,7 @@ import numpy as np
 from jaxedit import loader
 from jaxedit.converters import export as exporter
 from jaxedit.converters import stylegan2 as sg2_converter
+from jaxedit.converters import stylegan2_tf
 from jaxedit.errors import CheckpointError, UsageError
 from jaxedit.io import checkpoint
 from jaxedit.models.stylegan2 import Discriminator, StyleGAN2
@@ -38,7 +39,8 @@ def run_convert_discriminator(args) -> None:
     t0 = time.perf_counter()
     src = Path(args.src)
     checkpoint.check_writable(args.dst, args.force, d_lib.KIND, replace_kind=args.replace_kind)
-    cfg, params, info = sg2_converter.convert_discriminator(src)  # --key D / d: the format's own (D, d)
+    tf = stylegan2_tf.looks_like_tf_pickle(src)  # --key D / d: the format's own (TF D, NVIDIA D, rosinality d)
+    cfg, params, info = (stylegan2_tf if tf else sg2_converter).convert_discriminator(src)
     source = {"file": src.name, "sha256": sg2_converter.sha256(src), "converter": sg2_converter.CONVERTER_VERSION,
               **info}
     dst = checkpoint.save(args.dst, kind=d_lib.KIND, model=cfg.to_dict(), params=params, source=source,

@@ -80,7 +80,7 @@ class DiscriminatorConfig(JSONConfig):
     channels: tuple[int, ...] = ()
     architecture: str = "resnet"
     conv_clamp: float | None = None
-    mbstd_group_size: int = 4
+    mbstd_group_size: int | None = 4  # None: the whole batch is one group
     mbstd_num_channels: int = 1
     cmap_dim: int | None = None  # None -> channels[4]
     mapping_layers: int = 8  # label mapping (conditional only), as the reference's MappingNetwork
