@@ -42,7 +42,7 @@ from flax import nnx
 from jaxedit.config import JSONConfig
 from jaxedit.errors import InputError
 from jaxedit.io import checkpoint
-from jaxedit.models.stylegan2.generator import Mapping, MappingMethods, check_shape
+from jaxedit.models.stylegan2.generator import NOISE_MODES, Mapping, MappingMethods, check_shape
 from jaxedit.nn import ops
 from jaxedit.nn.handle import ModelHandle, compiled
 from jaxedit.nn.layers import Buffer, Dense
@@ -396,13 +396,19 @@ class StyleGAN3(MappingMethods, ModelHandle):
     cfg: StyleGAN3Config
     module = Generator
 
-    def synthesis(self, params: Params, ws: jax.Array, transform: jax.Array | None = None) -> jax.Array:
+    def synthesis(self, params: Params, ws: jax.Array, noise_mode: str = "const", key: jax.Array | None = None, *,
+                  transform: jax.Array | None = None) -> jax.Array:
         """ws ``[B, num_ws, w_dim]`` (or ``[B, w_dim]``, broadcast) -> image ``[B, H, W, C]``.
+
+        The signature is StyleGAN2's, so every latent-space editor, fit and text edit takes either
+        generator; StyleGAN3 has no noise inputs, so ``noise_mode`` and ``key`` change nothing.
 
         ``transform`` ``[3, 3]`` (or ``[B, 3, 3]``) replaces the stored ``synthesis.input.transform``
         buffer, as the reference visualizer writes it: the inverse of the image transform, e.g.
         ``inv(make_transform(translate, angle))``.
         """
+        if noise_mode not in NOISE_MODES:
+            raise InputError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         ws = self._ws(ws)
         if transform is not None:
             _check_transform(transform)
@@ -424,9 +430,10 @@ class StyleGAN3(MappingMethods, ModelHandle):
         return self.model(params).synthesis.input(ws[:, 0], transform)
 
     def __call__(self, params: Params, z: jax.Array | None, c: jax.Array | None = None, psi=1.0,
-                 cutoff: int | None = None, transform: jax.Array | None = None) -> jax.Array:
+                 cutoff: int | None = None, noise_mode: str = "const", key: jax.Array | None = None, *,
+                 transform: jax.Array | None = None) -> jax.Array:
         """Mapping then synthesis: z ``[B, z_dim]`` -> image ``[B, H, W, C]``."""
-        return self.synthesis(params, self.mapping(params, z, c, psi, cutoff), transform)
+        return self.synthesis(params, self.mapping(params, z, c, psi, cutoff), noise_mode, key, transform=transform)
 
     def _ws(self, ws):
         cfg = self.cfg
