@@ -9,7 +9,7 @@ import os
 
 from jaxedit.errors import CheckpointError
 from jaxedit.io import checkpoint
-from jaxedit.models import clip, e4e, irse, mapper, probe, stylegan2, stylegan3
+from jaxedit.models import clip, e4e, irse, lpips, mapper, probe, stylegan2, stylegan3
 from jaxedit.models.stylegan2 import discriminator
 
 LOADERS = {
@@ -18,6 +18,7 @@ LOADERS = {
     discriminator.KIND: discriminator.load,
     "clip": clip.load,
     "probe": probe.load,
+    lpips.KIND: lpips.load,
     mapper.MAPPER_KIND: mapper.load,
     e4e.KIND: e4e.load,
     irse.KIND: irse.load,
