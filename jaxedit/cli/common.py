@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxedit import models
 from jaxedit.config import enable_compilation_cache
 from jaxedit.errors import UsageError
 from jaxedit.io import checkpoint
@@ -86,10 +87,17 @@ def load_generator(path: str | None, *, unconditional: str | None = None):
     """``(G, params)`` of ``path`` or the default generator; with ``unconditional`` (the command's name),
     a conditional generator is refused."""
     enable_compilation_cache()
-    G, params = stylegan2.load(model_path(path, DEFAULT_GENERATOR))
+    G, params = models.load_generator(model_path(path, DEFAULT_GENERATOR))
     if unconditional and G.cfg.c_dim:
         raise UsageError(f"{unconditional}: conditional generators are not supported yet")
     return G, params
+
+
+def require_stylegan2(G, what: str) -> None:
+    """StyleSpace channel edits and layer weight shifts are defined on StyleGAN2's modulated convs only."""
+    if not isinstance(G, stylegan2.StyleGAN2):
+        raise UsageError(f"{what}: needs a StyleGAN2 generator (StyleSpace channels and layer weights of StyleGAN2's "
+                         f"modulated convs); this one is {type(G).__name__}")
 
 
 def strength_labels(strengths) -> list[str]:

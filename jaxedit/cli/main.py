@@ -80,7 +80,7 @@ def _command(p: argparse.ArgumentParser, target: str) -> None:
 
 
 def _generator_arg(p) -> None:
-    p.add_argument("ckpt", nargs="?", help=f"jaxedit StyleGAN2 checkpoint (default: the embedded {DEFAULT_GENERATOR})")
+    p.add_argument("ckpt", nargs="?", help=f"jaxedit generator checkpoint, StyleGAN2 or StyleGAN3 (default: the embedded {DEFAULT_GENERATOR})")
 
 
 def _seeds_arg(p, default: str) -> None:

@@ -25,8 +25,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit.cli.common import (DEFAULT_CLIP, load_generator, model_path, parse_seeds, parse_strengths, seed_latents,
-                                strength_labels, text_label)
+from jaxedit.cli.common import (
+    DEFAULT_CLIP,
+    load_generator,
+    model_path,
+    parse_seeds,
+    parse_strengths,
+    require_stylegan2,
+    seed_latents,
+    strength_labels,
+    text_label,
+)
 from jaxedit.converters.styleclip import load_fs3
 from jaxedit.edits import text
 from jaxedit.errors import UsageError
@@ -47,6 +56,8 @@ def _load(args):
 
 
     G, gp = load_generator(args.ckpt, unconditional="text-edit")
+    if args.method in ("global", "shift"):
+        require_stylegan2(G, f"text-edit --method {args.method}")
     guide, cp, tok = clip.load_guide(model_path(args.clip, DEFAULT_CLIP), args.preprocess)
     if args.mapper:
         if args.method != "mapper":

@@ -25,9 +25,23 @@ LOADERS = {
 }
 
 
+#: The generator handles: same ``mapping``/``synthesis``/``__call__`` signatures, so every latent-space editor,
+#: fit, discovery and text edit takes either.
+GENERATORS = (stylegan2.StyleGAN2, stylegan3.StyleGAN3)
+
+
 def load(path: str | os.PathLike):
     """Any model checkpoint -> ``(model, params)``: ``model`` hashable, its methods pure with ``params`` first."""
     kind = checkpoint.read_meta(path).get("kind")
     if kind not in LOADERS:
         raise CheckpointError(f"{path}: kind {kind!r} is not a model (models: {', '.join(sorted(LOADERS))})")
     return LOADERS[kind](path)
+
+
+def load_generator(path: str | os.PathLike):
+    """A generator checkpoint (StyleGAN2 or StyleGAN3) -> ``(G, params)``; any other kind is refused."""
+    model, params = load(path)
+    if not isinstance(model, GENERATORS):
+        raise CheckpointError(f"{path}: a {checkpoint.read_meta(path).get('kind')!r} checkpoint, not a generator "
+                              f"({stylegan2.KIND} or {stylegan3.KIND})")
+    return model, params

@@ -34,12 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxedit import edits
+from jaxedit import edits, models
 from jaxedit.config import JSONConfig
 from jaxedit.edits import curvilinear, fit, linear, warped
 from jaxedit.errors import ConfigError
 from jaxedit.io import checkpoint
-from jaxedit.models import stylegan2
 from jaxedit.models.flows import CNF, CNFConfig
 from jaxedit.models.reconstructor import Reconstructor, ReconstructorConfig
 from jaxedit.train import runs
@@ -168,7 +167,7 @@ class Trainer:
 
     def __init__(self, cfg: DiscoveryConfig, G=None, gparams=None):
         if G is None:
-            G, gparams = stylegan2.load(generator_path(cfg.generator))
+            G, gparams = models.load_generator(generator_path(cfg.generator))
         self.cfg, self.G, self.gp = cfg, G, gparams
         self.dim = G.cfg.w_dim if cfg.space == "w" else G.cfg.z_dim
         self.R = Reconstructor(dataclasses.replace(cfg.reconstructor, img_channels=G.cfg.img_channels))
