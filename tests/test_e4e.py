@@ -9,6 +9,7 @@ import pytest
 from conftest import fixture, max_abs, ref
 
 import jaxedit
+from jaxedit.cli.main import main
 from jaxedit.converters import e4e as conv
 from jaxedit.converters.export import write_torch_zip
 from jaxedit.errors import InputError
@@ -265,3 +266,16 @@ def test_decoder_reported_and_latent_avg_optional():
     with pytest.raises(conv.ConversionError, match=r"y.pth: tensor 'output_layer.3.weight' has 3000 inputs"):
         conv.from_arcface({**_arcface_state_dict(), "output_layer.3.weight": np.zeros((512, 3000), np.float32)},
                           "y.pth")
+
+
+def test_cli_convert_e4e(tmp_path, capsys):
+    out = tmp_path / "e4e"
+    assert main(["convert", "e4e", str(fixture("e4e_tiny_shrunk.pt")), str(out)]) == 0
+    assert "reload check: bit-identical" in capsys.readouterr().out
+    E, params = jaxedit.load(out)
+    cfg, direct, _ = conv.convert_e4e(fixture("e4e_tiny_shrunk.pt"))
+    assert E.cfg == cfg
+    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, np.asarray(b)), direct, params))
+    assert main(["convert", "arcface", str(fixture("e4e_tiny_shrunk.pt")), str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "e4e_tiny_shrunk.pt" in err

@@ -10,6 +10,7 @@ import pytest
 from conftest import fixture, max_abs, ref
 
 import jaxedit
+from jaxedit.cli.main import main
 from jaxedit.converters import lpips as conv
 from jaxedit.errors import CheckpointError, InputError
 from jaxedit.io import checkpoint, torchfile
@@ -218,3 +219,17 @@ def test_converter_refuses_mismatched_lin(tmp_path):
     _raises(conv.ConversionError, r"alex.pth: lin layers of widths \[64, 192, 384, 256, 256\] do not match the "
             r"backbone lpips_vgg_random_backbone_fp16.pth \(block widths \[64, 128, 256, 512, 512\]\)",
             conv.convert, fixture(VGG), path)
+
+
+def test_cli_convert_lpips(tmp_path, capsys):
+    vgg, lin = fixture("lpips_vgg_random_backbone_fp16.pth"), fixture("lpips_vgg_lin_v0.1.pth")
+    out = tmp_path / "lp"
+    assert main(["convert", "lpips", str(vgg), str(lin), str(out)]) == 0
+    assert "reload check: bit-identical" in capsys.readouterr().out
+    lp, params = jaxedit.load(out)
+    r = ref("lpips_vgg_ref.npz")
+    assert max_abs(lp(params, r["x0"], r["x1"]), r["dist"].reshape(-1)) <= 6e-9
+    assert main(["convert", "lpips", str(vgg), str(tmp_path / "x")]) == 2  # the lin file is missing
+    assert "VGG LIN DST" in capsys.readouterr().err
+    assert main(["convert", "e4e", str(vgg), str(lin), str(tmp_path / "y")]) == 2  # one source only
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -16,27 +16,39 @@ from jaxedit import models
 from jaxedit.cli.export import run_convert_discriminator
 from jaxedit.cli.main import FORWARD_CHECK_MAX_RESOLUTION
 from jaxedit.converters import clip as clip_converter
+from jaxedit.converters import e4e as e4e_converter
+from jaxedit.converters import lpips as lpips_converter
 from jaxedit.converters import styleclip, stylegan2_tf
 from jaxedit.converters import stylegan2 as sg2_converter
 from jaxedit.converters import stylegan3 as sg3_converter
 from jaxedit.errors import CheckpointError, UsageError
 from jaxedit.io import checkpoint
+from jaxedit.models import e4e, irse, lpips, stylegan2, stylegan3
 from jaxedit.models import mapper as mapper_lib
-from jaxedit.models import stylegan2, stylegan3
 from jaxedit.models.stylegan2 import StyleGAN2
 
 
 def run_convert(args) -> None:
 
+    if args.kind == "lpips":  # two sources: convert lpips VGG LIN DST
+        if args.lpips_dst is None:
+            raise UsageError("convert lpips: give VGG LIN DST (torchvision VGG16 .pth, LPIPS v0.1 lin .pth, output)")
+        args.lin, args.dst = args.dst, args.lpips_dst
+        if not Path(args.lin).is_file():
+            raise UsageError(f"convert: {args.lin} does not exist or is not a file")
+    elif args.lpips_dst is not None:
+        raise UsageError(f"convert {args.kind}: one source and one destination (extra argument {args.lpips_dst!r})")
     src = Path(args.src)
     if not src.is_file():
         raise UsageError(f"convert: {src} does not exist or is not a file")
     if args.kind in ("stylegan2", "stylegan3") and (args.key or "").lower() == "d":  # a discriminator (TF D,
         # NVIDIA StyleGAN2 / StyleGAN3 D, rosinality d: the StyleGAN3 release trains the StyleGAN2 D)
         return run_convert_discriminator(args)
-    kind = {"stylegan2": stylegan2.KIND, "stylegan3": stylegan3.KIND, "clip": "clip",
-            "mapper": mapper_lib.MAPPER_KIND}[args.kind]
+    kind = {"stylegan2": stylegan2.KIND, "stylegan3": stylegan3.KIND, "clip": "clip", "mapper": mapper_lib.MAPPER_KIND,
+            "lpips": lpips.KIND, "e4e": e4e.KIND, "arcface": irse.KIND}[args.kind]
     checkpoint.check_writable(args.dst, args.force, kind, replace_kind=args.replace_kind)
+    if args.kind in ("lpips", "e4e", "arcface"):
+        return _convert_network(src, kind, args)
     if args.kind == "clip":
         return _convert_clip(src, args)
     if args.kind == "mapper":
@@ -76,6 +88,36 @@ def _convert_stylegan3(src: Path, args) -> None:
     print(f"converted {src.name} (StyleGAN3, network {args.key or 'G_ema'}) -> {dst}")
     print(f"  resolution {cfg.img_resolution}, z {cfg.z_dim}, w {cfg.w_dim}, c {cfg.c_dim}; {n_params:,} parameter "
           f"elements; reload check: {check}; {time.perf_counter() - t0:.1f} s")
+
+
+def _convert_network(src: Path, kind: str, args) -> None:
+    """LPIPS, e4e and ArcFace: convert, save, reload bit-identically, one finite forward pass."""
+    t0 = time.perf_counter()
+    if kind == lpips.KIND:
+        cfg, params, info = lpips_converter.convert(src, args.lin)
+    elif kind == e4e.KIND:
+        cfg, params, info = e4e_converter.convert_e4e(src)
+    else:
+        cfg, params, info = e4e_converter.convert_arcface(src)
+    dst = checkpoint.save(args.dst, kind=kind, model=cfg.to_dict(), params=params, source=info, force=args.force,
+                          replace_kind=args.replace_kind)
+    model, reloaded = models.load(dst)
+    same = jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), params, reloaded))
+    if model.cfg != cfg or not same:
+        raise CheckpointError(f"{dst}: the reloaded {kind} checkpoint differs from the converted one")
+    size = {lpips.KIND: 32, e4e.KIND: 256, irse.KIND: 112}[kind]
+    x = jnp.tanh(jax.random.normal(jax.random.key(0), (1, size, size, 3)))
+    out = jax.jit(lambda p: model(p, x, -x) if kind == lpips.KIND else model(p, x))(reloaded)
+    if not np.all(np.isfinite(np.asarray(out))):
+        raise CheckpointError(f"{dst}: the reloaded {kind} model gives non-finite outputs")
+    n_params = sum(int(np.size(a)) for a in jax.tree.leaves(params))
+    extra = f" (+ {args.lin})" if kind == lpips.KIND else ""
+    print(f"converted {src.name}{extra} ({kind}) -> {dst}")
+    print(f"  {n_params:,} parameter elements; output {list(np.shape(out))} at {size} px; reload check: "
+          f"bit-identical, forward finite; {time.perf_counter() - t0:.1f} s")
+    if isinstance(info.get("decoder"), dict) and info["decoder"].get("present"):
+        print(f"  the file also holds a generator ({info['decoder'].get('tensors')} decoder tensors): "
+              f"convert it with jaxedit convert stylegan2 {src} OUT")
 
 
 def _convert_clip(src: Path, args) -> None:

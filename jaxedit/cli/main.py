@@ -30,7 +30,7 @@ EDIT_METHODS = ("linear", "interfacegan", "ganspace", "warped", "curvilinear")
 TEXT_METHODS = ("optimize", "global", "shift", "mapper")
 DISCOVERY_METHODS = ("linear", "warped", "curvilinear")
 PREPROCESS_MODES = ("clip", "styleclip", "none")  # == jaxedit.models.clip.PREPROCESS_MODES (a test checks)
-CONVERT_KINDS = ("stylegan2", "stylegan3", "clip", "mapper")
+CONVERT_KINDS = ("stylegan2", "stylegan3", "clip", "mapper", "lpips", "e4e", "arcface")
 FORWARD_CHECK_MAX_RESOLUTION = 256
 HELP_STRENGTHS = ("strengths (write --strengths=-3:3:7 when it starts with a minus): START:STOP:NUM (inclusive "
                   "linspace) or a comma list; per method: linear = step along the unit direction, interfacegan (z) = "
@@ -97,11 +97,13 @@ def _add_convert(sub) -> None:
     c.add_argument("kind", choices=CONVERT_KINDS,
                    help="what the file holds: stylegan2 (NVIDIA .pkl, TF .pkl or rosinality .pt), stylegan3 (NVIDIA "
                         ".pkl, configs T and R), clip (OpenAI TorchScript or state-dict .pt), mapper (a StyleCLIP "
-                        "latent mapper .pt)")
+                        "latent mapper .pt), lpips (torchvision VGG16 .pth, then the LPIPS v0.1 lin .pth: "
+                        "convert lpips VGG LIN DST), e4e (encoder4editing .pt), arcface (IR-SE model_ir_se50.pth)")
     c.add_argument("src", help="source file")
-    c.add_argument("dst", help="destination checkpoint directory")
-    c.add_argument("--key", default=None, help="network inside the file (NVIDIA: G_ema (default), G; rosinality: "
-                                               "g_ema, g; NVIDIA TF: Gs (default), G)")
+    c.add_argument("dst", help="destination checkpoint directory (lpips: the lin layers file, then DST)")
+    c.add_argument("lpips_dst", nargs="?", metavar="DST", help=argparse.SUPPRESS)
+    c.add_argument("--key", default=None, help="network inside the file (NVIDIA: G_ema (default), G, D; rosinality: "
+                                               "g_ema, g, d; NVIDIA TF: Gs (default), G, D)")
     c.add_argument("--vocab", help="clip: the BPE merges file (default: bpe_simple_vocab_16e6.txt.gz next to SRC)")
     c.add_argument("--prompt", help="mapper: the text it was trained for (default: the file's opts['description'])")
     _force_arg(c, "an existing jaxedit checkpoint at DST")
