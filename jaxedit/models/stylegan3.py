@@ -221,30 +221,145 @@ def upfirdn2d(x: jax.Array, f: jax.Array | None, *, up: int = 1, down: int = 1, 
               gain: float = 1.0) -> jax.Array:
     """The reference ``upfirdn2d`` (``flip_filter=False``) on NHWC, the same padding on both axes.
 
-    Zero insertion (``up - 1`` zeros after each sample), pad (negative: crop), convolve with
-    ``f`` (``[taps]`` separable, ``[taps, taps]``, or None = one tap) times ``gain``, keep every
-    ``down``-th sample (only the kept outputs are computed, as sums of shifted strided slices).
+    Semantics: zero insertion (``up - 1`` zeros after each sample), pad (negative: crop), correlate
+    with the flipped ``f`` (``[taps]`` separable, ``[taps, taps]``, or None = one tap) times ``gain``,
+    keep every ``down``-th sample. Computed without the inserted zeros and only at the kept outputs
+    (see :func:`_up_phases` and :func:`_down_phases`), a separable filter one axis at a time.
     """
     lo, hi = padding
-    cfg = [(0, 0, 0), (lo, hi + up - 1, up - 1), (lo, hi + up - 1, up - 1), (0, 0, 0)]
-    x = jax.lax.pad(x, jnp.zeros((), x.dtype), cfg)
-    if f is None:
-        return (x * gain)[:, ::down, ::down] if gain != 1 else x[:, ::down, ::down]
-    f = jnp.asarray(f, x.dtype)
-    if f.ndim == 1:
-        g = jnp.flip(f) * math.sqrt(gain)
-        return _fir_axis(_fir_axis(x, g, 1, down), g, 2, down)
-    f = jnp.flip(f) * gain
-    kh, kw = f.shape
-    nh, nw = (x.shape[1] - kh) // down + 1, (x.shape[2] - kw) // down + 1
-    return sum(f[i, j] * x[:, i:i + down * (nh - 1) + 1:down, j:j + down * (nw - 1) + 1:down]
-               for i in range(kh) for j in range(kw))
+    f = None if f is None else jnp.asarray(f, x.dtype)
+    if f is not None and f.ndim == 2:
+        ph = _up_phases_2d(x, None, up, lo, hi)
+        return _interleave_2d(_down_phases_2d(ph, jnp.flip(f) * gain, up, down))
+    g = None if f is None else jnp.flip(f) * math.sqrt(gain)
+    for axis in (1, 2):
+        ph, m = _up_phases(x, g if up > 1 else None, axis, up, lo, hi)
+        x = _interleave(_down_phases(ph, None if up > 1 else g, axis, up, down, m), axis)
+    return x * gain if f is None and gain != 1 else x
 
 
-def _fir_axis(x: jax.Array, g: jax.Array, axis: int, down: int) -> jax.Array:
-    """Correlation with ``g`` along ``axis`` ('valid'), keeping every ``down``-th output: shifted strided slices."""
-    n = (x.shape[axis] - g.shape[0]) // down + 1
-    return sum(g[t] * jax.lax.slice_in_dim(x, t, t + down * (n - 1) + 1, down, axis) for t in range(g.shape[0]))
+def _pad_axis(x: jax.Array, axis: int, lo: int, hi: int) -> jax.Array:
+    """Zero-pad (negative: crop) one axis."""
+    if lo == hi == 0:
+        return x
+    cfg = [(0, 0, 0)] * x.ndim
+    cfg[axis] = (lo, hi, 0)
+    return jax.lax.pad(x, jnp.zeros((), x.dtype), cfg)
+
+
+def _up_phases(x: jax.Array, g: jax.Array | None, axis: int, up: int, lo: int, hi: int):
+    """Zero insertion by ``up``, pad ``(lo, hi)``, 'valid' correlation with ``g`` (None: one tap 1)
+    along ``axis``, polyphase: returns ``(phases, m)``, ``m`` the length of the result ``y`` and
+    ``phases[r]`` the samples ``y[up q + r]``, ``q < ceil(m / up)`` (tail beyond ``m``: don't care).
+
+    With ``z`` the zero-stuffed, padded signal (``z[lo + up k] = x[k]``), ``y[up q + r] = sum_t
+    g[t] z[up q + r + t]``: only the taps ``t = t0 + up s`` with ``t0 = (lo - r) mod up`` meet
+    samples, ``x[q + s + c]`` with ``c = (r + t0 - lo) / up``: ``taps / up`` shifted slices per
+    phase, no multiplications by inserted zeros.
+    """
+    n, taps = x.shape[axis], 1 if g is None else g.shape[0]
+    m = n * up + lo + hi - taps + 1
+    nq = -(-m // up)
+    spec = []
+    for r in range(up):
+        t0 = (lo - r) % up
+        spec.append((list(range(t0, taps, up)), (r + t0 - lo) // up))
+    used = [(ts, c) for ts, c in spec if ts]
+    plo = max(0, -min(c for _, c in used))
+    phi = max(0, max(nq + len(ts) - 2 + c for ts, c in used) - (n - 1))
+    xp = _pad_axis(x, axis, plo, phi)
+    phases = []
+    for ts, c in spec:
+        if not ts:
+            shape = list(x.shape)
+            shape[axis] = nq
+            phases.append(jnp.zeros(shape, x.dtype))
+            continue
+        terms = [jax.lax.slice_in_dim(xp, c + s + plo, c + s + plo + nq, 1, axis) for s in range(len(ts))]
+        phases.append(terms[0] if g is None else sum(g[t] * v for t, v in zip(ts, terms)))
+    return phases, m
+
+
+def _down_phases(phases, g: jax.Array | None, axis: int, up: int, down: int, m: int):
+    """'valid' correlation with ``g`` (None: one tap 1) of the signal ``y`` of length ``m`` given as
+    its ``up`` phases (:func:`_up_phases`), keeping every ``down``-th output: ``out[q] = sum_t g[t]
+    y[down q + t]``, computed only at the kept outputs and straight from the phases (``y[j]`` is
+    ``phases[j % up][j // up]``), so ``y`` is never interleaved. Returns the output's own
+    ``p = up / gcd(up, down)`` phases (``out[p a + b]``), padded to one length; :func:`_interleave`
+    assembles them. For ``up == down`` that is a single array.
+    """
+    taps = 1 if g is None else g.shape[0]
+    n = (m - taps) // down + 1
+    gcd = math.gcd(up, down)
+    p, step = up // gcd, down // gcd
+    na = -(-n // p)
+    outs = []
+    for b in range(p):
+        nb = -(-(n - b) // p)
+        terms = []
+        for t in range(taps):
+            j = down * b + t
+            v = jax.lax.slice_in_dim(phases[j % up], j // up, j // up + step * (nb - 1) + 1, step, axis)
+            terms.append(v if g is None else g[t] * v)
+        out = sum(terms[1:], terms[0])
+        outs.append(_pad_axis(out, axis, 0, na - nb))
+    return outs, n
+
+
+def _interleave(outs, axis: int) -> jax.Array:
+    """``(phases, n)`` -> the signal: ``phases[b][a]`` is sample ``len(phases) a + b``; cropped to ``n``."""
+    outs, n = outs
+    if len(outs) == 1:
+        return jax.lax.slice_in_dim(outs[0], 0, n, 1, axis)
+    y = jnp.stack(outs, axis=axis + 1)
+    y = y.reshape(y.shape[:axis] + (y.shape[axis] * len(outs),) + y.shape[axis + 2:])
+    return jax.lax.slice_in_dim(y, 0, n, 1, axis)
+
+
+def _up_phases_2d(x, g, up, lo, hi):
+    """Separable :func:`_up_phases` on H then W: ``(phases[rh][rw], m)``."""
+    ph, m = _up_phases(x, g, 1, up, lo, hi)
+    return [_up_phases(v, g, 2, up, lo, hi)[0] for v in ph], m
+
+
+def _down_phases_2d(ph, f: jax.Array | None, up: int, down: int):
+    """:func:`_down_phases` on both axes from 2-D phases ``(phases[rh][rw], m)``: with a separable
+    (``[taps]``) or None filter H then W, with a ``[taps, taps]`` filter directly (``taps**2``
+    shifted strided slices per output). Returns ``(outs[bh][bw], n)``."""
+    phases, m = ph
+    if f is None or f.ndim == 1:
+        cols = [_down_phases([phases[rh][rw] for rh in range(up)], f, 1, up, down, m)[0] for rw in range(up)]
+        rows = [list(r) for r in zip(*cols)]  # [bh][rw]
+        res = [_down_phases(r, f, 2, up, down, m) for r in rows]
+        return [o for o, _ in res], res[0][1]
+    taps = f.shape[0]
+    n = (m - taps) // down + 1
+    gcd = math.gcd(up, down)
+    p, step = up // gcd, down // gcd
+    na = -(-n // p)
+    outs = []
+    for bh in range(p):
+        nbh = -(-(n - bh) // p)
+        row = []
+        for bw in range(p):
+            nbw = -(-(n - bw) // p)
+            acc = None
+            for i in range(taps):
+                jh = down * bh + i
+                for k in range(taps):
+                    jw = down * bw + k
+                    v = phases[jh % up][jw % up][:, jh // up:jh // up + step * (nbh - 1) + 1:step,
+                                                 jw // up:jw // up + step * (nbw - 1) + 1:step]
+                    acc = f[i, k] * v if acc is None else acc + f[i, k] * v
+            row.append(_pad_axis(_pad_axis(acc, 1, 0, na - nbh), 2, 0, na - nbw))
+        outs.append(row)
+    return outs, n
+
+
+def _interleave_2d(outs) -> jax.Array:
+    outs, n = outs
+    rows = [_interleave((r, n), 2) for r in outs]
+    return _interleave((rows, n), 1)
 
 
 def filtered_lrelu(x: jax.Array, fu, fd, b: jax.Array, *, up: int, down: int, padding: tuple[int, int],
@@ -252,15 +367,33 @@ def filtered_lrelu(x: jax.Array, fu, fd, b: jax.Array, *, up: int, down: int, pa
     """The reference ``filtered_lrelu`` (``_ref`` path): bias, ``up``x up-sampling by ``fu`` (gain
     ``up**2``) with ``padding``, leaky ReLU (``slope``) times ``gain``, clamp, down-sampling by ``fd``.
     x ``[B, H, W, C]``.
+
+    The up-sampled signal is kept as its ``up x up`` polyphase components (each ``taps / up``
+    shifted slices per axis, no inserted zeros); the nonlinearity acts on each component and the
+    down-sampling filter reads the components directly, computing only the kept outputs, so the
+    ``up**2``-times larger intermediate is never interleaved (for ``up == down``, as in most
+    layers, nothing is interleaved at all).
     """
+    lo, hi = padding
     x = x + b
-    x = upfirdn2d(x, fu, up=up, padding=padding, gain=up ** 2)
+    fu = None if fu is None else jnp.asarray(fu, x.dtype)
+    fd = None if fd is None else jnp.asarray(fd, x.dtype)
+    if fu is not None and fu.ndim == 2:  # not produced by StyleGAN3 (up filters are separable)
+        y = upfirdn2d(x, fu, up=up, padding=padding, gain=up ** 2)
+        ph = ([[_act(y, gain, slope, clamp)]], y.shape[1])
+        up = 1
+    else:
+        gu = None if fu is None else jnp.flip(fu) * up  # sqrt(gain) = up per axis
+        phases, m = _up_phases_2d(x, gu, up, lo, hi)
+        ph = ([[_act(v, gain, slope, clamp) for v in row] for row in phases], m)
+    return _interleave_2d(_down_phases_2d(ph, None if fd is None else jnp.flip(fd), up, down))
+
+
+def _act(x, gain, slope, clamp):
     x = jnp.where(x >= 0, x, x * slope) if slope != 1 else x
     if gain != 1:
         x = x * gain
-    if clamp is not None:
-        x = jnp.clip(x, -clamp, clamp)
-    return upfirdn2d(x, fd, down=down)
+    return jnp.clip(x, -clamp, clamp) if clamp is not None else x
 
 
 def modulated_conv2d(x: jax.Array, w: jax.Array, s: jax.Array, *, demodulate: bool, input_gain) -> jax.Array:
