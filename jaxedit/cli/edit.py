@@ -15,8 +15,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxedit import edits, parallel
-from jaxedit.cli.common import (DEFAULT_GENERATOR, load_generator, model_path, parse_seeds, parse_strengths,
-                                seed_latents, strength_labels)
+from jaxedit.cli.common import (
+    DEFAULT_GENERATOR,
+    MAX_SEEDS,
+    load_generator,
+    load_npy,
+    model_path,
+    parse_seeds,
+    parse_strengths,
+    seed_latents,
+    strength_labels,
+)
 from jaxedit.edits import fit
 from jaxedit.errors import UsageError
 from jaxedit.io import images as imio
@@ -34,27 +43,40 @@ def _layers(text: str | None) -> tuple[int, int] | None:
 
 
 def _setup(args):
-    """Flags first (nothing is loaded before they are checked), then generator, editor and provenance."""
-    seeds = parse_seeds(args.seeds)
+    """Flags first (nothing is loaded before they are checked), then generator, editor and provenance.
+
+    -> G, gparams, editor, row names, x (z ``[N, z_dim]`` from --seeds, or W+ ``[N, L, d]`` from --latents),
+    strengths, whether x is already in the editor's space."""
+    seeds = None if args.latents else parse_seeds(args.seeds)
     given = parse_strengths(args.strengths) if args.strengths else None
     layers = _layers(args.layers)
     G, gp = load_generator(args.ckpt, unconditional="edit/traverse")
+    if args.latents:
+        x = load_npy(args.latents, "--latents", (None, G.cfg.num_ws, G.cfg.w_dim))
+        if not np.all(np.isfinite(x)) or not 0 < len(x) <= MAX_SEEDS:
+            raise UsageError(f"--latents {args.latents}: {len(x)} latents, need 1..{MAX_SEEDS}, all finite")
     ed = edits.load(args.directions, args.method, space=args.space, layers=layers, eps=args.eps)
+    if args.latents and ed.space != "w":
+        raise UsageError(f"--latents: the {ed.family} directions live in {ed.space.upper()}, but inverted latents "
+                         "are W+; use directions in W")
     prov = edits.read_provenance(args.directions) if Path(args.directions).is_dir() else {}
     gen = fit.generator_identity(model_path(args.ckpt, DEFAULT_GENERATOR), gp)
     fit.check_provenance(prov, gen["name"], gen["sha256"], ed.space)
     ed.check(G)
     strengths = given if given is not None else fit.default_strengths(prov)
-    z = seed_latents(seeds, G.cfg.z_dim)
-    return G, gp, ed, seeds, z, parse_strengths("-3:3:7") if strengths is None else strengths
+    strengths = parse_strengths("-3:3:7") if strengths is None else strengths
+    if args.latents:
+        return G, gp, ed, [f"image {i}" for i in range(len(x))], x, strengths, True
+    return G, gp, ed, [f"seed {s}" for s in seeds], seed_latents(seeds, G.cfg.z_dim), strengths, False
 
 
-def _frames(G, gp, ed, z, ks, strengths, psi: float, batch: int):
-    """Images ``[K, S, B, H, W, C]`` of every direction in ``ks``, strength and latent (one program)."""
+def _frames(G, gp, ed, z, ks, strengths, psi: float, batch: int, prepared: bool = False):
+    """Images ``[K, S, B, H, W, C]`` of every direction in ``ks``, strength and latent (one program); ``z`` is
+    already in the editor's space when ``prepared``."""
 
     @jax.jit
     def run(ed, z, ks, strengths):
-        lat = ed.prepare(G, gp, z, psi)
+        lat = z if prepared else ed.prepare(G, gp, z, psi)
         B = z.shape[0]
         moved = jax.vmap(lambda k: jax.vmap(lambda t: edits.apply(ed, lat, k, jnp.full((B,), t)))(strengths))(ks)
         imgs = parallel.chunked_map(lambda x: ed.render(G, gp, x, psi), moved.reshape(-1, *lat.shape[1:]), batch)
@@ -64,32 +86,32 @@ def _frames(G, gp, ed, z, ks, strengths, psi: float, batch: int):
 
 
 def run_edit(args) -> None:
-    G, gp, ed, seeds, z, strengths = _setup(args)
+    G, gp, ed, rows, z, strengths, prepared = _setup(args)
     if not 0 <= args.direction < ed.num_directions:
         raise UsageError(f"--direction {args.direction} out of range: {args.directions} has {ed.num_directions}")
     t0 = time.perf_counter()
-    imgs = _frames(G, gp, ed, z, [args.direction], strengths, args.psi, args.batch_size)[0]  # [S, B, ...]
+    imgs = _frames(G, gp, ed, z, [args.direction], strengths, args.psi, args.batch_size, prepared)[0]  # [S, B, ...]
     dt = time.perf_counter() - t0
     grid = imgs.transpose(1, 0, 2, 3, 4).reshape(-1, *imgs.shape[2:])  # rows = seeds, columns = strengths
     args.signals.check()
-    imio.save_grid(grid, args.out, cols=len(strengths), row_labels=[f"seed {s}" for s in seeds],
-                   col_labels=strength_labels(strengths))
-    print(f"{ed.family} direction {args.direction} ({ed.space} space): {len(seeds)} seeds x {len(strengths)} strengths "
+    imio.save_grid(grid, args.out, cols=len(strengths), row_labels=rows, col_labels=strength_labels(strengths))
+    print(f"{ed.family} direction {args.direction} ({ed.space} space): {len(rows)} latents x {len(strengths)} strengths "
           f"{np.round(strengths, 3).tolist()} in {dt:.2f} s -> {args.out} (rows = seeds, columns = strengths)")
 
 
 def run_traverse(args) -> None:
-    G, gp, ed, seeds, z, strengths = _setup(args)
+    G, gp, ed, rows, z, strengths, prepared = _setup(args)
     ks = np.arange(ed.num_directions) if args.limit is None else np.arange(min(args.limit, ed.num_directions))
     t0 = time.perf_counter()
-    imgs = _frames(G, gp, ed, z, ks, strengths, args.psi, args.batch_size)  # [K, S, B, ...]
+    imgs = _frames(G, gp, ed, z, ks, strengths, args.psi, args.batch_size, prepared)  # [K, S, B, ...]
     dt = time.perf_counter() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for b, seed in enumerate(seeds):
+    for b, row in enumerate(rows):
         args.signals.check()
-        imio.save_grid(imgs[:, :, b].reshape(-1, *imgs.shape[3:]), out / f"seed{seed}.png", cols=len(strengths),
+        imio.save_grid(imgs[:, :, b].reshape(-1, *imgs.shape[3:]), out / f"{row.replace(' ', '')}.png",
+                       cols=len(strengths),
                        row_labels=[f"k={k}" for k in ks], col_labels=strength_labels(strengths))
     n = imgs.shape[0] * imgs.shape[1] * imgs.shape[2]
-    print(f"{ed.family}: {len(ks)} directions x {len(strengths)} strengths x {len(seeds)} seeds = {n} frames in "
-          f"{dt:.2f} s ({n / dt:.0f} frames/s incl. compile) -> {out}/seed*.png (rows = directions, columns = strengths)")
+    print(f"{ed.family}: {len(ks)} directions x {len(strengths)} strengths x {len(rows)} latents = {n} frames in "
+          f"{dt:.2f} s ({n / dt:.0f} frames/s incl. compile) -> {out}/{'image' if prepared else 'seed'}*.png (rows = directions, columns = strengths)")

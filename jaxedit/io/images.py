@@ -10,6 +10,7 @@ import numpy as np
 from einops import rearrange
 from PIL import Image, ImageDraw, ImageFont
 
+from jaxedit.errors import InputError
 from jaxedit.io.files import atomic_path
 
 
@@ -22,6 +23,49 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 def from_uint8(images: np.ndarray) -> np.ndarray:
     """uint8 [..., C] -> float32 in [-1, 1]."""
     return np.asarray(images, np.float32) / 127.5 - 1.0
+
+
+MAX_IMAGE_SIDE = 16384  # larger sides are refused before any pixel is decoded (decompression bombs)
+MAX_IMAGE_FILES = 100_000  # one command's input images (a bigger job is a batch job)
+
+
+def load_image(path: str | Path, size: int) -> tuple[np.ndarray, bool]:
+    """An image file (PNG, JPEG, ... as Pillow reads them) -> ``([size, size, 3] float32 in [-1, 1], resized)``.
+
+    The header is checked before decoding (at most :data:`MAX_IMAGE_SIDE` a side); a non-square image is
+    centre-cropped to a square, and any other size is resized (Lanczos) to ``size``. Unreadable or truncated
+    files are one-line :class:`~jaxedit.errors.InputError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if not (0 < w <= MAX_IMAGE_SIDE and 0 < h <= MAX_IMAGE_SIDE):
+                raise InputError(f"{path}: image is {w}x{h}; at most {MAX_IMAGE_SIDE} a side is read")
+            im.load()  # decodes; truncated or corrupt data raises OSError here
+            rgb = im.convert("RGB")
+    except (Image.UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise InputError(f"{path}: not a readable image ({type(e).__name__})") from None
+    except OSError as e:  # Pillow's documented error for truncated / corrupt image data
+        raise InputError(f"{path}: cannot decode the image ({e})") from None
+    side = min(w, h)
+    if w != h:
+        left, top = (w - side) // 2, (h - side) // 2
+        rgb = rgb.crop((left, top, left + side, top + side))
+    resized = side != size
+    if resized:
+        rgb = rgb.resize((size, size), Image.Resampling.LANCZOS)
+    return from_uint8(np.asarray(rgb, np.uint8)), resized or w != h
+
+
+def load_images(paths: Sequence[str | Path], size: int) -> tuple[np.ndarray, int]:
+    """Image files -> ``([N, size, size, 3] float32 in [-1, 1], how many were cropped or resized)``."""
+    if len(paths) > MAX_IMAGE_FILES:
+        raise InputError(f"{len(paths)} images: at most {MAX_IMAGE_FILES} per command")
+    loaded = [load_image(p, size) for p in paths]
+    return np.stack([a for a, _ in loaded]), sum(r for _, r in loaded)
 
 
 def grid(images: np.ndarray, cols: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:

@@ -1,0 +1,130 @@
+"""The projector (jaxedit.invert): NVIDIA's schedules and noise regularizer by formula, recovery of images a
+tiny random StyleGAN2 made (W and W+), batch independence, noise renormalization, the hybrid start, and
+the `jaxedit invert` command on the default shapes-world models."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxedit
+from jaxedit import invert
+from jaxedit.cli.main import main
+from jaxedit.errors import InputError
+from jaxedit.io import images as imio
+from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
+
+CFG = StyleGAN2Config(z_dim=8, w_dim=8, img_resolution=16, mapping_layers=2, channels=(16, 16, 16))
+
+
+@functools.cache
+def gen():
+    G = StyleGAN2(CFG)
+    p = G.init(jax.random.key(0))
+    # noise strength 0: the targets are functions of the latent alone, so the optimum is exact
+    p = jax.tree_util.tree_map_with_path(
+        lambda path, a: jnp.zeros_like(a) if jax.tree_util.keystr(path).endswith("['noise_strength']") else a, p)
+    return G, p
+
+
+def test_schedules_are_nvidias_formulas():
+    cfg = invert.ProjectorConfig(steps=1000)
+    for i in (0, 10, 50, 400, 750, 800, 999):
+        t = i / 1000
+        ramp = 0.5 - 0.5 * math.cos(math.pi * min(1.0, (1 - t) / 0.25))
+        assert float(invert.learning_rate(cfg, jnp.asarray(i))) == pytest.approx(0.1 * ramp * min(1.0, t / 0.05),
+                                                                                    rel=1e-5, abs=3e-9)
+        assert float(invert.latent_noise_scale(cfg, jnp.asarray(i), 2.0)) == pytest.approx(
+            2.0 * 0.05 * max(0.0, 1 - t / 0.75) ** 2, rel=1e-5, abs=1e-9)
+
+
+def test_noise_regularizer_matches_numpy():
+    rng = np.random.default_rng(0)
+    maps = {"b16.conv0": rng.standard_normal((16, 16)).astype(np.float32),
+            "b4.conv1": rng.standard_normal((4, 4)).astype(np.float32)}
+    want = 0.0
+    for v in maps.values():
+        v = v.astype(np.float64)
+        while True:
+            want += np.mean(v * np.roll(v, 1, 1)) ** 2 + np.mean(v * np.roll(v, 1, 0)) ** 2
+            if v.shape[0] <= 8:
+                break
+            v = v.reshape(v.shape[0] // 2, 2, v.shape[1] // 2, 2).mean(axis=(1, 3))
+    assert float(invert.noise_regularizer({k: jnp.asarray(v) for k, v in maps.items()})) == pytest.approx(want,
+                                                                                                      rel=1e-4)
+    smooth = jnp.ones((16, 16))  # a constant map is maximally autocorrelated: 2 per pyramid level
+    assert float(invert.noise_regularizer({"x": smooth})) == pytest.approx(4.0)
+
+
+@functools.cache
+def projected(mode: str, steps: int = 150):
+    G, p = gen()
+    z = jax.random.normal(jax.random.key(1), (3, CFG.z_dim))
+    targets = G(p, z, psi=0.7)
+    keys = jax.random.split(jax.random.key(2), 3)
+    cfg = invert.ProjectorConfig(steps=steps, mode=mode, num_w_stats=2000)
+    run = jax.jit(lambda t, k: invert.project(G, p, invert.pixel_distance, t, k, cfg))
+    return targets, keys, cfg, run(targets, keys)
+
+
+@pytest.mark.parametrize("mode", ["w", "w+"])
+def test_projection_recovers_generated_images(mode):
+    G, p = gen()
+    targets, _, cfg, res = projected(mode)
+    assert res.ws.shape == (3, CFG.num_ws, CFG.w_dim) and res.loss.shape == (cfg.steps, 3)
+    d = np.asarray(res.distance)
+    final = np.asarray(invert.pixel_distance(targets, invert.render(G, p, res)))
+    # measured final / initial pixel MSE after 150 steps: w <= 3.1e-6, w+ <= 6e-3 (more freedom, slower)
+    assert np.all(final < {"w": 1e-5, "w+": 2e-2}[mode] * d[0]), (d[0], final)
+    assert np.allclose(final, d[-1], rtol=0.02)  # the last step's distance (its jitter is 0 by then)
+    if mode == "w":
+        assert np.allclose(res.ws, res.ws[:, :1])  # one latent on every layer
+    for v in res.noise.values():  # renormalized after every step
+        assert np.allclose(v.mean(axis=(1, 2)), 0, atol=1e-5) and np.allclose(v.std(axis=(1, 2)), 1, atol=1e-4)
+
+
+def test_one_image_alone_equals_inside_the_batch():
+    G, p = gen()
+    targets, keys, cfg, res = projected("w")
+    alone = jax.jit(lambda t, k: invert.project(G, p, invert.pixel_distance, t, k, cfg))(targets[1:2], keys[1:2])
+    assert np.abs(np.asarray(alone.ws[0]) - np.asarray(res.ws[1])).max() < 1e-5
+    assert np.abs(np.asarray(alone.loss[:, 0]) - np.asarray(res.loss[:, 1])).max() < 1e-5
+
+
+def test_hybrid_start_and_checks():
+    G, p = gen()
+    targets, keys, _, _ = projected("w")
+    true_ws = G.mapping(p, jax.random.normal(jax.random.key(1), (3, CFG.z_dim)), psi=0.7)
+    cfg = invert.ProjectorConfig(steps=2, mode="w+", num_w_stats=500)
+    res = invert.project(G, p, invert.pixel_distance, targets, keys, cfg, init=true_ws)
+    cold = invert.project(G, p, invert.pixel_distance, targets, keys, cfg)
+    assert np.all(np.asarray(res.distance[0]) < 0.2 * np.asarray(cold.distance[0]))  # a good start is kept
+    with pytest.raises(InputError, match="targets must have shape"):
+        invert.project(G, p, invert.pixel_distance, targets[:, :8], keys, cfg)
+    with pytest.raises(InputError, match="one PRNG key per target"):
+        invert.project(G, p, invert.pixel_distance, targets, keys[:2], cfg)
+    with pytest.raises(InputError, match="mode"):
+        invert.ProjectorConfig(mode="z")
+
+
+def test_cli_invert_then_edit_the_inverted_latents(tmp_path, capsys):
+    G, gp = jaxedit.load("shapes32-stylegan2")
+    imgs = np.asarray(G(gp, jax.random.normal(jax.random.key(3), (2, G.cfg.z_dim)), psi=0.7))
+    for i, im in enumerate(imio.to_uint8(imgs)):
+        imio.save_png(im, tmp_path / f"img{i}.png")
+    out = tmp_path / "inv"
+    assert main(["invert", str(tmp_path / "img0.png"), str(tmp_path / "img1.png"), "--out", str(out),
+                 "--steps", "60", "--loss", "probe"]) == 0
+    printed = capsys.readouterr().out
+    assert "inverted 2 images" in printed
+    ws = np.load(out / "latents.npy")
+    assert ws.shape == (2, G.cfg.num_ws, G.cfg.w_dim)
+    assert (out / "reconstructions.png").stat().st_size > 0
+    assert main(["fit", "ganspace", "--num", "4096", "--batch-size", "4096", "--components", "2",
+                 "--out", str(tmp_path / "pcs")]) == 0
+    assert main(["edit", "--directions", str(tmp_path / "pcs"), "--latents", str(out / "latents.npy"),
+                 "--strengths=-2,0,2", "--out", str(tmp_path / "edit.png")]) == 0
+    assert (tmp_path / "edit.png").stat().st_size > 0
