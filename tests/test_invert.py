@@ -128,3 +128,28 @@ def test_cli_invert_then_edit_the_inverted_latents(tmp_path, capsys):
     assert main(["edit", "--directions", str(tmp_path / "pcs"), "--latents", str(out / "latents.npy"),
                  "--strengths=-2,0,2", "--out", str(tmp_path / "edit.png")]) == 0
     assert (tmp_path / "edit.png").stat().st_size > 0
+
+
+def test_image_reader_refuses_hostile_files_in_one_line(tmp_path):
+    import zlib
+
+    from PIL import Image
+
+    good = tmp_path / "ok.png"
+    Image.fromarray(np.zeros((40, 20, 3), np.uint8)).save(good)
+    img, adjusted = imio.load_images([good], 16)
+    assert img.shape == (1, 16, 16, 3) and adjusted == 1 and float(img.min()) == -1.0
+    # a PNG header claiming 100000 x 100000 pixels (a decompression bomb): refused before decoding
+    ihdr = b"IHDR" + (100_000).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    bomb = tmp_path / "bomb.png"
+    iend = (0).to_bytes(4, "big") + b"IEND" + zlib.crc32(b"IEND").to_bytes(4, "big")
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + iend)
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    for path, needle in ((bomb, "at most|DecompressionBomb"), (truncated, "cannot decode"), (junk, "not a readable image"),
+                         (tmp_path / "missing.png", "no such image")):
+        with pytest.raises(InputError, match=needle) as e:
+            imio.load_image(path, 16)
+        assert "\n" not in str(e.value) and path.name in str(e.value)
