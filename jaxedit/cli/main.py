@@ -275,6 +275,19 @@ def _add_train(sub) -> None:
     _force_arg(p, "an existing jaxedit checkpoint at DST")
     _command(p, "train:run_train_probe")
 
+    p = sub.add_parser("train-encoder", help="train an e4e-style encoder (W+ codes) for a generator on its samples and "
+                                             "fresh shapes renders; resumable")
+    p.add_argument("dst", help="encoder checkpoint directory to write")
+    p.add_argument("--generator", help="generator checkpoint or default model name (default shapes32-stylegan2)")
+    p.add_argument("--steps", type=count, help="total training steps (default 5000; a larger value extends a run)")
+    p.add_argument("--batch-size", type=count, help="images per step (default 32)")
+    p.add_argument("--lr", type=positive, help="Adam peak learning rate (default 1e-3)")
+    p.add_argument("--seed", type=index, help="random seed (default 0)")
+    p.add_argument("--run", dest="run_dir", help="run folder (config, checkpoints, log; default DST.run); rerun to "
+                                                "resume")
+    _force_arg(p, "an existing jaxedit checkpoint at DST")
+    _command(p, "train:run_train_encoder")
+
     c = sub.add_parser("train-clip", help="train the small shapes-world CLIP (BPE merges + ViT/text transformer)")
     c.add_argument("dst", help="checkpoint directory to write")
     c.add_argument("--steps", type=count, help="total training steps (default 3000; a larger value extends a run)")

@@ -10,11 +10,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-from jaxedit.cli.common import check_positive
+from jaxedit import models
+from jaxedit.cli.common import check_positive, model_path
 from jaxedit.config import enable_compilation_cache
 from jaxedit.errors import UsageError
 from jaxedit.train import clip as train_clip
 from jaxedit.train import discovery, gan, runs
+from jaxedit.train import encoder as train_encoder
 from jaxedit.train import probe as train_probe
 
 DEFAULT_GAN_CONFIG = "shapes32-stylegan2"
@@ -54,6 +56,23 @@ def run_train_probe(args) -> None:
         given.update(probe=dataclasses.replace(base.probe, resolution=args.resolution),
                      data=dataclasses.replace(base.data, resolution=args.resolution))
     _, report = train_probe.train(dataclasses.replace(base, **given), args.dst, run_dir=run_dir, force=args.force)
+    print(json.dumps(report, indent=2))
+
+
+def run_train_encoder(args) -> None:
+    enable_compilation_cache()
+    for flag, v in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--lr", args.lr)):
+        check_positive(flag, v)
+    run_dir = Path(args.run_dir) if args.run_dir else runs.default_run_dir(args.dst)
+    base = runs.read_config(run_dir, train_encoder.EncoderTrainConfig.from_dict) or train_encoder.EncoderTrainConfig()
+    given = _given(steps=args.steps, batch=args.batch_size, lr=args.lr, seed=args.seed, generator=args.generator)
+    if args.generator and runs.read_config(run_dir, train_encoder.EncoderTrainConfig.from_dict) is None:
+        G, _ = models.load_generator(model_path(args.generator, args.generator))  # size the encoder for its W+
+        if G.cfg.img_resolution != base.data.resolution:
+            raise UsageError(f"--generator {args.generator}: makes {G.cfg.img_resolution} px images; the encoder "
+                             f"trainer reads {base.data.resolution} px shapes renders")
+        given["encoder"] = train_encoder.encoder_config(G.cfg.num_ws, G.cfg.w_dim)
+    _, report = train_encoder.train(dataclasses.replace(base, **given), args.dst, run_dir=run_dir, force=args.force)
     print(json.dumps(report, indent=2))
 
 
