@@ -154,6 +154,8 @@ def worker_torch(spec: dict) -> dict:
                 log(f"  ref {name} B={B} ...")
                 r = time_runs(lambda: S(ws), spec["repeats"], spec["warmup"], spec["max_other"], spec["retry"])
                 out["rows"].append(dict(case=name, batch=B, impl="ref", compile_s=None, **r))
+                with open(spec["partial"], "w") as f:  # kept if a later case dies (e.g. OOM-killed)
+                    json.dump(out, f)
                 log(f"    {r['median_s'] * 1e3:.0f} ms/batch (others {r['other_cpu_frac_during']:.0%})")
             del S
     return out
@@ -165,6 +167,7 @@ WORKERS = {"torch": worker_torch}
 def run_worker(kind, spec, python=None, env=None, timeout=7200):
     with tempfile.TemporaryDirectory(prefix="bench_sg3_") as d:
         spec_path, out_path = os.path.join(d, "spec.json"), os.path.join(d, "out.json")
+        partial = spec["partial"] = os.path.join(d, "partial.json")
         with open(spec_path, "w") as f:
             json.dump(spec, f)
         cmd = [python or sys.executable, os.path.abspath(__file__), "--_worker", kind, "--_spec", spec_path,
@@ -173,7 +176,14 @@ def run_worker(kind, spec, python=None, env=None, timeout=7200):
             p = subprocess.run(cmd, env=env, stdout=sys.stderr, timeout=timeout)
         info = dict(subprocess_wall_s=mon.result["wall_s"], other_cpu_frac_during=mon.result["other_cpu_frac_during"])
         if p.returncode != 0 or not os.path.exists(out_path):
-            return dict(error=f"worker {kind} exited with {p.returncode}", **info)
+            res = dict(rows=[])
+            if os.path.exists(partial):
+                with open(partial) as f:
+                    res = json.load(f)
+            done = [f"{r['case']}:{r['batch']}" for r in res.get("rows", [])]
+            res["error"] = (f"worker {kind} exited with {p.returncode} (-9: killed, e.g. out of memory) after "
+                            f"{', '.join(done) or 'no case'}")
+            return dict(res, **info)
         with open(out_path) as f:
             res = json.load(f)
         res.update(info)
@@ -183,16 +193,20 @@ def run_worker(kind, spec, python=None, env=None, timeout=7200):
 # ============================================================== report
 
 
-def finish_rows(rows):
+def finish_rows(rows, cores):
     for r in rows:
         ms = r["median_s"] * 1e3
         r.update(ms_per_batch=ms, ms_per_image=ms / r["batch"], images_per_s=r["batch"] / r["median_s"])
+        # CPU time this implementation used per image (own process, both cores): less sensitive to
+        # other processes' load than wall time, which it can exceed by at most the cores it got
+        r["cpu_s_per_image"] = r["median_s"] * r["own_cpu_frac"] * cores / r["batch"]
     by = {(r["case"], r["batch"], r["impl"]): r for r in rows}
     for r in rows:
         j = by.get((r["case"], r["batch"], "jaxedit"))
         ref = by.get((r["case"], r["batch"], "ref"))
         r["jaxedit_speedup"] = r["median_s"] / j["median_s"] if j and r["impl"] != "jaxedit" else None
         r["vs_ref"] = ref["median_s"] / r["median_s"] if ref and r["impl"] != "ref" else None
+        r["vs_ref_cpu"] = ref["cpu_s_per_image"] / r["cpu_s_per_image"] if ref and r["impl"] != "ref" else None
 
 
 def markdown(data) -> str:
@@ -202,7 +216,7 @@ def markdown(data) -> str:
          f"{m.get('date')} · {m.get('cpu_model')}, {m.get('cores')} cores · jax {m.get('jax')} · jaxedit "
          f"{m.get('jaxedit_commit')} (before = {s['before_rev']}) · malloc {s['malloc']}"
          + (f" · reference: torch {ref.get('torch_version')}, {ref.get('threads')} threads, NVlabs/stylegan3 "
-            f"{ref.get('commit')}, pure-PyTorch `_ref` ops" if ref and "error" not in ref else ""), "",
+            f"{ref.get('commit')}, pure-PyTorch `_ref` ops, malloc {ref.get('malloc')}" if ref.get("torch_version") else ""), "",
          "Synthesis forward (ws -> image), float32, random weights, 256 px. Models: "
          + "; ".join(f"`{n}` = channel_base {c['channel_base']}, channel_max {c['channel_max']}, conv_kernel "
                      f"{c['conv_kernel']}{', radial down filters' if c['use_radial_filters'] else ''}"
@@ -210,20 +224,27 @@ def markdown(data) -> str:
          + f" (14 layers, w 512, conv_clamp 256). Median of {s['repeats']} timed calls "
            f"({s['before_repeats']} for jaxedit-before) after the first call and {s['warmup']} warm-up(s). "
            "`compile s` = jit lower+compile. `others` = CPU used by other processes during the timed calls. "
-           "`vs ref` = reference time / this row's time (>1: faster than the reference).", ""]
+           "`vs ref` = reference time / this row's time (>1: faster than the reference). `CPU s/img` = CPU time "
+           "the implementation itself used per image (all cores; less sensitive to the other processes' load than "
+           "wall time) and `vs ref (CPU)` its ratio.", ""]
     noisy = [r for r in data["results"] if r["other_cpu_frac_during"] > s["max_other_cpu"]]
     if noisy:
         L += [f"**{len(noisy)} of {len(data['results'])} rows were timed while other processes used more than "
               f"{s['max_other_cpu']:.0%} of the CPU (marked NOISY).**", ""]
-    L += ["| case | batch | impl | ms/batch | ms/img | img/s | compile s | others | vs ref | jaxedit speed-up |",
-          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    L += ["| case | batch | impl | ms/batch | ms/img | img/s | compile s | others | vs ref | CPU s/img | "
+          "vs ref (CPU) | jaxedit speed-up |", "|---|---|---|" + "---:|" * 9]
     for r in data["results"]:
         L.append(f"| {r['case']} | {r['batch']} | {r['impl']} | {r['ms_per_batch']:.0f} | {r['ms_per_image']:.0f} | "
                  f"{r['images_per_s']:.3f} | {_fmt(r.get('compile_s'), '.1f')} | "
                  f"{100 * r['other_cpu_frac_during']:.0f}%{' (retried)' if r['retried'] else ''}"
                  f"{' NOISY' if r['other_cpu_frac_during'] > s['max_other_cpu'] else ''} | "
-                 f"{_fmt(r['vs_ref'], '.2f')}{'x' if r['vs_ref'] else ''} | "
+                 f"{_fmt(r['vs_ref'], '.2f')}{'x' if r['vs_ref'] else ''} | {r['cpu_s_per_image']:.2f} | "
+                 f"{_fmt(r['vs_ref_cpu'], '.2f')}{'x' if r['vs_ref_cpu'] else ''} | "
                  f"{_fmt(r['jaxedit_speedup'], '.2f')}{'x' if r['jaxedit_speedup'] else ''} |")
+    for mg in data.get("merged", []):
+        first = mg.get("first_reference") or {}
+        L += ["", f"Reference rows from a second invocation ({mg['file']}, {mg['date']}, same settings otherwise)"
+              + (f"; the first one's reference worker failed: {first['error']}" if first.get("error") else "") + "."]
     if ref.get("error"):
         L += ["", f"Reference failed: {ref['error']}"]
     return "\n".join(L) + "\n"
@@ -262,6 +283,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the reference")
     ap.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     ap.add_argument("--name", default="bench_stylegan3")
+    ap.add_argument("--render", metavar="JSON", help="only re-render the markdown of an earlier run's JSON")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     ap.add_argument("--_spec", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
@@ -273,6 +295,32 @@ def main(argv=None):
         res = WORKERS[args._worker](spec)
         with open(args._out, "w") as f:
             json.dump(res, f)
+        return 0
+
+    if args.render:  # A.json[,B.json]: B's rows (and reference info, if A has no reference rows) added to A's
+        paths = args.render.split(",")
+        with open(paths[0]) as f:
+            data = json.load(f)
+        for extra in paths[1:]:
+            with open(extra) as f:
+                more = json.load(f)
+            data["results"] += more["results"]
+            if more.get("reference", {}).get("torch_version"):
+                data.setdefault("merged", []).append(dict(file=os.path.basename(extra), date=more["machine"]["date"],
+                                                          first_reference=data.get("reference"),
+                                                          settings=more["settings"]))
+                data["reference"] = more["reference"]
+        rank = {"jaxedit": 0, "jaxedit-before": 1, "ref": 2}
+        order = {c["case"]: i for i, c in enumerate(data["settings"]["cases"])}
+        data["results"].sort(key=lambda r: (order.get(r["case"], 9), r["batch"], rank.get(r["impl"], 9)))
+        finish_rows(data["results"], data["machine"].get("cores") or 1)
+        md = markdown(data)
+        out = os.path.join(args.out_dir, args.name)
+        with open(out + ".md", "w") as f:
+            f.write(md)
+        with open(out + ".json", "w") as f:
+            json.dump(data, f, indent=1)
+        print(md)
         return 0
 
     want = "tuned" if args.malloc == "tuned" else "default"
@@ -306,18 +354,18 @@ def main(argv=None):
         env.pop("PYTHONPATH", None)
         log(f"reference ({args.torch_python}) ...")
         ref = run_worker("torch", spec, python=args.torch_python, env=env)
-        if "error" not in ref:
-            rows += ref.pop("rows")
+        rows += ref.pop("rows", [])
+        if True:
             ref["commit"] = args.reference_commit or subprocess.run(
                 ["git", "-C", args.reference, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or None
             ref["path"] = os.path.abspath(args.reference)
-        else:
+        if "error" in ref:
             log(f"  reference failed: {ref['error']}")
         data["reference"] = ref
     order = {n: i for i, (n, _) in enumerate(cases)}
     rank = {"jaxedit": 0, "jaxedit-before": 1, "ref": 2}
     rows.sort(key=lambda r: (order[r["case"]], r["batch"], rank.get(r["impl"], 9)))
-    finish_rows(rows)
+    finish_rows(rows, os.cpu_count() or 1)
     data["results"] = rows
     md = markdown(data)
     os.makedirs(args.out_dir, exist_ok=True)
