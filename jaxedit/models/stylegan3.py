@@ -21,11 +21,9 @@ reference's state, so converted checkpoints use the exact stored filters::
     img = G.synthesis(params, ws)                # [B, H, W, C], about [-1, 1]
     img = G.synthesis(params, ws, transform=jnp.linalg.inv(make_transform((0.1, -0.05), 10.0)))
 
-Speed (later): the filtered nonlinearity follows the reference's slow path: zero insertion,
-then the FIR as sums of shifted slices (one per tap; down-sampling computes only the kept
-samples). Exact, but the up-sampling spends ``up``x its taps on inserted zeros: it should
-become polyphase (``up`` phases of ``taps / up`` taps each, as :mod:`jaxedit.nn.ops` does for
-StyleGAN2), with the filters as static constants, and fuse with the lrelu and the down FIR.
+Speed: the filtered nonlinearity is polyphase (no inserted zeros), keeps the up-sampled signal
+as its ``up x up`` phases for the nonlinearity, and down-samples straight from them, computing
+only the kept outputs (separable filters one axis at a time; R's radial filters as a direct sum).
 """
 
 from __future__ import annotations
