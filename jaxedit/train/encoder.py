@@ -101,6 +101,11 @@ def encoder_config(num_ws: int = 8, w_dim: int = 64, *, widths: tuple[int, ...] 
                      feature_units=tuple(int(e) for e in ends[1:]), add_latent_avg=True)
 
 
+#: The encoder of ``shapes32-stylegan2`` (8 W+ codes of 64) and the renderer's defaults.
+DEFAULT_ENCODER = encoder_config()
+DEFAULT_DATA = shapes.ShapesConfig()
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderTrainConfig(JSONConfig):
     steps: int = 5000
@@ -120,8 +125,8 @@ class EncoderTrainConfig(JSONConfig):
     log_every: int = 100
     generator: str = "shapes32-stylegan2"  # a default model's name or a checkpoint folder
     probe: str = "shapes32-probe"
-    encoder: E4EConfig = encoder_config()
-    data: shapes.ShapesConfig = shapes.ShapesConfig()
+    encoder: E4EConfig = DEFAULT_ENCODER
+    data: shapes.ShapesConfig = DEFAULT_DATA
 
     def __post_init__(self):
         for name in ("steps", "batch", "eval_images"):
@@ -134,7 +139,7 @@ class EncoderTrainConfig(JSONConfig):
 
     @property
     def n_gen(self) -> int:
-        return int(round(self.batch * self.gen_fraction))
+        return round(self.batch * self.gen_fraction)
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
@@ -256,7 +261,7 @@ def _group_mae(abs_err: np.ndarray) -> dict[str, float]:
 
 
 def evaluate(E: Encoder, params, G, gparams, P, pparams, key: jax.Array, n: int = 1024,
-             data: shapes.ShapesConfig = shapes.ShapesConfig(), psi: float = 1.0, batch: int = 256) -> dict[str, Any]:
+             data: shapes.ShapesConfig = DEFAULT_DATA, psi: float = 1.0, batch: int = 256) -> dict[str, Any]:
     """Held-out reconstruction quality of the encoder and of the "mean latent" baseline.
 
     On ``n`` generator samples (``z`` from ``key``, psi ``psi``) and ``n`` fresh renders: pixel MSE
