@@ -3,6 +3,7 @@ the Frechet distance and KID against direct computations, streaming statistics, 
 one-line refusals of wrong files and inputs."""
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -222,8 +223,8 @@ def test_fid_of_image_sets(tmp_path):
     assert abs(same["fid"]) < 1e-5 * scale and shifted["fid"] > 0.1 * scale
     assert shifted["fid"] == frechet_distance(*stats_a.result(), *stats_b.result())
     assert np.isfinite(same["kid_mean"]) and same["kid_std"] > 0  # (overlapping subsets of one set: not unbiased)
-    path = save_stats(tmp_path / "ref_stats", stats_b)
-    assert path.name == "ref_stats.npz"
+    path = save_stats(tmp_path / "ref_stats.npz", stats_b)  # written atomically to exactly that path
+    assert path.name == "ref_stats.npz" and sorted(p.name for p in tmp_path.iterdir()) == ["ref_stats.npz"]
     assert fid_of(net, 0.1, batches, load_stats(path))["fid"] == shifted["fid"]
     assert fid_of(net, 0.1, batches, stats_b)["fid"] == shifted["fid"]
     with pytest.raises(InputError, match="pass key="):
@@ -314,3 +315,26 @@ def test_converter_refuses_wrong_tensors():
     _raises(conv.ConversionError, r"w.pth: not a state dict of tensors", f, [1, 2], "w.pth")
     _, dropped = f(drop("Conv2d_1a_3x3.bn.num_batches_tracked"), "w.pth")  # counters are optional
     assert len(dropped) == 2 + 93
+
+
+@pytest.mark.slow
+def test_cli_convert_and_eval_fid(tmp_path, capsys):
+    from jaxedit.cli.main import main
+    from jaxedit.io import images as imio
+
+    net_dir = tmp_path / "fid"
+    assert main(["convert", "fid-inception", str(fixture("fid_inception_random_fp16.pth")), str(net_dir)]) == 0
+    rng = np.random.default_rng(0)
+    for name, scale in (("a", 1.0), ("b", 0.3)):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            imio.save_png(imio.to_uint8(scale * rng.uniform(-1, 1, (32, 32, 3))), tmp_path / name / f"{i}.png")
+    capsys.readouterr()
+    args = ["--inception", str(net_dir), "--batch-size", "4"]
+    assert main(["eval", "fid", str(tmp_path / "a"), str(tmp_path / "a"), *args, "--save-stats",
+                 str(tmp_path / "a.npz"), "--json", str(tmp_path / "same.json")]) == 0
+    assert main(["eval", "fid", str(tmp_path / "b"), str(tmp_path / "a.npz"), *args, "--json",
+                 str(tmp_path / "shift.json")]) == 0
+    same, shift = (json.loads((tmp_path / f).read_text()) for f in ("same.json", "shift.json"))
+    assert abs(same["fid"]) < 1e-4 * shift["fid"] and shift["fid"] > 0
+    assert main(["eval", "fid", str(tmp_path / "a.npz"), str(tmp_path / "b"), *args]) == 2  # stats only as B

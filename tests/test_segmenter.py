@@ -274,3 +274,18 @@ def test_input_checks():
     _raises(InputError, "layout names must be unique", PixelClassifierConfig, in_dim=2, layout=(("a", 1), ("a", 1)))
     _raises(InputError, "hidden must be two positive widths", PixelClassifierConfig, in_dim=2, hidden=(3,))
     _raises(InputError, "uncertainty: logits must be float", uncertainty, jnp.zeros((3, 4), jnp.int32))
+
+
+def test_cli_convert_pixel_classifier(tmp_path, capsys):
+    from jaxedit.cli.main import main
+
+    files = [str(fixture(f"editgan_pixel_classifier_{i}.pth")) for i in range(3)]
+    out = tmp_path / "pc"
+    assert main(["convert", "pixel-classifier", *files, str(out)]) == 0
+    assert "reload check: bit-identical" in capsys.readouterr().out
+    model, params = jaxedit.load(out)
+    r = ref("editgan_pixel_classifier_ref.npz")
+    assert model.cfg.num_members == 3
+    assert np.abs(np.asarray(model(params, r["features"])).mean(0) - r["ensemble_mean_logits"]).max() < 3e-6
+    assert main(["convert", "pixel-classifier", str(out)]) == 2  # no destination
+    assert "F0 [F1 ...] DST" in capsys.readouterr().err

@@ -17,27 +17,30 @@ from jaxedit.cli.export import run_convert_discriminator
 from jaxedit.cli.main import FORWARD_CHECK_MAX_RESOLUTION
 from jaxedit.converters import clip as clip_converter
 from jaxedit.converters import e4e as e4e_converter
+from jaxedit.converters import fid_inception as fid_converter
 from jaxedit.converters import lpips as lpips_converter
-from jaxedit.converters import styleclip, stylegan2_tf
+from jaxedit.converters import pixel_classifier, styleclip, stylegan2_tf
 from jaxedit.converters import stylegan2 as sg2_converter
 from jaxedit.converters import stylegan3 as sg3_converter
 from jaxedit.errors import CheckpointError, UsageError
 from jaxedit.io import checkpoint
-from jaxedit.models import e4e, irse, lpips, stylegan2, stylegan3
+from jaxedit.models import e4e, inception, irse, lpips, segmenter, stylegan2, stylegan3
 from jaxedit.models import mapper as mapper_lib
 from jaxedit.models.stylegan2 import StyleGAN2
 
 
 def run_convert(args) -> None:
 
-    if args.kind == "lpips":  # two sources: convert lpips VGG LIN DST
-        if args.lpips_dst is None:
-            raise UsageError("convert lpips: give VGG LIN DST (torchvision VGG16 .pth, LPIPS v0.1 lin .pth, output)")
-        args.lin, args.dst = args.dst, args.lpips_dst
-        if not Path(args.lin).is_file():
-            raise UsageError(f"convert: {args.lin} does not exist or is not a file")
-    elif args.lpips_dst is not None:
-        raise UsageError(f"convert {args.kind}: one source and one destination (extra argument {args.lpips_dst!r})")
+    *sources, args.dst = args.paths
+    want = {"lpips": "VGG LIN DST (torchvision VGG16 .pth, LPIPS v0.1 lin .pth, output)",
+            "pixel-classifier": "F0 [F1 ...] DST (one .pth per ensemble member, output)"}.get(args.kind, "SRC DST")
+    if not sources or (args.kind == "lpips") != (len(sources) == 2) or (
+            args.kind not in ("lpips", "pixel-classifier") and len(sources) != 1):
+        raise UsageError(f"convert {args.kind}: give {want}")
+    for extra in sources:
+        if not Path(extra).is_file():
+            raise UsageError(f"convert: {extra} does not exist or is not a file")
+    args.src, args.sources = sources[0], sources
     src = Path(args.src)
     if not src.is_file():
         raise UsageError(f"convert: {src} does not exist or is not a file")
@@ -45,9 +48,10 @@ def run_convert(args) -> None:
         # NVIDIA StyleGAN2 / StyleGAN3 D, rosinality d: the StyleGAN3 release trains the StyleGAN2 D)
         return run_convert_discriminator(args)
     kind = {"stylegan2": stylegan2.KIND, "stylegan3": stylegan3.KIND, "clip": "clip", "mapper": mapper_lib.MAPPER_KIND,
-            "lpips": lpips.KIND, "e4e": e4e.KIND, "arcface": irse.KIND}[args.kind]
+            "lpips": lpips.KIND, "e4e": e4e.KIND, "arcface": irse.KIND, "fid-inception": inception.KIND,
+            "pixel-classifier": segmenter.KIND}[args.kind]
     checkpoint.check_writable(args.dst, args.force, kind, replace_kind=args.replace_kind)
-    if args.kind in ("lpips", "e4e", "arcface"):
+    if args.kind in ("lpips", "e4e", "arcface", "fid-inception", "pixel-classifier"):
         return _convert_network(src, kind, args)
     if args.kind == "clip":
         return _convert_clip(src, args)
@@ -91,12 +95,16 @@ def _convert_stylegan3(src: Path, args) -> None:
 
 
 def _convert_network(src: Path, kind: str, args) -> None:
-    """LPIPS, e4e and ArcFace: convert, save, reload bit-identically, one finite forward pass."""
+    """LPIPS, e4e, ArcFace and FID Inception: convert, save, reload bit-identically, one finite forward pass."""
     t0 = time.perf_counter()
     if kind == lpips.KIND:
-        cfg, params, info = lpips_converter.convert(src, args.lin)
+        cfg, params, info = lpips_converter.convert(*args.sources)
+    elif kind == segmenter.KIND:
+        cfg, params, info = pixel_classifier.convert(args.sources)
     elif kind == e4e.KIND:
         cfg, params, info = e4e_converter.convert_e4e(src)
+    elif kind == inception.KIND:
+        cfg, params, info = fid_converter.convert(src)
     else:
         cfg, params, info = e4e_converter.convert_arcface(src)
     dst = checkpoint.save(args.dst, kind=kind, model=cfg.to_dict(), params=params, source=info, force=args.force,
@@ -105,15 +113,19 @@ def _convert_network(src: Path, kind: str, args) -> None:
     same = jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), params, reloaded))
     if model.cfg != cfg or not same:
         raise CheckpointError(f"{dst}: the reloaded {kind} checkpoint differs from the converted one")
-    size = {lpips.KIND: 32, e4e.KIND: 256, irse.KIND: 112}[kind]
-    x = jnp.tanh(jax.random.normal(jax.random.key(0), (1, size, size, 3)))
+    if kind == segmenter.KIND:
+        size, x = cfg.in_dim, jax.random.normal(jax.random.key(0), (16, cfg.in_dim))  # 16 pixels' features
+    else:
+        size = {lpips.KIND: 32, e4e.KIND: 256, irse.KIND: 112, inception.KIND: 75}[kind]
+        x = jnp.tanh(jax.random.normal(jax.random.key(0), (1, size, size, 3)))
     out = jax.jit(lambda p: model(p, x, -x) if kind == lpips.KIND else model(p, x))(reloaded)
     if not np.all(np.isfinite(np.asarray(out))):
         raise CheckpointError(f"{dst}: the reloaded {kind} model gives non-finite outputs")
     n_params = sum(int(np.size(a)) for a in jax.tree.leaves(params))
-    extra = f" (+ {args.lin})" if kind == lpips.KIND else ""
+    extra = f" (+ {len(args.sources) - 1} more)" if len(args.sources) > 1 else ""
     print(f"converted {src.name}{extra} ({kind}) -> {dst}")
-    print(f"  {n_params:,} parameter elements; output {list(np.shape(out))} at {size} px; reload check: "
+    print(f"  {n_params:,} parameter elements; output {list(np.shape(out))} for "
+          f"{'16 pixels of ' + str(size) + ' features' if kind == segmenter.KIND else str(size) + ' px'}; reload check: "
           f"bit-identical, forward finite; {time.perf_counter() - t0:.1f} s")
     if isinstance(info.get("decoder"), dict) and info["decoder"].get("present"):
         print(f"  the file also holds a generator ({info['decoder'].get('tensors')} decoder tensors): "

@@ -30,7 +30,8 @@ EDIT_METHODS = ("linear", "interfacegan", "ganspace", "warped", "curvilinear")
 TEXT_METHODS = ("optimize", "global", "shift", "mapper")
 DISCOVERY_METHODS = ("linear", "warped", "curvilinear")
 PREPROCESS_MODES = ("clip", "styleclip", "none")  # == jaxedit.models.clip.PREPROCESS_MODES (a test checks)
-CONVERT_KINDS = ("stylegan2", "stylegan3", "clip", "mapper", "lpips", "e4e", "arcface")
+CONVERT_KINDS = ("stylegan2", "stylegan3", "clip", "mapper", "lpips", "e4e", "arcface", "fid-inception",
+                 "pixel-classifier")
 FORWARD_CHECK_MAX_RESOLUTION = 256
 HELP_STRENGTHS = ("strengths (write --strengths=-3:3:7 when it starts with a minus): START:STOP:NUM (inclusive "
                   "linspace) or a comma list; per method: linear = step along the unit direction, interfacegan (z) = "
@@ -98,10 +99,12 @@ def _add_convert(sub) -> None:
                    help="what the file holds: stylegan2 (NVIDIA .pkl, TF .pkl or rosinality .pt), stylegan3 (NVIDIA "
                         ".pkl, configs T and R), clip (OpenAI TorchScript or state-dict .pt), mapper (a StyleCLIP "
                         "latent mapper .pt), lpips (torchvision VGG16 .pth, then the LPIPS v0.1 lin .pth: "
-                        "convert lpips VGG LIN DST), e4e (encoder4editing .pt), arcface (IR-SE model_ir_se50.pth)")
-    c.add_argument("src", help="source file")
-    c.add_argument("dst", help="destination checkpoint directory (lpips: the lin layers file, then DST)")
-    c.add_argument("lpips_dst", nargs="?", metavar="DST", help=argparse.SUPPRESS)
+                        "convert lpips VGG LIN DST), e4e (encoder4editing .pt), arcface (IR-SE model_ir_se50.pth), "
+                        "fid-inception (pytorch-fid's pt_inception-2015-12-05-6726825d.pth), pixel-classifier "
+                        "(EditGAN / DatasetGAN ensemble members model_{i}.pth)")
+    c.add_argument("paths", nargs="+", metavar="SRC [SRC ...] DST",
+                   help="source file(s) then the destination checkpoint directory (lpips: VGG LIN DST; "
+                        "pixel-classifier: one file per ensemble member, then DST)")
     c.add_argument("--key", default=None, help="network inside the file (NVIDIA: G_ema (default), G, D; rosinality: "
                                                "g_ema, g, d; NVIDIA TF: Gs (default), G, D)")
     c.add_argument("--vocab", help="clip: the BPE merges file (default: bpe_simple_vocab_16e6.txt.gz next to SRC)")
@@ -196,6 +199,25 @@ def _add_invert(sub) -> None:
     p.add_argument("--batch-size", type=count, default=8, help="images per compiled program")
     _force_arg(p, "latents.npy, noise.npz, reconstructions.png and summary.json in --out")
     _command(p, "invert:run_invert")
+
+
+def _add_eval(sub) -> None:
+    ev = sub.add_parser("eval", help="evaluation metrics")
+    esub = ev.add_subparsers(dest="metric", required=True)
+    f = esub.add_parser("fid", help="FID (and KID) between two image sets, streamed; torch-free")
+    f.add_argument("a", help="set A: an image folder or a generator checkpoint (--num samples)")
+    f.add_argument("b", help="set B: an image folder, a generator checkpoint, or an .npz of statistics (mu, sigma)")
+    f.add_argument("--inception", required=True, help="fid-inception checkpoint (jaxedit convert fid-inception ...)")
+    f.add_argument("--num", type=count, default=10_000, help="samples drawn from a generator set (default 10000)")
+    f.add_argument("--psi", type=finite, default=1.0, help="truncation of generator samples")
+    f.add_argument("--seed", type=index, default=0, help="seed of generator samples and KID subsets")
+    f.add_argument("--batch-size", type=count, default=32, help="images per compiled batch")
+    f.add_argument("--kid", action="store_true", help="also KID (unbiased MMD^2, cubic kernel) with its std")
+    f.add_argument("--kid-subsets", type=count, default=100)
+    f.add_argument("--kid-subset-size", type=count, default=1000)
+    f.add_argument("--save-stats", help="write set A's statistics (mu, sigma) to this .npz")
+    f.add_argument("--json", help="write the result as JSON")
+    _command(f, "evaluate:run_eval_fid")
 
 
 def _add_text_edit(sub) -> None:
@@ -375,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "of pretrained generators (JAX).")
     p.add_argument("--version", action="version", version=f"jaxedit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_convert, _add_generate, _add_edit, _add_invert, _add_text_edit, _add_train, _add_fit, _add_export):
+    for add in (_add_convert, _add_generate, _add_edit, _add_invert, _add_eval, _add_text_edit, _add_train, _add_fit, _add_export):
         add(sub)
     return p
 

@@ -29,6 +29,18 @@ MAX_IMAGE_SIDE = 16384  # larger sides are refused before any pixel is decoded (
 MAX_IMAGE_FILES = 100_000  # one command's input images (a bigger job is a batch job)
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` from an image file's header (no pixels decoded); one-line errors as :func:`load_image`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (Image.UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise InputError(f"{path}: not a readable image ({type(e).__name__})") from None
+
+
 def load_image(path: str | Path, size: int) -> tuple[np.ndarray, bool]:
     """An image file (PNG, JPEG, ... as Pillow reads them) -> ``([size, size, 3] float32 in [-1, 1], resized)``.
 

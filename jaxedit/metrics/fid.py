@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from jaxedit.errors import InputError
+from jaxedit.io import files
 from jaxedit.metrics.distributions import FeatureStats, frechet_distance, kid
 from jaxedit.models.inception import FEATURES, FIDInception
 from jaxedit.parallel import pad_batch
@@ -60,9 +61,7 @@ def statistics(net: FIDInception, params: dict, batches: Iterable[Any],
 
 def save_stats(path: str | os.PathLike, stats: FeatureStats) -> Path:
     """Write ``mu``, ``sigma`` (pytorch-fid's ``--save-stats`` keys) and ``n`` to an ``.npz``."""
-    path = Path(path)
-    np.savez(path, mu=stats.mean, sigma=stats.cov, n=np.int64(stats.n))
-    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+    return files.save_npz(path, mu=stats.mean, sigma=stats.cov, n=np.int64(stats.n))  # atomic, exactly ``path``
 
 
 def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +102,16 @@ def fid_of(net: FIDInception, params: dict, images_a: Iterable[Any], images_b: A
     if want_kid and key is None:
         raise InputError("fid_of: KID draws random subsets: pass key=jax.random.key(seed)")
     stats_a, feats_a = statistics(net, params, images_a, keep_features=want_kid)
+    return compare(net, params, stats_a, feats_a, images_b, kid_subsets=kid_subsets,
+                   kid_subset_size=kid_subset_size, key=key)
+
+
+def compare(net: FIDInception, params: dict, stats_a: FeatureStats, feats_a: np.ndarray | None, images_b: Any, *,
+            kid_subsets: int = 0, kid_subset_size: int = 1000, key: jax.Array | None = None) -> dict[str, Any]:
+    """:func:`fid_of` with set A already reduced to its statistics (and features, for KID)."""
+    want_kid = kid_subsets > 0
+    if want_kid and (key is None or feats_a is None):
+        raise InputError("fid_of: KID draws random subsets of both sets' features: pass key= and keep A's features")
     feats_b = None
     if isinstance(images_b, FeatureStats):
         mu_b, cov_b = images_b.result()
