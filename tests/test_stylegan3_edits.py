@@ -1,4 +1,5 @@
-"""The editing families on StyleGAN3 (the tiny config-T fixture, random weights).
+"""The editing families on StyleGAN3: a tiny random config-T generator (16 px, 4 layers; StyleGAN3 programs
+compile slowly at -O0) for the fits and edits, the converted config-T fixture through the CLI.
 
 StyleGAN3's handle has StyleGAN2's ``mapping``/``synthesis`` signatures, so InterFaceGAN / GANSpace fits,
 every latent editor (W and W+ layer ranges), unsupervised discovery and StyleCLIP latent optimization run on
@@ -17,10 +18,9 @@ import pytest
 from conftest import fixture
 from jaxedit import edits
 from jaxedit.cli.main import main
-from jaxedit.converters import stylegan3 as conv
 from jaxedit.edits import fit
 from jaxedit.edits import text as T
-from jaxedit.models.stylegan3 import StyleGAN3
+from jaxedit.models.stylegan3 import StyleGAN3, StyleGAN3Config
 from jaxedit.train import discovery
 
 TS = jnp.array([-2.0, 0.0, 2.0])
@@ -31,10 +31,14 @@ def balance(_, img):
     return (img[..., 0].mean((1, 2)) - img[..., 2].mean((1, 2)))[:, None]
 
 
+TINY = StyleGAN3Config(z_dim=16, w_dim=16, img_resolution=16, num_layers=4, num_critical=1, channel_base=512,
+                       channel_max=32, margin_size=4)
+
+
 @functools.cache
 def generator():
-    cfg, params, _ = conv.convert(fixture("nvidia_sg3_t32.pkl"))
-    return StyleGAN3(cfg), jax.tree.map(jnp.asarray, params)
+    G = StyleGAN3(TINY)
+    return G, G.init(jax.random.key(0))
 
 
 @functools.cache
@@ -47,34 +51,25 @@ def fitted():
 
 def sweep(G, p, editors, z):
     """Balance of every editor's edit of ``z`` at strengths ``TS``: ``[editors, strengths, N]``, one render."""
-    n = z.shape[0]
-
-    @jax.jit
-    def run(p, z):
-        ws = []
-        for e in editors:
-            x = e.prepare(G, p, z)  # W [n, d], or W+ [n, L, d] when the editor has a layer range
-            moved = jax.vmap(lambda t, e=e, x=x: edits.apply(e, x, 0, jnp.full(n, t)))(TS)
-            if moved.ndim == 3:
-                moved = jnp.broadcast_to(moved[..., None, :], (len(TS), n, G.cfg.num_ws, moved.shape[-1]))
-            ws.append(moved)
-        img = G.synthesis(p, jnp.concatenate(ws).reshape(-1, G.cfg.num_ws, G.cfg.w_dim))
-        return balance(None, img).reshape(len(editors), len(TS), n)
-
-    return np.asarray(run(p, z))
+    n, ws = z.shape[0], []
+    for e in editors:
+        x = e.prepare(G, p, z)  # W+ [n, L, d]
+        ws.append(jnp.stack([edits.apply(e, x, 0, jnp.full(n, t)) for t in TS]))
+    render = jax.jit(lambda p, ws: balance(None, G.synthesis(p, ws)))
+    return np.asarray(render(p, jnp.concatenate(ws).reshape(-1, G.cfg.num_ws, G.cfg.w_dim))).reshape(
+        len(editors), len(TS), n)
 
 
 def test_interfacegan_in_w_and_w_plus_moves_the_fitted_quantity():
     G, p = generator()
     f = fitted()
-    assert float(f.val_accuracy) > 0.6  # measured 0.72 (1024 samples) and 0.67 (512), top/bottom halves
+    assert float(f.val_accuracy) > 0.8  # measured 0.89 (512 samples, top/bottom halves)
     whole = edits.InterFaceGAN(directions=f.normal[None], space="w")
-    fine = edits.InterFaceGAN(directions=f.normal[None], space="w", layers=(8, 16))  # W+: the fine layers only
+    fine = edits.InterFaceGAN(directions=f.normal[None], space="w", layers=(3, 6))  # W+: the last 3 of 6 layers
     b = sweep(G, p, [whole, fine], jax.random.normal(jax.random.key(5), (8, G.cfg.z_dim)))
     up = b[:, 2] - b[:, 0]  # [editors, N]: balance(+2) - balance(-2)
-    # measured: whole W every sample up, mean +0.47; fine layers mean +0.2 (the coarse layers 0-3: ~0)
-    assert np.all(up[0] > 0) and up[0].mean() > 0.15
-    assert np.mean(up[1] > 0) >= 0.8 and up[1].mean() > 0.07
+    # measured: every sample up in both; mean +0.67 (whole W), +0.54 (layers 3-5)
+    assert np.all(up > 0) and up[0].mean() > 0.25 and up[1].mean() > 0.2
     assert np.all(b[:, 1] == b[0, 1])  # t = 0 is the identity for every layer range
 
 
@@ -96,8 +91,8 @@ def test_styleclip_latent_optimization_on_stylegan3():
     G, p = generator()
     A = jax.random.normal(jax.random.key(7), (4 * 4 * 3, 8)) / np.sqrt(48.0)
 
-    def embed(img):  # a toy image tower: 8x8 average pooling, fixed linear map -> [B, 8]
-        return img.reshape(img.shape[0], 4, 8, 4, 8, 3).mean(axis=(2, 4)).reshape(img.shape[0], -1) @ A
+    def embed(img):  # a toy image tower: 4x4 average pooling, fixed linear map -> [B, 8]
+        return img.reshape(img.shape[0], 4, 4, 4, 4, 3).mean(axis=(2, 4)).reshape(img.shape[0], -1) @ A
 
     w0 = G.mapping(p, jax.random.normal(jax.random.key(8), (2, G.cfg.z_dim)), psi=0.7)
     text = jax.random.normal(jax.random.key(9), (1, 8))
@@ -107,7 +102,6 @@ def test_styleclip_latent_optimization_on_stylegan3():
 
 
 def test_cli_on_stylegan3(tmp_path, capsys):
-    G, p = generator()
     ckpt = tmp_path / "sg3"
     assert main(["convert", "stylegan3", str(fixture("nvidia_sg3_t32.pkl")), str(ckpt)]) == 0
     ed = tmp_path / "pcs"
