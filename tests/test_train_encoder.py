@@ -14,18 +14,29 @@ import pytest
 
 import jaxedit
 from jaxedit.errors import ConfigError
+from jaxedit.io import checkpoint
 from jaxedit.models.e4e import Encoder
+from jaxedit.models.probe import Probe, ProbeConfig
 from jaxedit.train import encoder as T
 from jaxedit.train import runs
 
-TINY = T.EncoderTrainConfig(steps=4, batch=4, lr=3e-3, warmup=0, eval_images=4, ckpt_every=2, log_every=1,
-                            encoder=T.encoder_config(8, 64, widths=(8, 8, 8, 8), units=(1, 1, 1, 1),
-                                                     input_channels=8, style_width=8))
+TINY_ENCODER = T.encoder_config(8, 64, widths=(8, 8, 8, 8), units=(1, 1, 1, 1), input_channels=8, style_width=8)
 
 
 @pytest.fixture(scope="module")
-def frozen():
-    G, gp, _, P, pp, _ = T.load_frozen(TINY)
+def tiny(tmp_path_factory):
+    """A tiny config; its perceptual probe is a random one-stage probe (the step compiles 2x faster than with
+    the default 3-stage probe; the loss is the same code)."""
+    P = Probe(ProbeConfig(widths=(8,), decoder_widths=(8,), feature_dim=16))
+    path = tmp_path_factory.mktemp("probe") / "tiny-probe"
+    checkpoint.save(path, kind="probe", model=P.cfg.to_dict(), params=P.init(jax.random.key(0)))
+    return T.EncoderTrainConfig(steps=4, batch=4, lr=3e-3, warmup=0, eval_images=4, ckpt_every=2, log_every=1,
+                                probe=str(path), encoder=TINY_ENCODER)
+
+
+@pytest.fixture(scope="module")
+def frozen(tiny):
+    G, gp, _, P, pp, _ = T.load_frozen(tiny)
     return G, P, {"G": gp, "P": pp}
 
 
@@ -37,19 +48,19 @@ def _start(cfg, frozen):
     return E, params, opt, opt.init(params), step
 
 
-def test_config_round_trips_and_matches_the_generator(frozen):
+def test_config_round_trips_and_matches_the_generator(tiny, frozen):
     G, _, _ = frozen
     cfg = T.EncoderTrainConfig()
     assert T.EncoderTrainConfig.from_dict(cfg.to_dict()) == cfg
     assert (cfg.encoder.n_styles, cfg.encoder.w_dim) == (G.cfg.num_ws, G.cfg.w_dim)
     with pytest.raises(ConfigError, match="n_styles"):
-        T.load_frozen(dataclasses.replace(TINY, encoder=T.encoder_config(6, 64)))
+        T.load_frozen(dataclasses.replace(tiny, encoder=T.encoder_config(6, 64)))
     with pytest.raises(ConfigError, match="gen_fraction"):
         T.EncoderTrainConfig(gen_fraction=1.5)
 
 
-def test_steps_lower_the_loss_deterministically(frozen):
-    _, params, _, st, step = _start(TINY, frozen)
+def test_steps_lower_the_loss_deterministically(tiny, frozen):
+    _, params, _, st, step = _start(tiny, frozen)
     fr, key = frozen[2], jax.random.key(7)  # the same batch every step: the loss on it must fall
     p1, s1, m1 = step(params, st, fr, key)
     again = step(params, st, fr, key)  # same inputs -> bit-identical update
@@ -67,16 +78,13 @@ def test_steps_lower_the_loss_deterministically(frozen):
                                np.broadcast_to(fr["G"]["mapping"]["w_avg"], params["latent_avg"].shape))
 
 
-def test_per_sample_losses_do_not_depend_on_the_batch(frozen):
+def test_per_sample_losses_do_not_depend_on_the_batch(tiny, frozen):
     G, P, fr = frozen
-    cfg = TINY
+    cfg = tiny
     E, params, *_ = _start(cfg, frozen)
     batch = T.sample_batch(cfg, G, fr["G"], jax.random.key(3))
     assert batch["image"].shape == (4, 32, 32, 3) and batch["w"].shape == (2, G.cfg.num_ws, G.cfg.w_dim)
-
-    def f(b):  # eager: reuses the encoder and synthesis programs at this batch size
-        return T.per_sample_losses(cfg, E, G, P, params, fr, b)
-
+    f = jax.jit(lambda b: T.per_sample_losses(cfg, E, G, P, params, fr, b))
     full = f(batch)
     # reversed order of the generator rows and of the render rows: every per-sample term follows its sample
     perm = np.array([1, 0, 3, 2])
@@ -86,11 +94,11 @@ def test_per_sample_losses_do_not_depend_on_the_batch(frozen):
     np.testing.assert_allclose(swapped["latent"], full["latent"][::-1], rtol=1e-5, atol=1e-7)
 
 
-def test_checkpoint_loads_and_interrupted_run_resumes(tmp_path):
+def test_checkpoint_loads_and_interrupted_run_resumes(tiny, tmp_path):
     dst, run = tmp_path / "enc", tmp_path / "run"
-    _, partial = T.train(TINY, dst, run_dir=run, stop_at=2, progress=False)  # as if killed after step 2's save
+    _, partial = T.train(tiny, dst, run_dir=run, stop_at=2, progress=False)  # as if killed after step 2's save
     assert partial == {"step": 2} and not dst.exists()
-    saved2 = runs.load_checkpoint(run, _like(TINY))[0]
+    saved2 = runs.load_checkpoint(run, _like(tiny))[0]
     params, report = T.train(None, dst, run_dir=run, progress=False)  # resumes with the stored config
     assert report["resumed_at"] == 2 and report["step"] == 4
     rows = [r["step"] for r in map(json.loads, (run / runs.LOG_FILE).read_text().splitlines())]
@@ -103,7 +111,7 @@ def test_checkpoint_loads_and_interrupted_run_resumes(tmp_path):
     assert "latent_mse" in report["generator"]["w_avg"] and "probe_floor" in report["renders"]
 
     E, p = jaxedit.load(dst)
-    assert isinstance(E, Encoder) and E.cfg == TINY.encoder
+    assert isinstance(E, Encoder) and E.cfg == tiny.encoder
     meta = jaxedit.io.checkpoint.read_meta(dst)
     assert meta["kind"] == "e4e" and meta["source"]["generator"]["name"] == "shapes32-stylegan2"
     assert len(meta["source"]["generator"]["sha256"]) == 64 and meta["metrics"]["step"] == 4
@@ -113,7 +121,7 @@ def test_checkpoint_loads_and_interrupted_run_resumes(tmp_path):
     np.testing.assert_array_equal(p["latent_avg"], params["latent_avg"])
 
     with pytest.raises(ConfigError, match="lr"):  # a resumed run refuses a changed recipe
-        T.train(dataclasses.replace(TINY, lr=1e-2), tmp_path / "other", run_dir=run, progress=False)
+        T.train(dataclasses.replace(tiny, lr=1e-2), tmp_path / "other", run_dir=run, progress=False)
 
 
 def _like(cfg):

@@ -272,13 +272,13 @@ def evaluate(E: Encoder, params, G, gparams, P, pparams, key: jax.Array, n: int 
     probe's own factor MAE against the true factors (how small a factor MAE can be read at all).
     -> ``{'generator': {...}, 'renders': {...}}``, each ``{'encoder': {...}, 'w_avg': {...}, ...}``.
     """
-    num_ws = G.cfg.num_ws
-    w_avg = jnp.broadcast_to(gparams["mapping"]["w_avg"], (1, num_ws, G.cfg.w_dim))
-    predict = jax.jit(P.predict)
-    y_avg = G.synthesis(gparams, w_avg)
-    p_avg = jax.device_get(predict(pparams, y_avg))
     batch = min(batch, n)
     batches = max(1, -(-n // batch))
+    predict = jax.jit(P.predict)
+    # the baseline's one image, made at the batch size so it reuses the synthesis and probe programs
+    w_avg = jnp.broadcast_to(gparams["mapping"]["w_avg"], (batch, G.cfg.num_ws, G.cfg.w_dim))
+    y_avg = G.synthesis(gparams, w_avg)
+    p_avg = jax.device_get(predict(pparams, y_avg))
     # small compiled pieces shared by both sources (the encoder, synthesis and probe programs compile once)
     gen_images = jax.jit(_generate, static_argnums=(0, 3, 4))
     report: dict[str, Any] = {}
