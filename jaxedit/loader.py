@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from jaxedit import edits, models
 from jaxedit.io import checkpoint
@@ -18,9 +17,7 @@ def load(path: str | os.PathLike):
     An editor checkpoint (``jaxedit.edits.save``, ``jaxedit fit``, a ``jaxedit discover`` run) gives
     ``(editor, None)``: an editor is a pytree that carries its arrays (``jaxedit.edits.apply``).
     """
-    p = Path(path)
-    if not p.exists() and os.sep not in str(path) and "/" not in str(path):
-        p = checkpoint.default_path(str(path))
+    p = checkpoint.resolve(path)
     run_editor = p / edits.RUN_EDITOR  # a `jaxedit discover` run folder holds its editor there
     if checkpoint.is_checkpoint(run_editor) or checkpoint.read_meta(p).get("kind") == edits.KIND:
         return edits.load(p), None

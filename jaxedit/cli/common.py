@@ -79,8 +79,9 @@ def load_npy(path: str, what: str, shape: tuple[int | None, ...]) -> np.ndarray:
 
 
 def model_path(path: str | None, default: str) -> Path:
-    """The checkpoint a command uses: ``path`` if given, else the embedded default model ``default``."""
-    return Path(path) if path else checkpoint.default_path(default)
+    """The checkpoint a command uses: ``path`` if given (a folder, or a default model's name), else the embedded
+    default model ``default``."""
+    return checkpoint.resolve(path) if path else checkpoint.default_path(default)
 
 
 def load_generator(path: str | None, *, unconditional: str | None = None):

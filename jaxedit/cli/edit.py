@@ -52,7 +52,7 @@ def _setup(args):
     layers = _layers(args.layers)
     G, gp = load_generator(args.ckpt, unconditional="edit/traverse")
     if args.latents:
-        x = load_npy(args.latents, "--latents", (None, G.cfg.num_ws, G.cfg.w_dim))
+        x, names = _inverted(args.latents, G)
         if not np.all(np.isfinite(x)) or not 0 < len(x) <= MAX_SEEDS:
             raise UsageError(f"--latents {args.latents}: {len(x)} latents, need 1..{MAX_SEEDS}, all finite")
     ed = edits.load(args.directions, args.method, space=args.space, layers=layers, eps=args.eps)
@@ -66,8 +66,27 @@ def _setup(args):
     strengths = given if given is not None else fit.default_strengths(prov)
     strengths = parse_strengths("-3:3:7") if strengths is None else strengths
     if args.latents:
-        return G, gp, ed, [f"image {i}" for i in range(len(x))], x, strengths, True
+        return G, gp, ed, names, x, strengths, True
     return G, gp, ed, [f"seed {s}" for s in seeds], seed_latents(seeds, G.cfg.z_dim), strengths, False
+
+
+def _inverted(path: str, G) -> tuple[np.ndarray, list[str]]:
+    """W+ latents ``[N, num_ws, w_dim]`` and row names from ``jaxedit invert``'s ``latents.npz`` or a ``.npy``."""
+    if not path.endswith(".npz"):
+        x = load_npy(path, "--latents", (None, G.cfg.num_ws, G.cfg.w_dim))
+        return x, [f"image {i}" for i in range(len(x))]
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "ws" not in z.files:
+                raise UsageError(f"--latents {path}: no 'ws' array (has {sorted(z.files)[:8]})")
+            ws = np.asarray(z["ws"], np.float32)
+            names = [str(n) for n in z["names"]] if "names" in z.files else [f"image {i}" for i in range(len(ws))]
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--latents {path}: cannot read as .npz ({e})") from None
+    if ws.shape[1:] != (G.cfg.num_ws, G.cfg.w_dim) or ws.ndim != 3 or len(names) != len(ws):
+        raise UsageError(f"--latents {path}: ws {list(ws.shape)}, expected [N, {G.cfg.num_ws}, {G.cfg.w_dim}] "
+                         "with one name each")
+    return ws, names
 
 
 def _frames(G, gp, ed, z, ks, strengths, psi: float, batch: int, prepared: bool = False):
@@ -114,4 +133,4 @@ def run_traverse(args) -> None:
                        row_labels=[f"k={k}" for k in ks], col_labels=strength_labels(strengths))
     n = imgs.shape[0] * imgs.shape[1] * imgs.shape[2]
     print(f"{ed.family}: {len(ks)} directions x {len(strengths)} strengths x {len(rows)} latents = {n} frames in "
-          f"{dt:.2f} s ({n / dt:.0f} frames/s incl. compile) -> {out}/{'image' if prepared else 'seed'}*.png (rows = directions, columns = strengths)")
+          f"{dt:.2f} s ({n / dt:.0f} frames/s incl. compile) -> {out}/*.png, one per row latent (rows = directions, columns = strengths)")

@@ -1,5 +1,6 @@
 """``jaxedit invert``: real images into the generator's latent space (projector, encoder, or both), written as
-``latents.npy`` (W+ ``[N, num_ws, w_dim]``) that ``jaxedit edit --latents`` edits with every family."""
+``DIR/latents.npz`` (``names``, ``ws [N, num_ws, w_dim]``, the optimized noise maps) that ``jaxedit edit
+--latents`` edits with every family, ``DIR/recon/*.png`` and ``DIR/report.json``."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import numpy as np
 
 from jaxedit import invert, models, parallel
 from jaxedit.cli.common import DEFAULT_GENERATOR, load_generator, model_path
-from jaxedit.errors import UsageError
+from jaxedit.errors import InputError, UsageError
 from jaxedit.io import files
 from jaxedit.io import images as imio
 from jaxedit.models import e4e, lpips, probe
 
 DEFAULT_PROBE = "shapes32-probe"
-OUTPUTS = ("latents.npy", "noise.npz", "reconstructions.png", "summary.json")
+OUTPUTS = ("latents.npz", "report.json", "recon")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -41,70 +43,123 @@ def _distance(args, G):
     if not args.lpips:
         raise UsageError("--loss lpips needs --lpips CKPT (jaxedit convert lpips VGG LIN CKPT); on the shapes "
                          "world use --loss probe")
-    lp, lpp = models.load(args.lpips)
+    lp, lpp = models.load(model_path(args.lpips, args.lpips))
     if not isinstance(lp, lpips.LPIPS):
         raise UsageError(f"--lpips {args.lpips}: not an LPIPS checkpoint")
     return invert.lpips_distance(lp, lpp), "LPIPS"
 
 
+def _expand(inputs: list[str]) -> list[Path]:
+    """Files as given, folders as their image files (sorted); nothing read yet."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UsageError(f"{p}: a folder without image files ({', '.join(IMAGE_SUFFIXES)})")
+            out += found
+        else:
+            out.append(p)
+    if len(out) > imio.MAX_IMAGE_FILES:
+        raise UsageError(f"{len(out)} images: at most {imio.MAX_IMAGE_FILES} per command (a bigger job is a batch job)")
+    return out
+
+
+def _read(paths: list[Path], size: int) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Every readable image; each unreadable one becomes one line naming the file (the rest still run)."""
+    good, arrays, problems = [], [], []
+    for p in paths:
+        try:
+            arrays.append(imio.load_image(p, size)[0])
+            good.append(p)
+        except InputError as e:
+            problems.append(str(e))
+    return good, (np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.float32)), problems
+
+
 def run_invert(args) -> None:
     out = Path(args.out)
     _check_out(out, args.force)
-    if args.steps < 0 or (args.steps == 0 and not args.encoder):
-        raise UsageError(f"--steps {args.steps}: >= 1 (or 0 with --encoder: the encoder's codes alone)")
+    if args.method == "encoder" and args.steps is not None:
+        raise UsageError("--steps: the encoder method does not optimize; use --method hybrid or project")
+    if args.method != "project" and not args.encoder:
+        raise UsageError(f"--method {args.method} needs --encoder CKPT (an e4e checkpoint, e.g. shapes32-encoder)")
+    steps = 1000 if args.steps is None else args.steps
+    paths = _expand(args.images)
     G, gp = load_generator(args.generator, unconditional="invert")
-    if args.mode == "w+" and args.steps == 0:
-        raise UsageError("--mode applies to the optimization; with --steps 0 the encoder's W+ codes are the result")
     distance, loss_name = _distance(args, G)
     E = ep = None
-    if args.encoder:
-        E, ep = models.load(args.encoder)
+    if args.method != "project":
+        E, ep = models.load(model_path(args.encoder, args.encoder))
         if not isinstance(E, e4e.Encoder):
             raise UsageError(f"--encoder {args.encoder}: not an e4e encoder checkpoint")
         if (E.cfg.n_styles, E.cfg.w_dim) != (G.cfg.num_ws, G.cfg.w_dim):
             raise UsageError(f"--encoder {args.encoder}: codes {E.cfg.n_styles} x {E.cfg.w_dim}, but the generator's "
                              f"W+ is {G.cfg.num_ws} x {G.cfg.w_dim}")
-    targets, adjusted = imio.load_images(args.images, G.cfg.img_resolution)
+    good, targets, problems = _read(paths, G.cfg.img_resolution)
+    for line in problems:
+        print(f"skipped: {line}")
+    if not good:
+        raise InputError(f"invert: none of the {len(paths)} inputs is a readable image")
     n = len(targets)
     keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(jax.random.key(args.seed), i))(
         jnp.arange(n, dtype=jnp.uint32))))
-    cfg = invert.ProjectorConfig(steps=max(args.steps, 1), mode=args.mode)
-    res_in = getattr(E.cfg, "input_resolution", None) if E is not None else None
+    cfg = invert.ProjectorConfig(steps=max(steps, 1), mode=args.space)
+    enc_res = min(G.cfg.img_resolution, 256)  # e4e / pSp read 256 px (and the shapes encoder its 32)
 
     @jax.jit
     def run(batch):
         img, k = batch["img"], jax.random.wrap_key_data(batch["key"])
-        init = invert.encode(E, ep, img, res_in) if E is not None else None
-        if args.steps == 0:
-            ws = init
+        init = invert.encode(E, ep, img, enc_res) if E is not None else None
+        if args.method == "encoder":
+            ws, noise = init, {}
             recon = G.synthesis(gp, ws)
-            return {"ws": ws, "recon": recon, "dist": distance(img, recon), "noise": {}}
-        res = invert.project(G, gp, distance, img, k, cfg, init=init)
-        recon = invert.render(G, gp, res)
-        return {"ws": res.ws, "recon": recon, "dist": distance(img, recon), "noise": res.noise}
+        else:
+            res = invert.project(G, gp, distance, img, k, cfg, init=init)
+            ws, noise, recon = res.ws, res.noise, invert.render(G, gp, res)
+        mse = jnp.mean(jnp.square(jnp.clip(recon, -1, 1) - img), axis=(1, 2, 3))
+        return {"ws": ws, "recon": recon, "dist": distance(img, recon), "psnr": 10 * jnp.log10(4.0 / mse),
+                "noise": noise}
 
     t0 = time.perf_counter()
-    outs = list(parallel.map_batches(run, {"img": targets, "key": keys}, args.batch_size))
+    outs = []
+    for o in parallel.map_batches(run, {"img": targets, "key": keys}, args.batch_size):
+        outs.append(o)
+        done = sum(len(x["ws"]) for x in outs)
+        print(f"  {done}/{n} images ({time.perf_counter() - t0:.1f} s)", flush=True)
+        args.signals.check()
     dt = time.perf_counter() - t0
     cat = lambda k: np.concatenate([o[k] for o in outs])  # noqa: E731
-    ws, recon, dist = cat("ws"), cat("recon"), cat("dist")
-    noise = {k: np.concatenate([o["noise"][k] for o in outs]) for k in outs[0]["noise"]}
-    args.signals.check()
-    out.mkdir(parents=True, exist_ok=True)
-    files.save_npy(out / "latents.npy", ws.astype(np.float32))
-    files.save_npz(out / "noise.npz", **noise)
-    pairs = np.stack([targets, recon], axis=1).reshape(-1, *targets.shape[1:])  # rows: target | reconstruction
-    imio.save_grid(pairs, out / "reconstructions.png", cols=2, col_labels=["target", "reconstruction"],
-                   row_labels=[Path(p).name[:16] for p in args.images])
-    method = (("encoder + " if E is not None else "") + f"projector ({args.mode}, {args.steps} steps)"
-              if args.steps else "encoder only")
-    files.write_json(out / "summary.json", {
-        "images": [str(p) for p in args.images], "method": method, "loss": loss_name,
-        "generator": str(model_path(args.generator, DEFAULT_GENERATOR)), "encoder": args.encoder,
-        "final_distance": [float(d) for d in dist], "seconds": dt, "config": cfg.to_dict()})
-    print(f"inverted {n} images with {method}, {loss_name}, in {dt:.1f} s -> {out}/latents.npy "
-          f"[{n}, {G.cfg.num_ws}, {G.cfg.w_dim}] (+ noise.npz, reconstructions.png, summary.json)")
-    if adjusted:
-        print(f"  {adjusted} images were centre-cropped and/or resized to {G.cfg.img_resolution} px")
-    print(f"  final {loss_name}: mean {float(np.mean(dist)):.4g}, max {float(np.max(dist)):.4g}; "
-          f"edit them: jaxedit edit --latents {out}/latents.npy --directions ...")
+    ws, recon, dist, psnr = cat("ws"), cat("recon"), cat("dist"), cat("psnr")
+    noise = {f"noise/{k}": np.concatenate([o["noise"][k] for o in outs]) for k in outs[0]["noise"]}
+    names = _unique_names(good)
+    (out / "recon").mkdir(parents=True, exist_ok=True)
+    files.save_npz(out / "latents.npz", names=np.asarray(names), ws=ws.astype(np.float32), **noise)
+    for name, im in zip(names, imio.to_uint8(recon)):
+        imio.save_png(im, out / "recon" / f"{name}.png")
+    method = {"encoder": "encoder", "project": f"projector ({args.space}, {steps} steps)",
+              "hybrid": f"encoder + projector ({args.space}, {steps} steps)"}[args.method]
+    files.write_json(out / "report.json", {
+        "method": method, "loss": loss_name, "generator": str(model_path(args.generator, DEFAULT_GENERATOR)),
+        "encoder": args.encoder, "seconds": dt, "seconds_per_image": dt / n, "config": cfg.to_dict(),
+        "skipped": problems,
+        "images": [{"name": nm, "file": str(p), "psnr": float(q), "distance": float(d)}
+                   for nm, p, q, d in zip(names, good, psnr, dist)]})
+    print(f"inverted {n} images with {method}, {loss_name}, in {dt:.1f} s -> {out}/latents.npz "
+          f"[{n}, {G.cfg.num_ws}, {G.cfg.w_dim}], {out}/recon/*.png, {out}/report.json")
+    print(f"  PSNR mean {float(np.mean(psnr)):.2f} dB (min {float(np.min(psnr)):.2f}); {loss_name} mean "
+          f"{float(np.mean(dist)):.4g}; edit them: jaxedit edit --latents {out}/latents.npz --directions ...")
+    if problems:
+        raise InputError(f"invert: {len(problems)} of {len(paths)} inputs skipped (listed above); the others "
+                         f"are in {out}")
+
+
+def _unique_names(paths: list[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    names = []
+    for p in paths:
+        stem = p.stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names

@@ -159,8 +159,8 @@ def _edit_args(p) -> None:
     p.add_argument("--strengths", help=HELP_STRENGTHS + "; default: the editor file's recorded strength_range in "
                                                        "7 steps, else -3:3:7")
     _seeds_arg(p, "0-7")
-    p.add_argument("--latents", help="edit these W+ latents [N, num_ws, w_dim] (.npy, e.g. jaxedit invert's "
-                                     "latents.npy) instead of --seeds; directions must live in W")
+    p.add_argument("--latents", help="edit these W+ latents instead of --seeds: jaxedit invert's latents.npz (its "
+                                     "ws) or a .npy [N, num_ws, w_dim]; directions must live in W")
     p.add_argument("--space", choices=("z", "w"), help="latent space the directions live in (default per method)")
     p.add_argument("--layers", help="W+ layer range START:END to edit (space w), e.g. 0:4")
     p.add_argument("--eps", type=positive, help="warped: unit step length (default: the file's, else 0.2)")
@@ -183,21 +183,25 @@ def _add_edit(sub) -> None:
 def _add_invert(sub) -> None:
     p = sub.add_parser("invert", help="invert image files into the generator's latent space (NVIDIA projector in W "
                                       "or W+, an e4e encoder, or the encoder then the projector)")
-    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...); centre-cropped and resized to the "
-                                             "generator's resolution")
+    p.add_argument("images", nargs="+", help="image files or folders of them (PNG, JPEG, ...; any size and mode): "
+                                             "EXIF-rotated, centre-cropped and resized to the generator's resolution "
+                                             "(no face alignment)")
     p.add_argument("--generator", help=f"jaxedit generator checkpoint (default: the embedded {DEFAULT_GENERATOR})")
-    p.add_argument("--out", required=True, help="output folder: latents.npy, noise.npz, reconstructions.png, "
-                                                "summary.json")
-    p.add_argument("--mode", choices=("w", "w+"), default="w", help="optimize one W latent (NVIDIA) or one per layer")
-    p.add_argument("--steps", type=int, default=1000, help="projector steps (0 with --encoder: encoder codes only)")
+    p.add_argument("--out", required=True, help="output folder: latents.npz (names, ws, noise), recon/*.png, "
+                                                "report.json (PSNR, distance per image)")
+    p.add_argument("--method", choices=("project", "encoder", "hybrid"), default="project",
+                   help="projector from w_avg (NVIDIA), the encoder's codes alone, or the projector from them")
+    p.add_argument("--space", choices=("w", "w+"), default="w", help="optimize one W latent (NVIDIA) or one per layer")
+    p.add_argument("--steps", type=count, help="projector steps (default 1000)")
     p.add_argument("--loss", choices=("lpips", "probe", "pixel"), default="lpips",
                    help="image distance: LPIPS (needs --lpips), the shapes-world probe's embedding, or pixel MSE")
     p.add_argument("--lpips", help="jaxedit LPIPS checkpoint (jaxedit convert lpips VGG LIN CKPT)")
     p.add_argument("--probe", help="probe checkpoint for --loss probe (default: the embedded shapes32-probe)")
-    p.add_argument("--encoder", help="e4e encoder checkpoint: start from its codes (hybrid), or --steps 0 for them alone")
+    p.add_argument("--encoder", help="e4e encoder checkpoint or default model name (shapes32-encoder) for "
+                                     "--method encoder / hybrid")
     p.add_argument("--seed", type=index, default=0, help="seed of the noise maps and latent jitter (per image)")
     p.add_argument("--batch-size", type=count, default=8, help="images per compiled program")
-    _force_arg(p, "latents.npy, noise.npz, reconstructions.png and summary.json in --out")
+    _force_arg(p, "latents.npz, report.json and recon/ in --out")
     _command(p, "invert:run_invert")
 
 

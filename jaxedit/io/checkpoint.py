@@ -50,6 +50,15 @@ def _orbax():
     return ocp
 
 
+def resolve(path_or_name: str | os.PathLike) -> Path:
+    """A checkpoint path as given, or, when nothing exists there and it is a bare name, the embedded default
+    model of that name (``"shapes32-encoder"``)."""
+    p = Path(path_or_name)
+    if not p.exists() and os.sep not in str(path_or_name) and "/" not in str(path_or_name):
+        return default_path(str(path_or_name))
+    return p
+
+
 def default_path(name: str) -> Path:
     """Where an embedded default model lives: ``$JAXEDIT_CHECKPOINTS/<name>``, else the copy shipped
     inside the package (``jaxedit/checkpoints/<name>``, the repository's ``checkpoints/``)."""

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 from einops import rearrange
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from jaxedit.errors import InputError
 from jaxedit.io.files import atomic_path
@@ -44,7 +44,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
 def load_image(path: str | Path, size: int) -> tuple[np.ndarray, bool]:
     """An image file (PNG, JPEG, ... as Pillow reads them) -> ``([size, size, 3] float32 in [-1, 1], resized)``.
 
-    The header is checked before decoding (at most :data:`MAX_IMAGE_SIDE` a side); a non-square image is
+    The header is checked before decoding (at most :data:`MAX_IMAGE_SIDE` a side); EXIF rotation is applied;
+    grayscale, palette, 16-bit, CMYK and alpha images become RGB (alpha over white); a non-square image is
     centre-cropped to a square, and any other size is resized (Lanczos) to ``size``. Unreadable or truncated
     files are one-line :class:`~jaxedit.errors.InputError` naming the file.
     """
@@ -57,7 +58,9 @@ def load_image(path: str | Path, size: int) -> tuple[np.ndarray, bool]:
             if not (0 < w <= MAX_IMAGE_SIDE and 0 < h <= MAX_IMAGE_SIDE):
                 raise InputError(f"{path}: image is {w}x{h}; at most {MAX_IMAGE_SIDE} a side is read")
             im.load()  # decodes; truncated or corrupt data raises OSError here
-            rgb = im.convert("RGB")
+            im = ImageOps.exif_transpose(im)  # camera rotation, as viewers show the photo
+            w, h = im.size
+            rgb = _to_rgb(im)
     except (Image.UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise InputError(f"{path}: not a readable image ({type(e).__name__})") from None
     except OSError as e:  # Pillow's documented error for truncated / corrupt image data
@@ -70,6 +73,20 @@ def load_image(path: str | Path, size: int) -> tuple[np.ndarray, bool]:
     if resized:
         rgb = rgb.resize((size, size), Image.Resampling.LANCZOS)
     return from_uint8(np.asarray(rgb, np.uint8)), resized or w != h
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB: 16/32-bit integer images rescaled from their range (not clipped), alpha
+    composited on white, palette / grayscale / CMYK converted."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        return Image.fromarray(np.clip(np.rint(a / top * 255), 0, 255).astype(np.uint8)).convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
 
 
 def load_images(paths: Sequence[str | Path], size: int) -> tuple[np.ndarray, int]:
