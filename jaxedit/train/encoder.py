@@ -194,9 +194,11 @@ def make_optimizer(cfg: EncoderTrainConfig) -> optax.GradientTransformation:
 
 
 def init_params(E: Encoder, key: jax.Array, w_avg: jax.Array) -> dict:
+    """``E.init(key)`` with ``latent_avg`` = ``w_avg`` on every code; every leaf strongly typed (a weak-typed
+    leaf, such as PReLU's ``jnp.full`` init, would make the second step compile again)."""
     params = E.init(key)
     params["latent_avg"] = jnp.broadcast_to(jnp.asarray(w_avg, jnp.float32), params["latent_avg"].shape)
-    return params
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype=a.dtype), params)
 
 
 def sample_batch(cfg: EncoderTrainConfig, G, gparams, key: jax.Array) -> dict[str, jax.Array]:
