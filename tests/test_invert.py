@@ -14,6 +14,7 @@ import pytest
 import jaxedit
 from jaxedit import invert
 from jaxedit.cli.main import main
+from jaxedit.data import shapes
 from jaxedit.errors import InputError
 from jaxedit.io import images as imio
 from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
@@ -111,11 +112,12 @@ def test_hybrid_start_and_checks():
         invert.ProjectorConfig(mode="z")
 
 
-def test_cli_invert_then_edit_the_inverted_latents(tmp_path, capsys):
+@pytest.mark.parametrize("method", ["encoder", pytest.param("hybrid", marks=pytest.mark.slow)])
+def test_cli_invert_then_edit_the_inverted_latents(method, tmp_path, capsys):
     from PIL import Image
 
-    G, gp = jaxedit.load("shapes32-stylegan2")
-    imgs = np.asarray(G(gp, jax.random.normal(jax.random.key(3), (2, G.cfg.z_dim)), psi=0.7))
+    G, _ = jaxedit.load("shapes32-stylegan2")
+    imgs = np.asarray(shapes.sample(jax.random.key(3), 2)["image"])  # renders: images no generator made
     folder = tmp_path / "photos"
     folder.mkdir()
     for i, im in enumerate(imio.to_uint8(imgs)):
@@ -129,8 +131,8 @@ def test_cli_invert_then_edit_the_inverted_latents(tmp_path, capsys):
     (folder / "empty.png").write_bytes(b"")
     (folder / "junk.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "inv"
-    rc = main(["invert", str(folder), "--out", str(out), "--method", "hybrid", "--encoder", "shapes32-encoder",
-               "--space", "w+", "--steps", "30", "--loss", "probe"])
+    steps = ["--space", "w+", "--steps", "30", "--loss", "probe"] if method == "hybrid" else []
+    rc = main(["invert", str(folder), "--out", str(out), "--method", method, "--encoder", "shapes32-encoder", *steps])
     captured = capsys.readouterr()
     assert rc == 1  # two inputs skipped: one line each, the other seven inverted and written
     assert "2 of 9 inputs skipped" in captured.err and captured.out.count("skipped: ") == 2
@@ -140,7 +142,8 @@ def test_cli_invert_then_edit_the_inverted_latents(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert len(report["images"]) == 7 and len(report["skipped"]) == 2
     psnr = {r["name"]: r["psnr"] for r in report["images"]}
-    assert psnr["img0"] > 20 and psnr["img1"] > 20  # generator samples: measured 27-29 dB after 30 hybrid steps
+    # renders: measured 25.2 / 20.9 dB (encoder), 25.4 / 20.8 dB (30 hybrid steps)
+    assert psnr["img0"] > 17 and psnr["img1"] > 17
     assert sorted(p.name for p in (out / "recon").iterdir())[:2] == ["alpha.png", "dot.png"]
     assert main(["fit", "ganspace", "--num", "4096", "--batch-size", "4096", "--components", "2",
                  "--out", str(tmp_path / "pcs")]) == 0

@@ -114,7 +114,7 @@ def run_edit(args) -> None:
     grid = imgs.transpose(1, 0, 2, 3, 4).reshape(-1, *imgs.shape[2:])  # rows = seeds, columns = strengths
     args.signals.check()
     imio.save_grid(grid, args.out, cols=len(strengths), row_labels=rows, col_labels=strength_labels(strengths))
-    print(f"{ed.family} direction {args.direction} ({ed.space} space): {len(rows)} latents x {len(strengths)} strengths "
+    print(f"{ed.family} direction {args.direction} ({ed.space} space): {len(rows)} {'latents' if prepared else 'seeds'} x {len(strengths)} strengths "
           f"{np.round(strengths, 3).tolist()} in {dt:.2f} s -> {args.out} (rows = seeds, columns = strengths)")
 
 
@@ -132,5 +132,5 @@ def run_traverse(args) -> None:
                        cols=len(strengths),
                        row_labels=[f"k={k}" for k in ks], col_labels=strength_labels(strengths))
     n = imgs.shape[0] * imgs.shape[1] * imgs.shape[2]
-    print(f"{ed.family}: {len(ks)} directions x {len(strengths)} strengths x {len(rows)} latents = {n} frames in "
+    print(f"{ed.family}: {len(ks)} directions x {len(strengths)} strengths x {len(rows)} {'latents' if prepared else 'seeds'} = {n} frames in "
           f"{dt:.2f} s ({n / dt:.0f} frames/s incl. compile) -> {out}/*.png, one per row latent (rows = directions, columns = strengths)")

@@ -86,6 +86,8 @@ def run_invert(args) -> None:
     if args.method != "project" and not args.encoder:
         raise UsageError(f"--method {args.method} needs --encoder CKPT (an e4e checkpoint, e.g. shapes32-encoder)")
     steps = 1000 if args.steps is None else args.steps
+    if args.loss is None:  # the projector's distance (NVIDIA: LPIPS); the encoder reports pixel MSE unless told
+        args.loss = "pixel" if args.method == "encoder" else "lpips"
     paths = _expand(args.images)
     G, gp = load_generator(args.generator, unconditional="invert")
     distance, loss_name = _distance(args, G)

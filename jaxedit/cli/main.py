@@ -193,8 +193,9 @@ def _add_invert(sub) -> None:
                    help="projector from w_avg (NVIDIA), the encoder's codes alone, or the projector from them")
     p.add_argument("--space", choices=("w", "w+"), default="w", help="optimize one W latent (NVIDIA) or one per layer")
     p.add_argument("--steps", type=count, help="projector steps (default 1000)")
-    p.add_argument("--loss", choices=("lpips", "probe", "pixel"), default="lpips",
-                   help="image distance: LPIPS (needs --lpips), the shapes-world probe's embedding, or pixel MSE")
+    p.add_argument("--loss", choices=("lpips", "probe", "pixel"),
+                   help="image distance: LPIPS (needs --lpips; the projector's default), the shapes-world probe's "
+                        "embedding, or pixel MSE (--method encoder's default, for the report)")
     p.add_argument("--lpips", help="jaxedit LPIPS checkpoint (jaxedit convert lpips VGG LIN CKPT)")
     p.add_argument("--probe", help="probe checkpoint for --loss probe (default: the embedded shapes32-probe)")
     p.add_argument("--encoder", help="e4e encoder checkpoint or default model name (shapes32-encoder) for "
