@@ -57,6 +57,7 @@ def test_cli_convert_nvidia_discriminator(name, tmp_path, capsys):
     check_against_reference(D, params, name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["nvidia_tiny32", "nvidia_tiny64_resnet"])
 def test_rosinality_discriminator_round_trip(name, tmp_path):
     cfg, params, _ = conv.convert_discriminator(fixture(name + ".pkl"))

@@ -268,6 +268,7 @@ def test_decoder_reported_and_latent_avg_optional():
                           "y.pth")
 
 
+@pytest.mark.slow
 def test_cli_convert_e4e(tmp_path, capsys):
     out = tmp_path / "e4e"
     assert main(["convert", "e4e", str(fixture("e4e_tiny_shrunk.pt")), str(out)]) == 0

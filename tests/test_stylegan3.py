@@ -69,6 +69,7 @@ def test_images_psi_and_transform(name):
     assert max_abs(G(p, r["z"], psi=0.7), r["img_psi0.7"]) < tol
 
 
+@pytest.mark.slow
 def test_samples_independent_of_batch_and_jit():
     G, p, _ = converted("nvidia_sg3_t32")
     r = ref("nvidia_sg3_t32_ref.npz")
@@ -99,6 +100,7 @@ def test_geometry_and_filters_from_config(name):
         == G.cfg.use_radial_filters
 
 
+@pytest.mark.slow
 def test_init_matches_the_converted_tree():
     G, p, _ = converted("nvidia_sg3_r32")
     fresh = StyleGAN3(G.cfg).init(jax.random.key(0))

@@ -87,6 +87,7 @@ def test_ganspace_and_discovery_style_editors():
     assert float(jnp.mean(jnp.abs(img1 - img0))) > 0.02
 
 
+@pytest.mark.slow
 def test_styleclip_latent_optimization_on_stylegan3():
     G, p = generator()
     A = jax.random.normal(jax.random.key(7), (4 * 4 * 3, 8)) / np.sqrt(48.0)
@@ -101,6 +102,7 @@ def test_styleclip_latent_optimization_on_stylegan3():
     assert np.all(cos[-1] - cos[0] > 0.05), cos[[0, -1]]
 
 
+@pytest.mark.slow
 def test_cli_on_stylegan3(tmp_path, capsys):
     ckpt = tmp_path / "sg3"
     assert main(["convert", "stylegan3", str(fixture("nvidia_sg3_t32.pkl")), str(ckpt)]) == 0

@@ -78,6 +78,7 @@ def test_steps_lower_the_loss_deterministically(tiny, frozen):
                                np.broadcast_to(fr["G"]["mapping"]["w_avg"], params["latent_avg"].shape))
 
 
+@pytest.mark.slow
 def test_per_sample_losses_do_not_depend_on_the_batch(tiny, frozen):
     G, P, fr = frozen
     cfg = tiny
@@ -94,6 +95,7 @@ def test_per_sample_losses_do_not_depend_on_the_batch(tiny, frozen):
     np.testing.assert_allclose(swapped["latent"], full["latent"][::-1], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_and_interrupted_run_resumes(tiny, tmp_path):
     dst, run = tmp_path / "enc", tmp_path / "run"
     _, partial = T.train(tiny, dst, run_dir=run, stop_at=2, progress=False)  # as if killed after step 2's save
