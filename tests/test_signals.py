@@ -24,7 +24,7 @@ def interrupted(args, sig, after: float, cwd):
     return proc.returncode, err
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
 def test_text_edit_mapper_stops_cleanly(tmp_path, sig, code):
     """The mapper reports progress from inside its compiled program (the case that used to end in a
     segmentation fault): the signal waits for the program, then nothing is written."""
@@ -48,7 +48,8 @@ def test_traverse_leaves_only_complete_files(tmp_path):
 
 @pytest.mark.parametrize("argv", [
     ["train-gan", "{o}/run", "--config", "tiny", "--kimg", "1000"],
-    ["discover", "{o}/run", "--method", "linear", "--steps", "100000", "--batch-size", "4"],
+    pytest.param(["discover", "{o}/run", "--method", "linear", "--steps", "100000", "--batch-size", "4"],
+                 marks=pytest.mark.slow),
 ])
 def test_trainers_save_and_exit_130(tmp_path, argv):
     """SIGINT during a trainer: it saves the current step and exits 130; the run resumes from it."""

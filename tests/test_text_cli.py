@@ -77,6 +77,7 @@ def test_shift_grid_k0_is_the_original_and_k_scales_the_saved_shift(models, tmp_
     assert main(run) == 2  # --save exists: not overwritten without --force
 
 
+@pytest.mark.slow
 def test_global_uses_fewer_channels_at_higher_beta(models, tmp_path, capsys):
     args = ["text-edit", "--method", "global", "--prompt", "a red shape", "--seeds", "0", "--fs3-images", "2",
             "--stats-samples", "2000", "--strengths", "0,2", "--save", str(tmp_path / "g.npz"), "--force", "--out"]
@@ -107,6 +108,7 @@ def test_text_edit_errors_are_one_line(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_mapper_trains_saves_and_reapplies_the_same_grid(models, tmp_path, caplog):
     G, gp, guide, cp, tok = models
     base = ["text-edit", "--method", "mapper", "--seeds", "2,3"]

@@ -232,6 +232,7 @@ def _finalized_steps(run_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.is_dir() else []
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     config = tmp_path / "tiny8.py"
     config.write_text(TINY8)
