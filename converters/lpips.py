@@ -51,13 +51,17 @@ def _state_dict(path: Path, what: str) -> dict[str, np.ndarray]:
     raise ConversionError(f"{path.name}: not a state dict of tensors ({what}); top level: {top}")
 
 
-def _float32(a: np.ndarray, name: str, key: str) -> np.ndarray:
+def float32_tensor(a: np.ndarray, name: str, key: str, error: type[FormatError] | None = None) -> np.ndarray:
+    """A float tensor of file ``name`` as a float32 copy; other dtypes or non-finite values raise ``error``
+    (default this module's :class:`ConversionError`) naming the file and the key. Shared by the converters of
+    plain state dicts."""
+    error = error or ConversionError
     if a.dtype.name not in FLOAT_DTYPES:
-        raise ConversionError(f"{name}: tensor {torchfile.describe(key)} has dtype {a.dtype.name}, expected a float "
+        raise error(f"{name}: tensor {torchfile.describe(key)} has dtype {a.dtype.name}, expected a float "
                               f"({', '.join(FLOAT_DTYPES)})")
     out = np.array(a, np.float32, order="C")  # a copy (also detaches it from the file's memory map)
     if not np.all(np.isfinite(out)):
-        raise ConversionError(f"{name}: tensor {torchfile.describe(key)} holds non-finite values")
+        raise error(f"{name}: tensor {torchfile.describe(key)} holds non-finite values")
     return out
 
 
@@ -71,7 +75,7 @@ def backbone(sd: dict[str, np.ndarray], name: str) -> tuple[list[list[tuple[int,
             conv = convs.setdefault(int(m.group(1)), {})
             if m.group(2) in conv:
                 raise ConversionError(f"{name}: tensor {torchfile.describe(key)} duplicates conv {int(m.group(1))}")
-            conv[m.group(2)] = _float32(a, name, key)
+            conv[m.group(2)] = float32_tensor(a, name, key)
         elif DROPPED_KEY.match(key):
             dropped.append(key)
         else:
@@ -122,7 +126,7 @@ def lin_layers(sd: dict[str, np.ndarray], name: str) -> list[np.ndarray]:
         if a.ndim != 4 or a.shape[0] != 1 or a.shape[2:] != (1, 1):
             raise ConversionError(f"{name}: tensor {torchfile.describe(key)} has shape {list(a.shape)}, expected "
                                   "[1, C, 1, 1]")
-        lins[int(m.group(1))] = _float32(a, name, key).reshape(-1)
+        lins[int(m.group(1))] = float32_tensor(a, name, key).reshape(-1)
     if not lins:
         raise ConversionError(f"{name}: no lin{{l}}.model.1.weight tensors (not an LPIPS lin file)")
     missing = sorted(set(range(max(lins) + 1)) - set(lins))

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxedit.converters.lpips import float32_tensor
 from jaxedit.converters.stylegan2 import sha256
 from jaxedit.errors import FormatError, InputError
 from jaxedit.io import checkpoint, torchfile
@@ -49,7 +50,6 @@ KEY = re.compile(r"^(module\.)?layers\.(\d+)\.(weight|bias|running_mean|running_
 LINEAR, NORM = (0, 3, 6), (2, 5)
 EXPECTED = {**{i: ("weight", "bias") for i in LINEAR},
             **{i: ("weight", "bias", "running_mean", "running_var", "num_batches_tracked") for i in NORM}}
-FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 INT_DTYPES = ("int64", "int32")
 
 
@@ -73,13 +73,7 @@ def _state_dict(path: Path) -> dict[str, np.ndarray]:
 
 
 def _float32(a: np.ndarray, name: str, key: str) -> np.ndarray:
-    if a.dtype.name not in FLOAT_DTYPES:
-        raise ConversionError(f"{name}: tensor {torchfile.describe(key)} has dtype {a.dtype.name}, expected a float "
-                              f"({', '.join(FLOAT_DTYPES)})")
-    out = np.array(a, np.float32, order="C")  # a copy (also detaches it from the file's memory map)
-    if not np.all(np.isfinite(out)):
-        raise ConversionError(f"{name}: tensor {torchfile.describe(key)} holds non-finite values")
-    return out
+    return float32_tensor(a, name, key, ConversionError)
 
 
 def member(sd: dict[str, np.ndarray], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
