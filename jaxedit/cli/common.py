@@ -66,12 +66,25 @@ def check_finite(flag: str, value: float | None) -> None:
         raise UsageError(f"{flag} {value}: must be a finite number")
 
 
+def load_arrays(path: str, what: str) -> dict[str, np.ndarray]:
+    """A ``.npy`` (as ``{'': array}``) or ``.npz`` file, no pickles; the one place a user's array file is read."""
+    if not Path(path).is_file():
+        raise UsageError(f"{what} {path}: no such file")
+    try:  # numpy reports a file that is not .npy/.npz (or holds pickles) as ValueError / OSError
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return {"": loaded}
+        with loaded as z:
+            return {k: np.asarray(z[k]) for k in z.files}
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{what} {path}: cannot read as .npy/.npz ({str(e)[:200]})") from None
+
+
 def load_npy(path: str, what: str, shape: tuple[int | None, ...]) -> np.ndarray:
     """A ``.npy`` array of the given shape (``None``: any size) as float32; errors name ``what`` and the file."""
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{what} {path}: cannot read as .npy ({e})") from None
+    a = load_arrays(path, what).get("")
+    if a is None:
+        raise UsageError(f"{what} {path}: an .npz archive, expected one .npy array")
     if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
         want = "[" + ", ".join("N" if s is None else str(s) for s in shape) + "]"
         raise UsageError(f"{what} {path}: shape {list(a.shape)}, expected {want}")

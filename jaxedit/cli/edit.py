@@ -7,6 +7,7 @@ chunks with ``lax.map``.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -15,31 +16,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxedit import edits, parallel
-from jaxedit.cli.common import (
-    DEFAULT_GENERATOR,
-    MAX_SEEDS,
-    load_generator,
-    load_npy,
-    model_path,
-    parse_seeds,
-    parse_strengths,
-    seed_latents,
-    strength_labels,
-)
+from jaxedit.cli.common import (DEFAULT_GENERATOR, MAX_SEEDS, load_arrays, load_generator, load_npy, model_path,
+                                parse_seeds, parse_strengths, seed_latents, strength_labels)
 from jaxedit.edits import fit
 from jaxedit.errors import UsageError
 from jaxedit.io import images as imio
+
+LAYER_RANGE = re.compile(r"(\d{1,4}):(\d{1,4})")
 
 
 def _layers(text: str | None) -> tuple[int, int] | None:
     """'START:END' -> (start, end) (W+ layers, end exclusive)."""
     if not text:
         return None
-    try:
-        s, e = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise UsageError(f"--layers must be START:END (W+ layers, end exclusive), got {text!r}") from None
-    return s, e
+    m = LAYER_RANGE.fullmatch(text.strip())
+    if m is None:
+        raise UsageError(f"--layers must be START:END (W+ layers, end exclusive), got {text[:40]!r}")
+    return int(m[1]), int(m[2])
 
 
 def _setup(args):
@@ -75,14 +68,11 @@ def _inverted(path: str, G) -> tuple[np.ndarray, list[str]]:
     if not path.endswith(".npz"):
         x = load_npy(path, "--latents", (None, G.cfg.num_ws, G.cfg.w_dim))
         return x, [f"image {i}" for i in range(len(x))]
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "ws" not in z.files:
-                raise UsageError(f"--latents {path}: no 'ws' array (has {sorted(z.files)[:8]})")
-            ws = np.asarray(z["ws"], np.float32)
-            names = [str(n) for n in z["names"]] if "names" in z.files else [f"image {i}" for i in range(len(ws))]
-    except (OSError, ValueError) as e:
-        raise UsageError(f"--latents {path}: cannot read as .npz ({e})") from None
+    z = load_arrays(path, "--latents")
+    if "ws" not in z:
+        raise UsageError(f"--latents {path}: no 'ws' array (has {sorted(z)[:8]})")
+    ws = np.asarray(z["ws"], np.float32)
+    names = [str(n) for n in z["names"]] if "names" in z else [f"image {i}" for i in range(len(ws))]
     if ws.shape[1:] != (G.cfg.num_ws, G.cfg.w_dim) or ws.ndim != 3 or len(names) != len(ws):
         raise UsageError(f"--latents {path}: ws {list(ws.shape)}, expected [N, {G.cfg.num_ws}, {G.cfg.w_dim}] "
                          "with one name each")
