@@ -5,6 +5,7 @@ the `jaxedit invert` command on the default shapes-world models."""
 import functools
 import json
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from jaxedit import invert
 from jaxedit.cli.main import main
 from jaxedit.data import shapes
 from jaxedit.errors import InputError
+from jaxedit.io import files
 from jaxedit.io import images as imio
 from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
 
@@ -175,3 +177,35 @@ def test_image_reader_refuses_hostile_files_in_one_line(tmp_path):
         with pytest.raises(InputError, match=needle) as e:
             imio.load_image(path, 16)
         assert "\n" not in str(e.value) and path.name in str(e.value)
+
+
+def test_cli_invert_resumes_per_batch_and_refuses_another_job(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, im in enumerate(imio.to_uint8(np.asarray(shapes.sample(jax.random.key(5), 5)["image"]))):
+        imio.save_png(im, folder / f"img{i}.png")
+    argv = ["invert", str(folder), "--method", "encoder", "--encoder", "shapes32-encoder", "--batch-size", "2"]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    whole = np.load(tmp_path / "whole" / "latents.npz")["ws"]
+    assert not (tmp_path / "whole" / ".invert-partial").exists()
+
+    out = tmp_path / "cut"
+    real_save = files.save_npz
+
+    def crash_on_second_batch(path, **arrays):
+        if Path(path).name == "batch-00001.npz":
+            raise KeyboardInterrupt
+        return real_save(path, **arrays)
+
+    monkeypatch.setattr(files, "save_npz", crash_on_second_batch)
+    assert main([*argv, "--out", str(out)]) == 130
+    monkeypatch.setattr(files, "save_npz", real_save)
+    assert sorted(p.name for p in (out / ".invert-partial").iterdir()) == ["batch-00000.npz", "job.json"]
+    assert not (out / "latents.npz").exists()
+    capsys.readouterr()
+    assert main([*argv[:-1], "4", "--out", str(out)]) == 2  # another batch size: another job
+    assert "unfinished invert of other inputs or flags" in capsys.readouterr().err
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "resuming: 1 of 3 batches" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.load(out / "latents.npz")["ws"], whole)
+    assert not (out / ".invert-partial").exists()

@@ -1,9 +1,16 @@
 """``jaxedit invert``: real images into the generator's latent space (projector, encoder, or both), written as
 ``DIR/latents.npz`` (``names``, ``ws [N, num_ws, w_dim]``, the optimized noise maps) that ``jaxedit edit
---latents`` edits with every family, ``DIR/recon/*.png`` and ``DIR/report.json``."""
+--latents`` edits with every family, ``DIR/recon/*.png`` and ``DIR/report.json``.
+
+Resumable per batch: each finished batch is written to ``DIR/.invert-partial/batch-NNNNN.npz`` beside a
+``job.json`` naming the inputs (path, size, mtime) and every flag that changes the result; running the same
+command again skips the finished batches, and the partial folder is removed once the outputs are written. A
+different job in the same ``--out`` is refused unless ``--force`` (which discards only that partial folder)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -16,10 +23,12 @@ from jaxedit.cli.common import DEFAULT_GENERATOR, load_generator, model_path
 from jaxedit.errors import InputError, UsageError
 from jaxedit.io import files
 from jaxedit.io import images as imio
+from jaxedit.io.progress import Progress
 from jaxedit.models import e4e, lpips, probe
 
 DEFAULT_PROBE = "shapes32-probe"
 OUTPUTS = ("latents.npz", "report.json", "recon")
+PARTIAL = ".invert-partial"  # per-batch results of an unfinished run
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
@@ -32,6 +41,14 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def _distance(args, G):
+    distance, name = _image_distance(args, G)
+    if not args.pixel_weight:
+        return distance, name
+    w = args.pixel_weight
+    return (lambda a, b: distance(a, b) + w * invert.pixel_distance(a, b)), f"{name} + {w:g} x pixel MSE"
+
+
+def _image_distance(args, G):
     if args.loss == "pixel":
         return invert.pixel_distance, "pixel MSE"
     if args.loss == "probe":
@@ -124,17 +141,35 @@ def run_invert(args) -> None:
         return {"ws": ws, "recon": recon, "dist": distance(img, recon), "psnr": 10 * jnp.log10(4.0 / mse),
                 "noise": noise}
 
-    t0 = time.perf_counter()
-    outs = []
-    for o in parallel.map_batches(run, {"img": targets, "key": keys}, args.batch_size):
-        outs.append(o)
-        done = sum(len(x["ws"]) for x in outs)
-        print(f"  {done}/{n} images ({time.perf_counter() - t0:.1f} s)", flush=True)
+    job = _job(args, good, steps)
+    partial = _partial_dir(out, job, args.force)
+    bs = parallel.data_mesh().size * -(-args.batch_size // parallel.data_mesh().size)
+    starts = list(range(0, n, bs))
+    done = {i for i in range(len(starts)) if (partial / f"batch-{i:05d}.npz").exists()}
+    if done:
+        print(f"resuming: {len(done)} of {len(starts)} batches of {out} already inverted")
+    bar = Progress(total=n, unit="img", desc=f"invert ({args.method})",
+                   initial=sum(min(bs, n - starts[i]) for i in done))
+    compiled = False
+    for i, start in enumerate(starts):
+        if i in done:
+            continue
+        t0 = time.perf_counter()
+        batch = {"img": targets[start:start + bs], "key": keys[start:start + bs]}
+        o = next(parallel.map_batches(run, batch, bs))
+        noise = {f"noise/{k}": v for k, v in o.pop("noise").items()}
+        files.save_npz(partial / f"batch-{i:05d}.npz", seconds=np.float64(time.perf_counter() - t0), **o, **noise)
+        bar.update(start + len(batch["img"]))
+        if not compiled:  # the rate is measured from the end of the compiling batch
+            bar.restart_rate(bar.done)
+            compiled = True
         args.signals.check()
-    dt = time.perf_counter() - t0
-    cat = lambda k: np.concatenate([o[k] for o in outs])  # noqa: E731
+    bar.close()
+    outs = [_read_batch(partial / f"batch-{i:05d}.npz") for i in range(len(starts))]
+    dt = float(sum(o["seconds"] for o in outs))
+    cat = lambda k: np.concatenate([o[k] for o in outs])
     ws, recon, dist, psnr = cat("ws"), cat("recon"), cat("dist"), cat("psnr")
-    noise = {f"noise/{k}": np.concatenate([o["noise"][k] for o in outs]) for k in outs[0]["noise"]}
+    noise = {k: cat(k) for k in outs[0] if k.startswith("noise/")}
     names = _unique_names(good)
     (out / "recon").mkdir(parents=True, exist_ok=True)
     files.save_npz(out / "latents.npz", names=np.asarray(names), ws=ws.astype(np.float32), **noise)
@@ -144,7 +179,8 @@ def run_invert(args) -> None:
               "hybrid": f"encoder + projector ({args.space}, {steps} steps)"}[args.method]
     files.write_json(out / "report.json", {
         "method": method, "loss": loss_name, "generator": str(model_path(args.generator, DEFAULT_GENERATOR)),
-        "encoder": args.encoder, "seconds": dt, "seconds_per_image": dt / n, "config": cfg.to_dict(),
+        "encoder": args.encoder, "pixel_weight": args.pixel_weight, "seconds": dt, "seconds_per_image": dt / n,
+        "config": cfg.to_dict(),
         "skipped": problems,
         "images": [{"name": nm, "file": str(p), "psnr": float(q), "distance": float(d)}
                    for nm, p, q, d in zip(names, good, psnr, dist)]})
@@ -152,6 +188,7 @@ def run_invert(args) -> None:
           f"[{n}, {G.cfg.num_ws}, {G.cfg.w_dim}], {out}/recon/*.png, {out}/report.json")
     print(f"  PSNR mean {float(np.mean(psnr)):.2f} dB (min {float(np.min(psnr)):.2f}); {loss_name} mean "
           f"{float(np.mean(dist)):.4g}; edit them: jaxedit edit --latents {out}/latents.npz --directions ...")
+    shutil.rmtree(partial)
     if problems:
         raise InputError(f"invert: {len(problems)} of {len(paths)} inputs skipped (listed above); the others "
                          f"are in {out}")
@@ -165,3 +202,35 @@ def _unique_names(paths: list[Path]) -> list[str]:
         seen[stem] = seen.get(stem, 0) + 1
         names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
     return names
+
+
+def _read_batch(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return dict(z)
+
+
+def _job(args, paths: list[Path], steps: int) -> dict:
+    """What makes a run's results: the readable inputs (path, size, mtime) and every flag that changes them."""
+    flags = ("generator", "method", "space", "loss", "lpips", "probe", "encoder", "seed", "batch_size",
+             "pixel_weight")
+    return {"inputs": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths],
+            "steps": steps, **{f: getattr(args, f) for f in flags}}
+
+
+def _partial_dir(out: Path, job: dict, force: bool) -> Path:
+    """``out/.invert-partial`` holding ``job.json``: kept (resume) when it describes ``job``, discarded with
+    ``--force`` when it does not, else refused."""
+    partial = out / PARTIAL
+    meta = partial / "job.json"
+    if partial.exists():
+        try:
+            same = json.loads(meta.read_text()) == json.loads(json.dumps(job))
+        except (OSError, ValueError):
+            same = False
+        if not same and not force:
+            raise UsageError(f"--out {out}: holds an unfinished invert of other inputs or flags ({PARTIAL}/; "
+                             f"rerun that command to resume it, or add --force to discard it)")
+        if not same:
+            shutil.rmtree(partial)
+    files.write_json(meta, job)
+    return partial

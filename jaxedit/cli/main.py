@@ -196,13 +196,16 @@ def _add_invert(sub) -> None:
     p.add_argument("--loss", choices=("lpips", "probe", "pixel"),
                    help="image distance: LPIPS (needs --lpips; the projector's default), the shapes-world probe's "
                         "embedding, or pixel MSE (--method encoder's default, for the report)")
+    p.add_argument("--pixel-weight", type=nonnegative, default=0.0,
+                   help="add this weight x pixel MSE to the --loss distance (pSp/e4e's L2 term; default 0: NVIDIA)")
     p.add_argument("--lpips", help="jaxedit LPIPS checkpoint (jaxedit convert lpips VGG LIN CKPT)")
     p.add_argument("--probe", help="probe checkpoint for --loss probe (default: the embedded shapes32-probe)")
     p.add_argument("--encoder", help="e4e encoder checkpoint or default model name (shapes32-encoder) for "
                                      "--method encoder / hybrid")
     p.add_argument("--seed", type=index, default=0, help="seed of the noise maps and latent jitter (per image)")
-    p.add_argument("--batch-size", type=count, default=8, help="images per compiled program")
-    _force_arg(p, "latents.npz, report.json and recon/ in --out")
+    p.add_argument("--batch-size", type=count, default=8, help="images per compiled program (and per resumable "
+                                                                "unit: an interrupted run resumes at its batch)")
+    _force_arg(p, "latents.npz, report.json and recon/ in --out (and an unfinished run's .invert-partial/)")
     _command(p, "invert:run_invert")
 
 
@@ -227,7 +230,8 @@ def _add_eval(sub) -> None:
 
 def _add_text_edit(sub) -> None:
     p = sub.add_parser("text-edit", help="text-guided edits (StyleCLIP optimization / global directions / mapper, "
-                                         "CLIP-guided layer shift) of seeds: PNG grid, several prompts in one program")
+                                         "CLIP-guided layer shift) of seeds or inverted latents: PNG grid, several "
+                                         "prompts in one program")
     _generator_arg(p)
     p.add_argument("--prompt", action="append", default=[],
                    help="target text; repeat for several prompts (all run in one program)")
@@ -236,8 +240,12 @@ def _add_text_edit(sub) -> None:
                                   "OpenAI's)")
     p.add_argument("--preprocess", choices=PREPROCESS_MODES, help="CLIP input preprocessing (default: the "
                                                                    "checkpoint's; StyleCLIP used 'styleclip')")
-    _seeds_arg(p, "0-7")
-    p.add_argument("--psi", type=finite, default=0.7, help="truncation psi of the start latents")
+    p.add_argument("--seeds", help="start from these seeds' z, e.g. 0-15 or 1,5,9-12 (as NVIDIA's generate.py; "
+                                   "default 0-7)")
+    p.add_argument("--latents", help="start from these W+ latents instead of --seeds: jaxedit invert's latents.npz "
+                                     "(its ws; rows named by its names) or a .npy [N, num_ws, w_dim], used as given")
+    p.add_argument("--psi", type=finite, default=None, help="truncation psi of the seeds' start latents (default "
+                                                            "0.7; not with --latents, except for mapper training)")
     p.add_argument("--steps", type=count, default=None, help="optimizer steps (optimize, shift: 100; mapper: 500)")
     p.add_argument("--lr", type=positive, default=None, help="optimize: peak lr (0.1); shift: Adam lr (0.01); mapper: "
                                                           "Adam lr (0.5)")
