@@ -41,9 +41,9 @@ from jaxedit.models.segmenter import (
     PixelClassifier,
     PixelClassifierConfig,
     config_f_channels,
-    editgan_layout,
     reference_widths,
 )
+from jaxedit.models.stylegan2 import feature_layout
 
 CONVERTER_VERSION = "pixel-classifier-1"
 KEY = re.compile(r"^(module\.)?layers\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
@@ -152,7 +152,7 @@ def infer_layout(in_dim: int) -> tuple[tuple[tuple[str, int], ...] | None, str]:
     """EditGAN's per-layer layout of a config-f StyleGAN2 whose channels sum to ``in_dim`` (8..1024 px),
     else ``(None, "flat")``."""
     for k in range(3, 11):
-        layout = editgan_layout(config_f_channels(2 ** k))
+        layout = feature_layout(config_f_channels(2 ** k))
         if sum(c for _, c in layout) == in_dim:
             return layout, f"editgan-config-f-{2 ** k}"
     return None, "flat"

@@ -77,10 +77,11 @@ def worker(spec: dict) -> dict:
     import jax
     import numpy as np
 
-    from jaxedit.models.segmenter import PixelClassifier, PixelClassifierConfig, config_f_channels, editgan_layout
+    from jaxedit.models.segmenter import PixelClassifier, PixelClassifierConfig, config_f_channels
+    from jaxedit.models.stylegan2 import feature_layout
 
     res, v = spec["res"], VARIANTS[spec["variant"]]
-    layout = editgan_layout(config_f_channels(res))
+    layout = feature_layout(config_f_channels(res))
     cfg = PixelClassifierConfig(in_dim=sum(c for _, c in layout), num_classes=CLASSES, num_members=MEMBERS,
                                 layout=layout)
     clf = PixelClassifier(cfg)

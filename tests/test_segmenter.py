@@ -19,13 +19,12 @@ from jaxedit.models.segmenter import (
     KIND,
     PixelClassifier,
     PixelClassifierConfig,
-    block_layout,
     config_f_channels,
-    editgan_layout,
     resample_taps,
     top_fraction_mean,
     uncertainty,
 )
+from jaxedit.models.stylegan2 import feature_layout
 
 FILES = [f"editgan_pixel_classifier_{i}.pth" for i in range(3)]
 REF = "editgan_pixel_classifier_ref.npz"
@@ -89,7 +88,7 @@ def test_top_fraction_mean_follows_the_reference_slice():
 
 
 # ------------------------------------------------------------------------------ projected segmentation
-LAYOUT = editgan_layout({4: 8, 8: 16, 16: 12, 32: 4})  # 8 maps, 4..32 px, 80 channels
+LAYOUT = feature_layout({4: 8, 8: 16, 16: 12, 32: 4})  # 8 maps, 4..32 px, 80 channels
 
 
 @functools.lru_cache(None)
@@ -170,11 +169,11 @@ def test_resample_taps_match_torch():
 
 
 def test_layouts():
-    car = editgan_layout(config_f_channels(512))
+    car = feature_layout(config_f_channels(512))
     assert len(car) == 16 and sum(c for _, c in car) == 6016 and car[:3] == (("b4.const", 512), ("b4.conv1", 512),
                                                                              ("b8.conv0", 512))
     assert car[-1] == ("b512.conv1", 64) and conv.infer_layout(6016) == (car, "editgan-config-f-512")
-    assert sum(c for _, c in block_layout(config_f_channels(512))) == 3008 and conv.infer_layout(96)[1] == "flat"
+    assert conv.infer_layout(96)[1] == "flat"
     cfg = PixelClassifierConfig(in_dim=6016, layout=car)
     assert cfg.hidden == (256, 128) and PixelClassifierConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.offsets()["b8.conv0"] == (1024, 1536)

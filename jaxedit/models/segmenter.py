@@ -36,12 +36,9 @@ vmap), for tests and benchmarks.
 
 **The feature layout** (``PixelClassifierConfig.layout``): the ordered ``(name, channels)`` list
 whose concatenation is the classifier's input; it fixes which rows of ``W1`` read which map.
-:func:`editgan_layout` gives EditGAN's per-layer layout (names ``b4.const``, ``b4.conv1``,
-``b{res}.conv0``, ``b{res}.conv1``, the channel counts of a StyleGAN2 block table: config-f 512 px
-is the released car, 6016 channels). jaxedit's StyleGAN2 ``synthesis(..., return_features=True)``
-returns one map per block (``b{res}``, the block output = ``conv1``'s output in the skip
-architecture): :func:`block_layout` is the layout of those (half of EditGAN's channels: no const,
-no ``conv0``). A released EditGAN classifier needs the per-layer maps from the generator.
+EditGAN's is every synthesis layer's output, which jaxedit's StyleGAN2 ``synthesis(..., return_features=True)``
+returns: ``G.cfg.feature_layout()``, or ``stylegan2.feature_layout(config_f_channels(512))`` for the released
+car (names ``b4.const``, ``b4.conv1``, ``b{res}.conv0``, ``b{res}.conv1``; 16 maps, 6016 channels).
 
 Pure interface: ``clf = PixelClassifier(cfg)``, ``params = clf.init(key)`` or ``clf, params =
 load(path)``::
@@ -90,23 +87,6 @@ def reference_widths(num_classes: int) -> tuple[int, int]:
 def config_f_channels(resolution: int) -> dict[int, int]:
     """StyleGAN2 config-f channels per block resolution 4..resolution: ``min(32768 // res, 512)``."""
     return {2 ** i: min(32768 // 2 ** i, 512) for i in range(2, int(math.log2(resolution)) + 1)}
-
-
-def editgan_layout(block_channels: dict[int, int]) -> tuple[tuple[str, int], ...]:
-    """EditGAN's feature list for a StyleGAN2 with these block channels, in its concatenation order:
-    the 4x4 const input, ``b4.conv1``, then ``b{res}.conv0`` and ``b{res}.conv1`` per block (the
-    reference's ``g_synthesis`` ``styles_feature``). ``editgan_layout(config_f_channels(512))`` is the
-    released car classifier's 6016 channels."""
-    out = []
-    for res in sorted(block_channels):
-        names = ("const", "conv1") if res == 4 else ("conv0", "conv1")
-        out += [(f"b{res}.{n}", int(block_channels[res])) for n in names]
-    return tuple(out)
-
-
-def block_layout(block_channels: dict[int, int]) -> tuple[tuple[str, int], ...]:
-    """The layout of jaxedit's StyleGAN2 ``synthesis(..., return_features=True)`` maps: one per block."""
-    return tuple((f"b{res}", int(block_channels[res])) for res in sorted(block_channels))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from jaxedit.io import checkpoint
 from jaxedit.models.stylegan2.discriminator import Discriminator, DiscriminatorConfig
-from jaxedit.models.stylegan2.generator import NOISE_MODES, StyleGAN2, StyleGAN2Config, WeightShift
+from jaxedit.models.stylegan2.generator import NOISE_MODES, StyleGAN2, StyleGAN2Config, WeightShift, feature_layout
 
 KIND = "stylegan2"
 
@@ -13,4 +13,4 @@ def load(path) -> tuple[StyleGAN2, dict]:
 
 
 __all__ = ["KIND", "Discriminator", "DiscriminatorConfig", "NOISE_MODES", "StyleGAN2", "StyleGAN2Config",
-           "WeightShift", "load"]
+           "WeightShift", "feature_layout", "load"]

@@ -101,6 +101,10 @@ class StyleGAN2Config(JSONConfig):
     def num_ws(self) -> int:
         return 2 * len(self.resolutions)
 
+    def feature_layout(self) -> tuple[tuple[str, int], ...]:
+        """``(name, channels)`` of the maps ``synthesis(..., return_features=True)`` returns, in order."""
+        return feature_layout(self.block_channels)
+
     def layer_ws(self) -> dict[str, int]:
         """Modulated layer name -> index into ``ws`` (ToRGB of block R shares conv0 of 2R's w)."""
         out, idx = {}, 0
@@ -112,6 +116,17 @@ class StyleGAN2Config(JSONConfig):
                 out[f"b{res}.torgb"] = idx + len(names)
             idx += len(names)
         return out
+
+
+def feature_layout(block_channels: dict[int, int]) -> tuple[tuple[str, int], ...]:
+    """Every synthesis layer's output for these block channels, in synthesis order: the 4x4 const input,
+    ``b4.conv1``, then ``b{res}.conv0`` and ``b{res}.conv1`` per block; EditGAN's ``styles_feature`` (config-f
+    512 px, the released car: 16 maps, 6016 channels)."""
+    out = []
+    for res in sorted(block_channels):
+        names = ("const", "conv1") if res == 4 else ("conv0", "conv1")
+        out += [(f"b{res}.{n}", int(block_channels[res])) for n in names]
+    return tuple(out)
 
 
 class WeightShift(NamedTuple):
@@ -225,26 +240,33 @@ class SynthesisBlock(nnx.Module):
             self.torgb = ToRGB(out_ch, cfg.img_channels, cfg.w_dim, conv_clamp=cfg.conv_clamp, rngs=rngs)
 
     def __call__(self, x, img, styles, *, noise_mode, keys, deltas):
+        """-> (x, img, {layer name: its output}): ``b4.const``, ``b4.conv1`` / ``b{res}.conv0``, ``b{res}.conv1``."""
         name = f"b{self.res}"
         kw = dict(noise_mode=noise_mode)
+        feats = {}
         if self.res == 4:
             x = jnp.broadcast_to(self.const[...][None], (styles[f"{name}.conv1"].shape[0], *self.const[...].shape))
-            x = self.conv1(x, styles[f"{name}.conv1"], key=keys[0], delta=deltas.get(f"{name}.conv1"), **kw)
+            feats[f"{name}.const"] = x
+            x = feats[f"{name}.conv1"] = self.conv1(x, styles[f"{name}.conv1"], key=keys[0],
+                                                    delta=deltas.get(f"{name}.conv1"), **kw)
         elif self.architecture == "resnet":
             y = self.skip(x, gain=math.sqrt(0.5))
-            x = self.conv0(x, styles[f"{name}.conv0"], key=keys[0], delta=deltas.get(f"{name}.conv0"), **kw)
-            x = self.conv1(x, styles[f"{name}.conv1"], key=keys[1], delta=deltas.get(f"{name}.conv1"),
-                           gain=math.sqrt(0.5), **kw)
+            x = feats[f"{name}.conv0"] = self.conv0(x, styles[f"{name}.conv0"], key=keys[0],
+                                                    delta=deltas.get(f"{name}.conv0"), **kw)
+            x = feats[f"{name}.conv1"] = self.conv1(x, styles[f"{name}.conv1"], key=keys[1],
+                                                    delta=deltas.get(f"{name}.conv1"), gain=math.sqrt(0.5), **kw)
             x = y + x
         else:
-            x = self.conv0(x, styles[f"{name}.conv0"], key=keys[0], delta=deltas.get(f"{name}.conv0"), **kw)
-            x = self.conv1(x, styles[f"{name}.conv1"], key=keys[1], delta=deltas.get(f"{name}.conv1"), **kw)
+            x = feats[f"{name}.conv0"] = self.conv0(x, styles[f"{name}.conv0"], key=keys[0],
+                                                    delta=deltas.get(f"{name}.conv0"), **kw)
+            x = feats[f"{name}.conv1"] = self.conv1(x, styles[f"{name}.conv1"], key=keys[1],
+                                                    delta=deltas.get(f"{name}.conv1"), **kw)
         if img is not None:
             img = ops.upsample2d(img)
         if self.architecture == "skip" or self.is_last:
             y = self.torgb(x, styles[f"{name}.torgb"], delta=deltas.get(f"{name}.torgb"))
             img = y if img is None else img + y
-        return x, img
+        return x, img, feats
 
 
 class Mapping(nnx.Module):
@@ -313,8 +335,9 @@ class Synthesis(nnx.Module):
         features = {}
         for res in self.resolutions:
             blk_keys = [keys.get(f"b{res}.conv0" if res > 4 else f"b{res}.conv1"), keys.get(f"b{res}.conv1")]
-            x, img = getattr(self, f"b{res}")(x, img, styles, noise_mode=noise_mode, keys=blk_keys, deltas=deltas)
-            features[f"b{res}"] = x
+            x, img, layer_feats = getattr(self, f"b{res}")(x, img, styles, noise_mode=noise_mode, keys=blk_keys,
+                                                           deltas=deltas)
+            features.update(layer_feats)
         return (img, features) if return_features else img
 
 
@@ -375,7 +398,9 @@ class StyleGAN2(MappingMethods, ModelHandle):
     def synthesis_from_styles(self, params: Params, styles: dict[str, jax.Array], noise_mode: str = "const",
                               key: jax.Array | None = None, deltas: dict[str, Any] | None = None,
                               return_features: bool = False):
-        """StyleSpace -> image ``[B, H, W, C]`` (and ``{'b{res}': [B, res, res, ch]}`` features).
+        """StyleSpace -> image ``[B, H, W, C]`` (and the features: every synthesis layer's output
+        ``{'b4.const', 'b4.conv1', 'b{res}.conv0', 'b{res}.conv1': [B, res, res, ch]}`` in synthesis order, the
+        maps EditGAN's segmentation branch reads; in the skip architecture ``b{res}.conv1`` is the block output).
 
         ``noise_mode='random'`` draws fresh noise from ``key``: one key for the batch, or ``[B]``
         keys (one per sample, so a sample's noise does not depend on its batch).
@@ -396,7 +421,7 @@ class StyleGAN2(MappingMethods, ModelHandle):
         out = self._synthesize(params, styles, noise_mode, key, deltas, return_features)
         if return_features:  # jit returns dicts key-sorted: back to synthesis order
             img, feats = out
-            return img, {f"b{res}": feats[f"b{res}"] for res in self.cfg.resolutions}
+            return img, {name: feats[name] for name, _ in self.cfg.feature_layout()}
         return out
 
     @compiled("noise_mode", "return_features")
