@@ -61,10 +61,11 @@ def cases(flow):
         "curvilinear": (edits.Curvilinear(space="w", layers=(1, 3), flow_params=fp, flow=F, num_axes=6,
                                           solver={"steps": 4}),
                         _normal(7, (4, 4, 10)), jnp.asarray([0, 5, 2, 3]), jnp.asarray([1.5, -2.0, 0.0, 0.7])),
+        "vector": (edits.EditingVector(vectors=_normal(8, (3, 5, 16))), _normal(9, (4, 5, 16)), k, t),
     }
 
 
-FAMILIES = ["linear", "interfacegan_z", "interfacegan_w", "ganspace", "warped", "curvilinear"]
+FAMILIES = ["linear", "interfacegan_z", "interfacegan_w", "ganspace", "warped", "curvilinear", "vector"]
 # max |jit or vmap - eager one-at-a-time|: measured 0 for every family (bit-identical, float32 CPU); the
 # bound leaves room for other fusion / reduction orders
 TOL = 1e-6
@@ -136,9 +137,11 @@ def test_family_semantics(cases):
     assert max_abs(out[:, 1, :8], head) < 1e-5
     np.testing.assert_array_equal(out[:, 1, 8:], ws[:, 1, 8:])  # beyond the flow's dimension: unchanged
     np.testing.assert_array_equal(out[:, 3], ws[:, 3])  # outside the layer range: unchanged
+    ed, ws, k, t = cases["vector"]
+    assert max_abs(edits.apply(ed, ws, k, t), ws + t[:, None, None] * ed.vectors[k]) < 1e-6  # every W+ layer moves
 
 
-@pytest.mark.parametrize("name", ["linear", "interfacegan_w", "ganspace", "curvilinear"])
+@pytest.mark.parametrize("name", ["linear", "interfacegan_w", "ganspace", "curvilinear", "vector"])
 def test_apply_many_equals_sequential(cases, name):
     ed, lat, _, _ = cases[name]
     ks = jnp.asarray([0, 2])
@@ -239,6 +242,19 @@ def test_load_detects_released_formats(tmp_path, monkeypatch):
     assert edits.load(tmp_path / "dirs.npy", layers=(0, 2)).space == "w"
     with pytest.raises(edits.EditorError, match="holds linear directions, not ganspace"):
         edits.load(tmp_path / "dirs.npy", "ganspace")
+
+    dw = np.asarray(_normal(23, (1, 6, 16)), np.float32)  # EditGAN's editing vector (1, num_ws, w_dim)
+    np.save(tmp_path / "wheel_enlarge.npy", dw)
+    v = edits.load(tmp_path / "wheel_enlarge.npy")
+    assert isinstance(v, edits.EditingVector) and v.space == "w" and v.num_layers == 6
+    np.testing.assert_array_equal(v.vectors, dw)
+    with pytest.raises(edits.EditorError, match="holds vector directions, not linear"):
+        edits.load(tmp_path / "wheel_enlarge.npy", "linear")
+    with pytest.raises(edits.EditorError, match="latents \\[4, 16\\] are not W\\+ codes"):
+        edits.apply(v, jnp.zeros((4, 16)), 0, jnp.ones(4))
+    (tmp_path / "cut.npy").write_bytes(b"\x93NUMPY")
+    with pytest.raises(formats.EditFileError, match="cut.npy: not a readable .npy"):
+        edits.load(tmp_path / "cut.npy")
 
     comp = np.asarray(_unit(_normal(21, (4, 1, 16))), np.float32)
     np.savez(tmp_path / "g.npz", lat_comp=comp, lat_mean=np.zeros((1, 16), np.float32),

@@ -14,6 +14,7 @@ from jaxedit.edits.registry import (
                                     RUN_EDITOR,
                                     Curvilinear,
                                     Editor,
+                                    EditingVector,
                                     EditorError,
                                     GANSpace,
                                     InterFaceGAN,
@@ -26,5 +27,5 @@ from jaxedit.edits.registry import (
                                     save,
 )
 
-__all__ = ["FAMILIES", "KIND", "RUN_EDITOR", "Curvilinear", "Editor", "EditorError", "GANSpace", "InterFaceGAN", "Linear",
+__all__ = ["FAMILIES", "KIND", "RUN_EDITOR", "Curvilinear", "Editor", "EditingVector", "EditorError", "GANSpace", "InterFaceGAN", "Linear",
            "Warped", "apply", "apply_many", "load", "read_provenance", "save"]

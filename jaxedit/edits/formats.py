@@ -84,6 +84,21 @@ def sniff_torch(obj: Any) -> str | None:
 
 
 # ------------------------------------------------------------------------------ numpy formats
+def npy_shape(path: str | Path) -> tuple[int, ...]:
+    """The shape in a ``.npy`` header (nothing else read), else an error naming the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            read = {(1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
+            if read is None:
+                raise ValueError("unsupported .npy version")
+            shape, _, _ = read(f, max_header_size=10_000)
+    except (OSError, ValueError) as e:
+        raise _err(path, f"not a readable .npy file ({e})") from e
+    return tuple(shape)
+
+
 def _numeric_npy(path: Path, what: str) -> np.ndarray:
     """A ``.npy`` file holding a plain numeric array (no pickles), else an error naming the file."""
     try:
@@ -120,6 +135,16 @@ def load_directions(path: str | Path) -> np.ndarray:
     if a.ndim != 2 or a.size == 0:
         raise _err(path, f"linear directions must be [K, d], got {a.shape}")
     return _finite(path, "directions", a.astype(np.float32))
+
+
+def load_editing_vectors(path: str | Path) -> np.ndarray:
+    """EditGAN editing vectors ``.npy`` ``(K, num_ws, w_dim)`` (the releases: ``(1, 16, 512)`` float32, ``dw =
+    w_edited - w``) -> float32 ``[K, num_ws, w_dim]``."""
+    path = Path(path)
+    a = _numeric_npy(path, "editing vector")
+    if a.ndim != 3 or a.size == 0:
+        raise _err(path, f"editing vectors must be (K, num_ws, w_dim), got {a.shape}")
+    return _finite(path, "editing vectors", a.astype(np.float32))
 
 
 def load_ganspace(path: str | Path) -> dict[str, np.ndarray]:

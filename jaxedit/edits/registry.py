@@ -17,7 +17,8 @@ Strength ``t`` per family (``x`` a Z or W vector):
 - :class:`Warped` (WarpedGANSpace RBF paths): ``round(|t| / eps)`` unit steps of ``sign(t) eps``
   along path k (``t`` is the path length);
 - :class:`Curvilinear` (DeCurvEd flow axes): ``f^-1(f(x) + t e_k)`` (the flow acts on the first
-  ``flow.cfg.dim`` coordinates).
+  ``flow.cfg.dim`` coordinates);
+- :class:`EditingVector` (EditGAN): whole W+ moves ``w + t dw_k``, ``dw [K, num_ws, w_dim]``.
 
 Latents: the shape of ``t`` (broadcast with ``k``'s) is the batch shape ``[*B]``; latents are
 ``[*B, d]`` (Z, or single W vectors) or W+ ``[*B, L, d]`` (space ``'w'``; every layer's vector
@@ -72,6 +73,7 @@ class Editor:
     ``num_directions``, ``dim``, :meth:`check`, :meth:`prepare`, :meth:`render`."""
 
     family: ClassVar[str]
+    moves_wplus: ClassVar[bool] = False  # True: directions are whole W+ codes, rows are [L, d]
     space: str = _static("z")
     layers: tuple[int, int] | None = _static(None)
 
@@ -92,6 +94,9 @@ class Editor:
         if self.dim > need or (self.family != "curvilinear" and self.dim != need):
             raise EditorError(f"{self.family} directions are {self.dim}-dimensional but the generator's "
                               f"{self.space.upper()} space has {need} dimensions")
+        if self.moves_wplus and self.num_layers != G.cfg.num_ws:
+            raise EditorError(f"{self.family} vectors span {self.num_layers} W+ layers but the generator has "
+                              f"{G.cfg.num_ws}")
         if self.layers is not None and self.layers[1] > G.cfg.num_ws:
             s, e = self.layers
             raise EditorError(f"layer range {s}:{e} needs 0 <= start < end <= {G.cfg.num_ws} "
@@ -285,7 +290,42 @@ class Curvilinear(Editor):
                 "solver": model.get("solver", {})}
 
 
-FAMILIES: dict[str, type[Editor]] = {c.family: c for c in (Linear, InterFaceGAN, GANSpace, Warped, Curvilinear)}
+@_pytree
+class EditingVector(Editor):
+    """EditGAN editing vectors ``vectors [K, num_ws, w_dim]`` (``dw = w_edited - w`` of a segmentation edit):
+    ``w + t dw_k`` on W+ latents ``[*B, num_ws, w_dim]`` (t = 1 repeats the edit; EditGAN's UI scales by t)."""
+
+    family: ClassVar[str] = "vector"
+    moves_wplus: ClassVar[bool] = True
+    space: str = _static("w")
+    vectors: Array
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.space != "w" or self.layers is not None:
+            raise EditorError("editing vectors move whole W+ codes: space w, no layer range")
+
+    @property
+    def num_directions(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[2])
+
+    def _move(self, x: Array, k: Array, t: Array) -> Array:
+        return x + t[:, None, None] * _take_rows(self.vectors, k)
+
+    def _move_many(self, x: Array, ks: Array, ts: Array) -> Array:
+        return x + jnp.einsum("nm,nmld->nld", ts, _take_rows(self.vectors, ks))
+
+
+FAMILIES: dict[str, type[Editor]] = {c.family: c for c in (Linear, InterFaceGAN, GANSpace, Warped, Curvilinear,
+                                                           EditingVector)}
 
 
 # ------------------------------------------------------------------------------------- edits
@@ -293,6 +333,12 @@ def _lift(editor: Editor, latents: Array, batch: tuple[int, ...], per_row: tuple
     """Flatten latents ``[*batch, d]`` / ``[*batch, L, d]`` to rows, ``move(rows, *per_row)`` and restore the
     shape; W+ with a layer range moves only those layers. Each ``per_row`` array is ``[*batch, ...]``."""
     core = latents.shape[len(batch):]
+    if editor.moves_wplus:  # whole W+ codes per row
+        if latents.shape[:len(batch)] != batch or core != (editor.num_layers, editor.dim):
+            raise EditorError(f"{editor.family} editor: latents {list(latents.shape)} are not W+ codes "
+                              f"[*B, {editor.num_layers}, {editor.dim}] for strengths of batch shape B = {list(batch)}")
+        args = [a.reshape((-1,) + a.shape[len(batch):]) for a in per_row]
+        return move(latents.reshape((-1, *core)), *args).reshape(latents.shape)
     if latents.shape[:len(batch)] != batch or len(core) not in (1, 2) or (len(core) == 2 and editor.space == "z"):
         want = "[*B, d]" + (" or W+ [*B, L, d]" if editor.space == "w" else "")
         raise EditorError(f"{editor.family} editor ({editor.space} space): latents {list(latents.shape)} do not fit "
@@ -410,6 +456,9 @@ def _released(path: Path, method: str | None, deformator: str | None) -> tuple[s
     """-> (family, constructor arrays/config) of a released direction file."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
+        if len(formats.npy_shape(path)) == 3:
+            _mismatch(path, "vector", method)
+            return "vector", {"vectors": formats.load_editing_vectors(path)}
         if method == "interfacegan":
             return "interfacegan", {"directions": formats.load_interfacegan(path)[None]}
         dirs = formats.load_directions(path)
@@ -443,7 +492,8 @@ def load(path: str | Path, method: str | None = None, *, space: str | None = Non
     The family is detected from the file:
 
     - ``.npy`` ``(1, d)`` or ``(d,)``: InterFaceGAN boundary (normalized); ``method='linear'`` reads it
-      as one plain direction; ``[K, d]``: linear directions, rows as given;
+      as one plain direction; ``[K, d]``: linear directions, rows as given; ``(K, num_ws, w_dim)``: EditGAN
+      editing vectors (W+);
     - ``.npz`` with ``lat_comp``: GANSpace components;
     - torch ``.pt``: WarpedGANSpace ``support_sets.pt`` (``SUPPORT_SETS``), GANLatentDiscovery
       deformator (``log_mat_half`` / ``linear.weight``: linear, the deformator's columns; a linear
@@ -474,6 +524,6 @@ def load(path: str | Path, method: str | None = None, *, space: str | None = Non
     cls = FAMILIES[family]
     if cls is Warped:
         fields["eps"] = 0.2 if eps is None else eps
-    default = "w" if layers is not None or cls is GANSpace else "z"
+    default = "w" if layers is not None or cls is GANSpace or cls.moves_wplus else "z"
     arrays = jax.tree.map(lambda a: jnp.asarray(a) if isinstance(a, np.ndarray) else a, fields)
     return cls(space=space or default, layers=layers, **arrays)
