@@ -1,4 +1,4 @@
-"""What several commands share: seeds, strengths, small array files, the default models."""
+"""What several commands share: seeds, strengths, small array files (inverted W+ latents), the default models."""
 
 from __future__ import annotations
 
@@ -89,6 +89,27 @@ def load_npy(path: str, what: str, shape: tuple[int | None, ...]) -> np.ndarray:
         want = "[" + ", ".join("N" if s is None else str(s) for s in shape) + "]"
         raise UsageError(f"{what} {path}: shape {list(a.shape)}, expected {want}")
     return a.astype(np.float32)
+
+
+def inverted_latents(path: str, G, what: str = "--latents") -> tuple[np.ndarray, list[str]]:
+    """W+ latents ``ws [N, num_ws, w_dim]`` (float32, 1 <= N <= MAX_SEEDS, all finite) and one name per row, from
+    ``jaxedit invert``'s ``latents.npz`` (arrays ``ws`` and optional ``names``) or a ``.npy`` ``[N, num_ws, w_dim]``
+    (rows named ``image i``); every problem is one UsageError naming ``what`` and the file."""
+    want = (G.cfg.num_ws, G.cfg.w_dim)
+    z = load_arrays(path, what)
+    if "" not in z and "ws" not in z:
+        raise UsageError(f"{what} {path}: no 'ws' array (has {sorted(z)[:8]})")
+    ws, names = (z[""], None) if "" in z else (z["ws"], z.get("names"))
+    ok_names = names is None or (names.ndim == 1 and ws.ndim >= 1 and len(names) == len(ws))
+    if ws.ndim != 3 or ws.shape[1:] != want or ws.dtype.kind not in "fiu" or not ok_names:
+        each = f" with one name each (names {list(names.shape)})" if names is not None else ""
+        raise UsageError(f"{what} {path}: ws {list(ws.shape)} ({ws.dtype}), expected numbers [N, {want[0]}, {want[1]}]"
+                         + each)
+    ws = ws.astype(np.float32)
+    if not 0 < len(ws) <= MAX_SEEDS or not np.all(np.isfinite(ws)):
+        raise UsageError(f"{what} {path}: {len(ws)} latents, need 1..{MAX_SEEDS:,}, all finite")
+    names = [f"image {i}" for i in range(len(ws))] if names is None else [str(n) for n in names]
+    return ws, names
 
 
 def model_path(path: str | None, default: str) -> Path:

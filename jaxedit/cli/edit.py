@@ -16,8 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxedit import edits, parallel
-from jaxedit.cli.common import (DEFAULT_GENERATOR, MAX_SEEDS, load_arrays, load_generator, load_npy, model_path,
-                                parse_seeds, parse_strengths, seed_latents, strength_labels)
+from jaxedit.cli.common import (
+    DEFAULT_GENERATOR,
+    inverted_latents,
+    load_generator,
+    model_path,
+    parse_seeds,
+    parse_strengths,
+    seed_latents,
+    strength_labels,
+)
 from jaxedit.edits import fit
 from jaxedit.errors import UsageError
 from jaxedit.io import images as imio
@@ -45,9 +53,7 @@ def _setup(args):
     layers = _layers(args.layers)
     G, gp = load_generator(args.ckpt, unconditional="edit/traverse")
     if args.latents:
-        x, names = _inverted(args.latents, G)
-        if not np.all(np.isfinite(x)) or not 0 < len(x) <= MAX_SEEDS:
-            raise UsageError(f"--latents {args.latents}: {len(x)} latents, need 1..{MAX_SEEDS}, all finite")
+        x, names = inverted_latents(args.latents, G)
     ed = edits.load(args.directions, args.method, space=args.space, layers=layers, eps=args.eps)
     if args.latents and ed.space != "w":
         raise UsageError(f"--latents: the {ed.family} directions live in {ed.space.upper()}, but inverted latents "
@@ -61,22 +67,6 @@ def _setup(args):
     if args.latents:
         return G, gp, ed, names, x, strengths, True
     return G, gp, ed, [f"seed {s}" for s in seeds], seed_latents(seeds, G.cfg.z_dim), strengths, False
-
-
-def _inverted(path: str, G) -> tuple[np.ndarray, list[str]]:
-    """W+ latents ``[N, num_ws, w_dim]`` and row names from ``jaxedit invert``'s ``latents.npz`` or a ``.npy``."""
-    if not path.endswith(".npz"):
-        x = load_npy(path, "--latents", (None, G.cfg.num_ws, G.cfg.w_dim))
-        return x, [f"image {i}" for i in range(len(x))]
-    z = load_arrays(path, "--latents")
-    if "ws" not in z:
-        raise UsageError(f"--latents {path}: no 'ws' array (has {sorted(z)[:8]})")
-    ws = np.asarray(z["ws"], np.float32)
-    names = [str(n) for n in z["names"]] if "names" in z else [f"image {i}" for i in range(len(ws))]
-    if ws.shape[1:] != (G.cfg.num_ws, G.cfg.w_dim) or ws.ndim != 3 or len(names) != len(ws):
-        raise UsageError(f"--latents {path}: ws {list(ws.shape)}, expected [N, {G.cfg.num_ws}, {G.cfg.w_dim}] "
-                         "with one name each")
-    return ws, names
 
 
 def _frames(G, gp, ed, z, ks, strengths, psi: float, batch: int, prepared: bool = False):

@@ -1,8 +1,13 @@
-"""``jaxedit text-edit``: text-guided edits of seeds as a PNG grid, several prompts at once.
+"""``jaxedit text-edit``: text-guided edits of seeds (or inverted W+ latents) as a PNG grid, several prompts at once.
 
 Every prompt x seed (x strength) of one command runs in ONE compiled program
 (:mod:`jaxedit.edits.text`); the generator's and CLIP's parameters are arguments of that program,
 not constants baked into it.
+
+The start latents are the seeds' z mapped to W+ with truncation ``--psi`` (default 0.7), or with
+``--latents`` the W+ codes of ``jaxedit invert``'s ``latents.npz`` (or a ``.npy`` ``[N, num_ws, w_dim]``)
+as they are: every method starts from them, rows are labelled by their names, and ``--psi`` is
+refused with them (except to truncate the random training latents of ``--method mapper``).
 
 - ``--method optimize``: StyleCLIP latent optimization in W+; grid rows = seeds, columns =
   the original then one column per prompt.
@@ -27,6 +32,7 @@ import numpy as np
 
 from jaxedit.cli.common import (
     DEFAULT_CLIP,
+    inverted_latents,
     load_generator,
     model_path,
     parse_seeds,
@@ -45,17 +51,23 @@ from jaxedit.io.progress import Progress
 from jaxedit.models import clip
 from jaxedit.models import mapper as mapper_lib
 
+DEFAULT_SEEDS = "0-7"
+DEFAULT_PSI = 0.7  # truncation of the seeds' start latents (and of the mapper's training latents)
 DEFAULT_STRENGTHS = {"global": "0:4:5", "shift": "-3:3:7"}
 DEFAULT_STEPS = {"optimize": 100, "shift": 100, "mapper": 500}
 DEFAULT_LR = {"optimize": 0.1, "shift": 0.01, "mapper": 0.5}
 DEFAULT_L2 = {"optimize": 0.008, "shift": 0.05, "mapper": 0.8}
 
 
-def _load(args):
-    """-> G, gparams, guide, clip params, tokenizer, prompts, seeds, z [N, z_dim], mappers ((Mapper, params) or None)."""
-
-
+def _load(args, seeds):
+    """-> G, gparams, guide, clip params, tokenizer, prompts, row names, start latents x, mappers ((Mapper, params)
+    or None); x is z ``[N, z_dim]`` of ``seeds``, or the W+ ``[N, num_ws, w_dim]`` of ``--latents`` (``seeds``
+    None), read and checked right after the generator (whose W+ shape they must have), before CLIP or any compute."""
     G, gp = load_generator(args.ckpt, unconditional="text-edit")
+    if args.latents:
+        x, names = inverted_latents(args.latents, G)
+    else:
+        x, names = seed_latents(seeds, G.cfg.z_dim), [str(s) for s in seeds]
     if args.method in ("global", "shift"):
         require_stylegan2(G, f"text-edit --method {args.method}")
     guide, cp, tok = clip.load_guide(model_path(args.clip, DEFAULT_CLIP), args.preprocess)
@@ -75,9 +87,12 @@ def _load(args):
         prompts = [p for p in args.prompt if p.strip()]
         if not prompts:
             raise UsageError("text-edit: give at least one non-empty --prompt")
-    seeds = parse_seeds(args.seeds)
-    z = seed_latents(seeds, G.cfg.z_dim)
-    return G, gp, guide, cp, tok, prompts, seeds, z, mappers
+    return G, gp, guide, cp, tok, prompts, names, x, mappers
+
+
+def _start(args, G, gp, x):
+    """The W+ start latents (inside the compiled program): the seeds' z mapped with --psi, or --latents as given."""
+    return x if args.latents else G.mapping(gp, x, psi=args.psi)
 
 
 def _tokens(tok, guide, texts):
@@ -89,7 +104,7 @@ def _optimize(args, G, gp, guide, cp, tok, prompts, z):
 
     @jax.jit
     def run(gp, cp, z, tokens):
-        w0 = G.mapping(gp, z, psi=args.psi)
+        w0 = _start(args, G, gp, z)
         embed = lambda x: guide.embed_images(cp, x)  # noqa: E731
         res = text.optimize_latents(G, gp, embed, w0, guide.embed_texts(cp, tokens), steps=args.steps, lr=args.lr,
                                     l2_lambda=args.l2, identity=embed if args.id_lambda else None,
@@ -125,7 +140,7 @@ def _global(args, G, gp, guide, cp, tok, prompts, z, strengths):
         T = len(templates)
         dt = text.text_direction(guide.embed_texts(cp, target).reshape(len(prompts), T, -1),
                                  guide.embed_texts(cp, neutral))
-        styles = G.ws_to_styles(gp, G.mapping(gp, z, psi=args.psi))
+        styles = G.ws_to_styles(gp, _start(args, G, gp, z))
         edited = text.global_edit(styles, fs3, stats, dt, jnp.asarray(strengths), args.beta)
         flat = {k: v.reshape(-1, v.shape[-1]) for k, v in edited.items()}
         imgs = G.synthesis_from_styles(gp, flat)  # [P * A * N, ...]
@@ -154,7 +169,7 @@ def _shift(args, G, gp, guide, cp, tok, prompts, z, strengths):
 
     @jax.jit
     def run(gp, cp, z, tokens):
-        ws = G.mapping(gp, z, psi=args.psi)
+        ws = _start(args, G, gp, z)
         embed = lambda x: guide.embed_images(cp, x)  # noqa: E731
         res = text.optimize_layer_shift(G, gp, embed, ws, guide.embed_texts(cp, tokens), args.layer,
                                         steps=args.steps, lr=args.lr, lambda2=args.l2)
@@ -189,7 +204,7 @@ def _mapper(args, G, gp, guide, cp, tok, prompts, z, trained=None):
                                          batch=args.batch_size, psi=args.psi, lr=args.lr, l2_lambda=args.l2,
                                          identity=embed if args.id_lambda else None, id_lambda=args.id_lambda,
                                          report=report, report_every=max(1, args.steps // 100)).params
-        w0 = G.mapping(gp, z, psi=args.psi)
+        w0 = _start(args, G, gp, z)
         ws = jax.vmap(lambda p: M(p, w0))(mparams)  # [P, N, L, D]
         P, N = ws.shape[:2]
         imgs = G.synthesis(gp, jnp.concatenate([w0, ws.reshape(P * N, *w0.shape[1:])]))
@@ -226,6 +241,13 @@ def run_text_edit(args) -> None:
             raise UsageError(f"--steps {args.steps}: must be positive")
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size {args.batch_size}: must be positive")
+    if args.latents and args.seeds is not None:
+        raise UsageError(f"--latents {args.latents} and --seeds {args.seeds}: give one of them (the start latents)")
+    if args.latents and args.psi is not None and (args.method != "mapper" or args.mapper):
+        raise UsageError(f"--psi {args.psi}: truncation is for the seeds' latents, --latents {args.latents} are used "
+                         "as given; drop --psi")
+    args.psi = DEFAULT_PSI if args.psi is None else args.psi
+    seeds = None if args.latents else parse_seeds(args.seeds or DEFAULT_SEEDS)
     if not args.mapper and not any(p.strip() for p in args.prompt):
         raise UsageError("text-edit: give at least one non-empty --prompt")
     if args.id_lambda and (args.method not in ("optimize", "mapper") or args.mapper or args.id_lambda < 0):
@@ -236,15 +258,17 @@ def run_text_edit(args) -> None:
         if args.method != "mapper" or args.mapper:
             raise UsageError("--save-mapper is for --method mapper when training (without --mapper)")
         checkpoint.check_writable(args.save_mapper, args.force, mapper_lib.MAPPER_KIND)
-    G, gp, guide, cp, tok, prompts, seeds, z, mappers = _load(args)
+    G, gp, guide, cp, tok, prompts, names, z, mappers = _load(args, seeds)
+    what = "latents" if args.latents else "seeds"
     t0 = time.perf_counter()
     if args.method in ("optimize", "mapper"):
         if args.method == "optimize":
             grid, cols, before, after, saved = _optimize(args, G, gp, guide, cp, tok, prompts, z)
         else:
             grid, cols, before, after, saved = _mapper(args, G, gp, guide, cp, tok, prompts, z, mappers)
-        layout = "rows = seeds, columns = original then one per prompt"
-        rows, columns = [f"seed {s}" for s in seeds], ["original", *map(text_label, prompts)]
+        layout = f"rows = {what}, columns = original then one per prompt"
+        rows = [text_label(n) if args.latents else f"seed {n}" for n in names]
+        columns = ["original", *map(text_label, prompts)]
     else:
         strengths = parse_strengths(args.strengths or DEFAULT_STRENGTHS[args.method])
         if args.method == "global":
@@ -252,15 +276,16 @@ def run_text_edit(args) -> None:
             before = after = None
         else:
             grid, cols, before, after, saved = _shift(args, G, gp, guide, cp, tok, prompts, z, strengths)
-        layout = f"rows = prompts x seeds, columns = strengths {np.round(strengths, 3).tolist()}"
-        rows = [f"{text_label(p, 16)} / {s}" for p in prompts for s in seeds]
+        layout = f"rows = prompts x {what}, columns = strengths {np.round(strengths, 3).tolist()}"
+        rows = [f"{text_label(p, 16)} / {text_label(n, 16)}" for p in prompts for n in names]
         columns = strength_labels(strengths)
     dt = time.perf_counter() - t0
     args.signals.check()
     imio.save_grid(grid, out, cols=cols, row_labels=rows, col_labels=columns)
     if args.save:
-        files.save_npz(args.save, prompts=np.asarray(prompts), seeds=np.asarray(seeds), **saved)
-    print(f"text-edit --method {args.method}: {len(prompts)} prompts x {len(seeds)} seeds in {dt:.2f} s "
+        start = {"names": np.asarray(names)} if args.latents else {"seeds": np.asarray(seeds)}
+        files.save_npz(args.save, prompts=np.asarray(prompts), **start, **saved)
+    print(f"text-edit --method {args.method}: {len(prompts)} prompts x {len(names)} {what} in {dt:.2f} s "
           f"(one program, incl. compile) -> {out} ({layout})")
     if before is not None:
         for p, b, a in zip(prompts, np.asarray(before), np.asarray(after)):
