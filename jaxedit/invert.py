@@ -201,7 +201,7 @@ def project(G, gparams, distance: Distance, targets: Array, keys: Array, cfg: Pr
         return {n: jax.random.normal(k, shapes[n.split(".")[0]][n.split(".")[1]]["noise_const"].shape)
                 for n, k in zip(names, ks)}
 
-    noise0 = jax.vmap(init_noise)(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys))
+    noise0 = jax.vmap(init_noise)(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)) if names else {}
     opt = optax.adam(lambda count: learning_rate(cfg, count), b1=0.9, b2=0.999, eps=1e-8)
     variables = {"w": w0, "noise": noise0}
 
@@ -221,7 +221,7 @@ def project(G, gparams, distance: Distance, targets: Array, keys: Array, cfg: Pr
         (loss, dist), grads = grad_fn(v, targets, step_keys, step)
         updates, state = opt.update(grads, state, v)
         v = optax.apply_updates(v, updates)
-        v = {"w": v["w"], "noise": jax.vmap(normalize_noise)(v["noise"])}
+        v = {"w": v["w"], "noise": jax.vmap(normalize_noise)(v["noise"]) if names else {}}
         return (v, state), (loss, dist)
 
     (v, _), (loss, dist) = jax.lax.scan(step_fn, (variables, opt.init(variables)), jnp.arange(cfg.steps))

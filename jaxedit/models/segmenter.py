@@ -188,6 +188,36 @@ def _member(p: dict, x: jax.Array) -> jax.Array:
     return _tail(p, _dense(p["layers_0"], x))
 
 
+def _batch_norm_train(p: dict, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Training-mode ``BatchNorm1d`` over the rows of ``x [N, c]``: normalized by the batch's mean and biased
+    variance; -> (output, ``{'mean', 'var'}`` with the unbiased variance, what torch's running stats average)."""
+    mean, var = jnp.mean(x, axis=0), jnp.var(x, axis=0)
+    y = (x - mean) * jax.lax.rsqrt(var + BN_EPS) * p["scale"] + p["bias"]
+    n = x.shape[0]
+    return y, {"mean": jax.lax.stop_gradient(mean), "var": jax.lax.stop_gradient(var * n / max(n - 1, 1))}
+
+
+def _member_train(p: dict, x: jax.Array) -> tuple[jax.Array, dict]:
+    h, s2 = _batch_norm_train(p["layers_2"], jax.nn.relu(_dense(p["layers_0"], x)))
+    h, s5 = _batch_norm_train(p["layers_5"], jax.nn.relu(_dense(p["layers_3"], h)))
+    return _dense(p["layers_6"], h), {"layers_2": s2, "layers_5": s5}
+
+
+def train_logits(params: dict, x: jax.Array) -> tuple[jax.Array, dict]:
+    """The ensemble in training mode (BatchNorm on batch statistics, as the reference trains): ``x [M, N, D]``
+    (each member its own ``N`` pixels) -> (logits ``[M, N, C]``, batch statistics ``{layers_i: {mean, var}
+    [M, c]}`` for :func:`update_running_stats`)."""
+    return jax.vmap(_member_train)(params, x)
+
+
+def update_running_stats(params: dict, stats: dict, momentum: float = 0.1) -> dict:
+    """torch's running statistics: ``running = (1 - momentum) running + momentum batch`` for each BatchNorm."""
+    out = dict(params)
+    for name, st in stats.items():
+        out[name] = {**params[name], **{k: (1 - momentum) * params[name][k] + momentum * v for k, v in st.items()}}
+    return out
+
+
 def _ensemble(params: dict, x: jax.Array) -> jax.Array:
     """``x [..., D]`` -> ``[M, ..., C]``: every member under one vmap over the stacked parameters."""
     return jax.vmap(_member, in_axes=(0, None))(params, x)
@@ -250,6 +280,27 @@ def resize(x: jax.Array, out_hw: tuple[int, int], mode: str = "nearest") -> jax.
     h, w = x.shape[-3:-1]
     x = _resample(x, resample_taps(h, out_hw[0], mode), x.ndim - 3)
     return _resample(x, resample_taps(w, out_hw[1], mode), x.ndim - 2)
+
+
+def gather_features(feats: dict[str, jax.Array], layout, out_hw: tuple[int, int], b: jax.Array, y: jax.Array,
+                    x: jax.Array, mode: str = "nearest") -> jax.Array:
+    """The classifier's input at chosen output pixels only: ``feats {name: [B, h, w, ch]}``, pixel indices
+    ``b, y, x`` (any equal shape ``S``) -> ``[*S, D]``, equal to the naive concatenation of the maps resampled
+    to ``out_hw`` read at those pixels (the training stream: no map is resampled whole)."""
+    parts = []
+    for name, _ in layout:
+        f = feats[name]
+        ty, tx = resample_taps(f.shape[1], out_hw[0], mode), resample_taps(f.shape[2], out_hw[1], mode)
+
+        def tap(t, i):
+            return jnp.asarray(t[0], jnp.int32)[i], jnp.asarray(t[1], jnp.int32)[i], jnp.asarray(t[2])[i]
+
+        (y0, y1, ly), (x0, x1, lx) = tap(ty, y), tap(tx, x)
+        ly, lx = ly[..., None], lx[..., None]
+        top = (1 - lx) * f[b, y0, x0] + lx * f[b, y0, x1]
+        bottom = (1 - lx) * f[b, y1, x0] + lx * f[b, y1, x1]
+        parts.append((1 - ly) * top + ly * bottom)
+    return jnp.concatenate(parts, axis=-1)
 
 
 def tile_rows(out_h: int, out_w: int, tile_pixels: int | None) -> int:
