@@ -29,6 +29,7 @@ DEFAULT_CLIP = "shapes-clip"
 EDIT_METHODS = ("linear", "interfacegan", "ganspace", "warped", "curvilinear")
 TEXT_METHODS = ("optimize", "global", "shift", "mapper")
 DISCOVERY_METHODS = ("linear", "warped", "curvilinear")
+SHAPES_EDITS = ("spot-grow", "spot-shrink", "body-grow", "spot-remove")  # == jaxedit.edits.editgan.SHAPES_EDITS (a test)
 PREPROCESS_MODES = ("clip", "styleclip", "none")  # == jaxedit.models.clip.PREPROCESS_MODES (a test checks)
 CONVERT_KINDS = ("stylegan2", "stylegan3", "clip", "mapper", "lpips", "e4e", "arcface", "fid-inception",
                  "pixel-classifier")
@@ -209,6 +210,45 @@ def _add_invert(sub) -> None:
     _command(p, "invert:run_invert")
 
 
+def _add_segment(sub) -> None:
+    p = sub.add_parser("segment", help="label maps of seeds or inverted latents by EditGAN's segmentation branch "
+                                       "(NAME.png + NAME.labels.png, a palette PNG of class indices)")
+    _generator_arg(p)
+    p.add_argument("--segmenter", help="pixel-classifier checkpoint (default: the embedded shapes32-segmenter)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--seeds", help="seeds, e.g. 0-7 (default 0-7)")
+    start.add_argument("--latents", help="W+ latents instead of --seeds: jaxedit invert's latents.npz or a .npy")
+    p.add_argument("--psi", type=finite, help="truncation psi of the seeds (default 0.7)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--batch-size", type=count, default=16, help="images per compiled program")
+    _force_arg(p, "the NAME.png / NAME.labels.png files in --out")
+    _command(p, "segment:run_segment")
+
+    e = sub.add_parser("seg-edit", help="EditGAN: edit W+ latents toward edited label maps (or a named shapes-world "
+                                        "edit); writes before/after images and label maps, latents.npz, the editing "
+                                        "vectors")
+    _generator_arg(e)
+    e.add_argument("--latents", required=True, help="W+ latents: jaxedit invert's latents.npz (or seg-edit's), or "
+                                                    "a .npy [N, num_ws, w_dim]")
+    target = e.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-labels", help="folder with NAME.labels.png per latent (jaxedit segment's files, "
+                                                "repainted: pixel value = class)")
+    target.add_argument("--shapes-edit", choices=SHAPES_EDITS,
+                        help="a named edit of the shapes world's label maps")
+    e.add_argument("--segmenter", help="pixel-classifier checkpoint (default: the embedded shapes32-segmenter)")
+    e.add_argument("--encoder", help="e4e encoder for EditGAN's consistency term MSE(w, E(G(w))) (e.g. "
+                                     "shapes32-encoder)")
+    e.add_argument("--lpips", help="LPIPS checkpoint for the perceptual term outside the region (default: MSE only)")
+    e.add_argument("--steps", type=count, default=30, help="Adam steps (default 30, the released tool's)")
+    e.add_argument("--lr", type=positive, default=0.02, help="Adam learning rate (default 0.02)")
+    e.add_argument("--keep-weight", type=nonnegative, default=0.0,
+                   help="MSE weight on region pixels whose label stays (not in EditGAN; keeps their colour)")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--batch-size", type=count, default=16, help="images per compiled program")
+    _force_arg(e, "the files seg-edit writes in --out")
+    _command(e, "segment:run_seg_edit")
+
+
 def _add_eval(sub) -> None:
     ev = sub.add_parser("eval", help="evaluation metrics")
     esub = ev.add_subparsers(dest="metric", required=True)
@@ -323,6 +363,18 @@ def _add_train(sub) -> None:
     _force_arg(p, "an existing jaxedit checkpoint at DST")
     _command(p, "train:run_train_encoder")
 
+    p = sub.add_parser("train-segmenter", help="train EditGAN's segmentation branch (pixel-classifier ensemble over "
+                                               "generator features) from annotated shapes renders; resumable")
+    p.add_argument("dst", help="pixel-classifier checkpoint directory to write")
+    p.add_argument("--annotated", type=count, help="annotated renders, inverted into W+ (default 32)")
+    p.add_argument("--steps", type=count, help="total training steps (default 2000; a larger value extends a run)")
+    p.add_argument("--members", type=count, help="ensemble members (default 10, as EditGAN)")
+    p.add_argument("--seed", type=index, help="random seed (default 0)")
+    p.add_argument("--run", dest="run_dir", help="run folder (config, checkpoints, log; default DST.run); rerun to "
+                                                "resume")
+    _force_arg(p, "an existing jaxedit checkpoint at DST")
+    _command(p, "train:run_train_segmenter")
+
     c = sub.add_parser("train-clip", help="train the small shapes-world CLIP (BPE merges + ViT/text transformer)")
     c.add_argument("dst", help="checkpoint directory to write")
     c.add_argument("--steps", type=count, help="total training steps (default 3000; a larger value extends a run)")
@@ -410,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "of pretrained generators (JAX).")
     p.add_argument("--version", action="version", version=f"jaxedit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_convert, _add_generate, _add_edit, _add_invert, _add_eval, _add_text_edit, _add_train, _add_fit, _add_export):
+    for add in (_add_convert, _add_generate, _add_edit, _add_invert, _add_segment, _add_eval, _add_text_edit,
+                _add_train, _add_fit, _add_export):
         add(sub)
     return p
 

@@ -18,6 +18,7 @@ from jaxedit.train import clip as train_clip
 from jaxedit.train import discovery, gan, runs
 from jaxedit.train import encoder as train_encoder
 from jaxedit.train import probe as train_probe
+from jaxedit.train import segmenter as train_segmenter
 
 DEFAULT_GAN_CONFIG = "shapes32-stylegan2"
 
@@ -73,6 +74,17 @@ def run_train_encoder(args) -> None:
                              f"trainer reads {base.data.resolution} px shapes renders")
         given["encoder"] = train_encoder.encoder_config(G.cfg.num_ws, G.cfg.w_dim)
     _, report = train_encoder.train(dataclasses.replace(base, **given), args.dst, run_dir=run_dir, force=args.force)
+    print(json.dumps(report, indent=2))
+
+
+def run_train_segmenter(args) -> None:
+    enable_compilation_cache()
+    run_dir = Path(args.run_dir) if args.run_dir else runs.default_run_dir(args.dst)
+    base = (runs.read_config(run_dir, train_segmenter.SegmenterTrainConfig.from_dict)
+            or train_segmenter.SegmenterTrainConfig())
+    cfg = dataclasses.replace(base, **_given(annotated=args.annotated, steps=args.steps, members=args.members,
+                                             seed=args.seed))
+    _, report = train_segmenter.train(cfg, args.dst, run_dir=run_dir, force=args.force)
     print(json.dumps(report, indent=2))
 
 

@@ -155,3 +155,41 @@ def save_grid(images: np.ndarray, path: str | Path, cols: int | None = None, min
     big = tiled.repeat(upscale, axis=0).repeat(upscale, axis=1)
     return save_png(label(big, ((h + pad) * upscale, (w + pad) * upscale), pad * upscale, row_labels, col_labels),
                     path)
+
+
+# ------------------------------------------------------------------------------ label maps
+LABEL_PALETTE = np.array([[0, 0, 0], [128, 128, 128], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
+                          [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]], np.uint8)
+
+
+def save_labels(labels: np.ndarray, path: str | Path) -> Path:
+    """A label map ``[H, W]`` of class indices 0..255 as a palette PNG (pixel value = class; colours for looking)."""
+    a = np.asarray(labels)
+    if a.ndim != 2 or a.min(initial=0) < 0 or a.max(initial=0) > 255:
+        raise InputError(f"{path}: a label map must be [H, W] of classes 0..255, got {list(a.shape)}")
+    im = Image.fromarray(a.astype(np.uint8), mode="P")
+    pal = np.resize(LABEL_PALETTE, (256, 3))
+    im.putpalette(pal.reshape(-1).tolist())
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+    return Path(path)
+
+
+def load_labels(path: str | Path, size: int, num_classes: int) -> np.ndarray:
+    """A label map PNG (palette or grayscale: pixel value = class, as :func:`save_labels` writes) -> int32
+    ``[size, size]``; wrong size, colour images and classes >= ``num_classes`` are one-line errors."""
+    path = Path(path)
+    w, h = image_size(path)
+    if (w, h) != (size, size):
+        raise InputError(f"{path}: label map is {w}x{h}, the generator makes {size}x{size}")
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise InputError(f"{path}: a label map must be a palette or grayscale PNG of class indices, "
+                                 f"not mode {im.mode}")
+            a = np.asarray(im, dtype=np.int32)
+    except OSError as e:
+        raise InputError(f"{path}: cannot decode ({e})") from None
+    if a.max(initial=0) >= num_classes:
+        raise InputError(f"{path}: holds class {int(a.max())}, the segmenter knows 0..{num_classes - 1}")
+    return a
