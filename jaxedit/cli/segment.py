@@ -146,13 +146,13 @@ def run_seg_edit(args) -> None:
         if not isinstance(E, e4e.Encoder) or (E.cfg.n_styles, E.cfg.w_dim) != (G.cfg.num_ws, G.cfg.w_dim):
             raise UsageError(f"--encoder {args.encoder}: not an e4e encoder for this generator's W+")
         enc_res = min(res, 256)
-        encoder = lambda im: E(ep, jax.image.resize(im, (im.shape[0], enc_res, enc_res, 3), "linear")  # noqa: E731
+        encoder = lambda im: E(ep, jax.image.resize(im, (im.shape[0], enc_res, enc_res, 3), "linear")
                                if im.shape[1] != enc_res else im)
     if args.lpips:
         lp, lpp = models.load(model_path(args.lpips, args.lpips))
         if not isinstance(lp, lpips.LPIPS):
             raise UsageError(f"--lpips {args.lpips}: not an LPIPS checkpoint")
-        perceptual = lambda a, b: lp(lpp, a, b)  # noqa: E731
+        perceptual = lambda a, b: lp(lpp, a, b)
 
     # targets and regions first: an edit that changes nothing is refused before any optimization
     labels_fn = jax.jit(lambda w: jnp.argmax(editgan.segment(G, gp, clf, cp, w)[1], axis=-1))
@@ -181,7 +181,7 @@ def run_seg_edit(args) -> None:
               flush=True)
         args.signals.check()
     seconds = time.perf_counter() - t0
-    cat = lambda k: np.concatenate([o[k] for o in outs])  # noqa: E731
+    cat = lambda k: np.concatenate([o[k] for o in outs])
     new_ws, imgs, after, img0 = cat("ws"), cat("img"), cat("labels"), cat("img0")
     out.mkdir(parents=True, exist_ok=True)
     for i, s in enumerate(stems):

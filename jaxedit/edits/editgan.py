@@ -183,7 +183,7 @@ def optimize(G, gparams, clf, cparams, w0: Array, target: Array, cfg: SegEditCon
 
     B = w0.shape[0]
     init = (w0, opt.init(w0), w0, jnp.full((B,), jnp.inf), jnp.zeros((B,), jnp.int32), jnp.int32(0))
-    (w, state, best_w, best_loss, best_step, i), losses = jax.lax.scan(step, init, None, length=cfg.steps)
+    (w, _, best_w, best_loss, best_step, _), losses = jax.lax.scan(step, init, None, length=cfg.steps)
     last = loss_fn(w)  # the iterate after the final update competes too
     better = last < best_loss
     best_w = jnp.where(better[:, None, None], w, best_w)

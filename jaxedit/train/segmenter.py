@@ -117,7 +117,7 @@ def annotate(cfg: SegmenterTrainConfig, G, gparams, E, eparams, P, pparams, key:
     renders ``[n, H, W, 3]``)."""
     data = shapes.sample(key, n)
     pdist = invert.probe_distance(P, pparams)
-    distance = lambda a, b: pdist(a, b) + cfg.pixel_weight * invert.pixel_distance(a, b)  # noqa: E731
+    distance = lambda a, b: pdist(a, b) + cfg.pixel_weight * invert.pixel_distance(a, b)
     codes = E(eparams, data["image"])
     if cfg.invert_steps:
         pcfg = invert.ProjectorConfig(steps=cfg.invert_steps, mode="w+", optimize_noise=False)
