@@ -6,8 +6,9 @@
   ``--throughput-batch`` renders, one jitted forward: encoder + synthesis);
 - the projector in W and in W+ (NVIDIA's schedule), ``--steps`` steps; the image distance = the probe's
   embedding (it stands in for LPIPS on this world) + ``--pixel-weight`` x pixel MSE;
-- the hybrid: encoder start, then the projector in W+ for ``--steps // 5`` steps (and for ``--steps``); and the
-  short hybrid without NVIDIA's latent jitter and with the generator's own noise maps (not re-drawn from N(0, 1)
+- the encoder start, then NVIDIA's projector in W+ for ``--steps // 5`` steps; and the hybrid
+  (``ProjectorConfig.hybrid``, what ``jaxedit invert --method hybrid`` runs) for ``--steps // 5`` and ``--steps``
+  steps: no latent jitter and the generator's own noise maps to start from (not re-drawn from N(0, 1)
   and optimized), so the first steps do not undo the encoder's start.
 
 Scored between each input and its reconstruction: mean per-image PSNR (``10 log10(4 / MSE)``, reconstruction
@@ -100,8 +101,8 @@ def main():
     keys = jax.random.split(jax.random.key(7), args.n)
     short = max(1, args.steps // 5)
 
-    def projector(mode, steps, with_encoder=False, **cfg_kw):
-        cfg = invert.ProjectorConfig(steps=steps, mode=mode, **cfg_kw)
+    def projector(mode, steps, with_encoder=False, hybrid=False):
+        cfg = (invert.ProjectorConfig.hybrid if hybrid else invert.ProjectorConfig)(steps=steps, mode=mode)
 
         def run(x):
             init = E(ep, x) if with_encoder else None
@@ -121,11 +122,11 @@ def main():
     methods = {"w_avg (baseline)": w_avg, "encoder only": encoder,
                f"projector W ({args.steps} steps)": projector("w", args.steps),
                f"projector W+ ({args.steps} steps)": projector("w+", args.steps),
-               f"hybrid: encoder + projector W+ ({short} steps)": projector("w+", short, True),
-               f"hybrid, no jitter, G's noise ({short} steps)": projector("w+", short, True, noise_factor=0.0,
-                                                                          optimize_noise=False)}
+               f"encoder + NVIDIA projector W+ ({short} steps)": projector("w+", short, True),
+               f"hybrid: encoder + projector W+, no jitter, G's noise ({short} steps)": projector(
+                   "w+", short, True, hybrid=True)}
     if not args.no_full_hybrid:
-        methods[f"hybrid: encoder + projector W+ ({args.steps} steps)"] = projector("w+", args.steps, True)
+        methods[f"hybrid ({args.steps} steps)"] = projector("w+", args.steps, True, hybrid=True)
     hybrid_name = list(methods)[-1]
 
     # encoder throughput: one jitted forward (codes + synthesis) on a big batch, best of 3

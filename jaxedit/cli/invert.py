@@ -124,7 +124,8 @@ def run_invert(args) -> None:
     n = len(targets)
     keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(jax.random.key(args.seed), i))(
         jnp.arange(n, dtype=jnp.uint32))))
-    cfg = invert.ProjectorConfig(steps=max(steps, 1), mode=args.space)
+    make = invert.ProjectorConfig.hybrid if args.method == "hybrid" else invert.ProjectorConfig
+    cfg = make(steps=max(steps, 1), mode=args.space)
     enc_res = min(G.cfg.img_resolution, 256)  # e4e / pSp read 256 px (and the shapes encoder its 32)
 
     @jax.jit
