@@ -9,7 +9,7 @@ import os
 
 from jaxedit.errors import CheckpointError
 from jaxedit.io import checkpoint
-from jaxedit.models import clip, e4e, inception, irse, lpips, mapper, probe, segmenter, stylegan2, stylegan3
+from jaxedit.models import clip, e4e, inception, irse, l2sae, lpips, mapper, probe, segmenter, stylegan2, stylegan3
 from jaxedit.models.stylegan2 import discriminator
 
 LOADERS = {
@@ -24,6 +24,7 @@ LOADERS = {
     e4e.KIND: e4e.load,
     irse.KIND: irse.load,
     segmenter.KIND: segmenter.load,
+    l2sae.KIND: l2sae.load,
 }
 
 
