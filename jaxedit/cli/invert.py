@@ -66,7 +66,7 @@ def _image_distance(args, G):
     return invert.lpips_distance(lp, lpp), "LPIPS"
 
 
-def _expand(inputs: list[str]) -> list[Path]:
+def expand_images(inputs: list[str]) -> list[Path]:
     """Files as given, folders as their image files (sorted); nothing read yet."""
     out: list[Path] = []
     for item in inputs:
@@ -105,7 +105,7 @@ def run_invert(args) -> None:
     steps = 1000 if args.steps is None else args.steps
     if args.loss is None:  # the projector's distance (NVIDIA: LPIPS); the encoder reports pixel MSE unless told
         args.loss = "pixel" if args.method == "encoder" else "lpips"
-    paths = _expand(args.images)
+    paths = expand_images(args.images)
     G, gp = load_generator(args.generator, unconditional="invert")
     distance, loss_name = _distance(args, G)
     E = ep = None

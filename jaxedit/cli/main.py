@@ -249,6 +249,25 @@ def _add_segment(sub) -> None:
     _command(e, "segment:run_seg_edit")
 
 
+def _add_local_style(sub) -> None:
+    p = sub.add_parser("local-style", help="Latents2Semantics: change one region's style of images in one forward "
+                                           "pass (style noise or a donor's style); grid + edited images")
+    p.add_argument("images", nargs="*", help="image files or folders (centre-cropped and resized to the model's "
+                                             "resolution)")
+    p.add_argument("--renders", type=count, help="instead of files: this many fresh shapes renders (--seed)")
+    p.add_argument("--model", help="l2sae checkpoint (default: the embedded shapes32-l2sae)")
+    p.add_argument("--region", required=True, help="the region to edit (shapes32-l2sae: background, body, spot)")
+    p.add_argument("--noise", type=positive, help="style noise sigma (the style has unit RMS)")
+    p.add_argument("--samples", type=count, help="noise draws per image (default 4)")
+    p.add_argument("--swap-from", help="a donor image: the region takes its style")
+    p.add_argument("--soft", action="store_true", help="alpha-blend with the soft mask (default: hard mask, pixels "
+                                                       "outside the region unchanged exactly)")
+    p.add_argument("--seed", type=index, default=0, help="seed of the renders and the noise draws")
+    p.add_argument("--out", required=True, help="output folder")
+    _force_arg(p, "grid.png and NAME-K.png in --out")
+    _command(p, "local_style:run_local_style")
+
+
 def _add_eval(sub) -> None:
     ev = sub.add_parser("eval", help="evaluation metrics")
     esub = ev.add_subparsers(dest="metric", required=True)
@@ -375,6 +394,17 @@ def _add_train(sub) -> None:
     _force_arg(p, "an existing jaxedit checkpoint at DST")
     _command(p, "train:run_train_segmenter")
 
+    p = sub.add_parser("train-l2sae", help="train a Latents2Semantics structure/style autoencoder on shapes renders; "
+                                           "resumable")
+    p.add_argument("dst", help="l2sae checkpoint directory to write")
+    p.add_argument("--steps", type=count, help="total training steps (default 12000; a larger value extends a run)")
+    p.add_argument("--batch-size", type=count, help="render pairs per step (default 16)")
+    p.add_argument("--seed", type=index, help="random seed (default 0)")
+    p.add_argument("--run", dest="run_dir", help="run folder (config, checkpoints, log; default DST.run); rerun to "
+                                                "resume")
+    _force_arg(p, "an existing jaxedit checkpoint at DST")
+    _command(p, "train:run_train_l2sae")
+
     c = sub.add_parser("train-clip", help="train the small shapes-world CLIP (BPE merges + ViT/text transformer)")
     c.add_argument("dst", help="checkpoint directory to write")
     c.add_argument("--steps", type=count, help="total training steps (default 3000; a larger value extends a run)")
@@ -462,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "of pretrained generators (JAX).")
     p.add_argument("--version", action="version", version=f"jaxedit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_convert, _add_generate, _add_edit, _add_invert, _add_segment, _add_eval, _add_text_edit,
+    for add in (_add_convert, _add_generate, _add_edit, _add_invert, _add_segment, _add_local_style, _add_eval,
+                _add_text_edit,
                 _add_train, _add_fit, _add_export):
         add(sub)
     return p

@@ -17,6 +17,7 @@ from jaxedit.errors import UsageError
 from jaxedit.train import clip as train_clip
 from jaxedit.train import discovery, gan, runs
 from jaxedit.train import encoder as train_encoder
+from jaxedit.train import l2sae as train_l2sae
 from jaxedit.train import probe as train_probe
 from jaxedit.train import segmenter as train_segmenter
 
@@ -85,6 +86,15 @@ def run_train_segmenter(args) -> None:
     cfg = dataclasses.replace(base, **_given(annotated=args.annotated, steps=args.steps, members=args.members,
                                              seed=args.seed))
     _, report = train_segmenter.train(cfg, args.dst, run_dir=run_dir, force=args.force)
+    print(json.dumps(report, indent=2))
+
+
+def run_train_l2sae(args) -> None:
+    enable_compilation_cache()
+    run_dir = Path(args.run_dir) if args.run_dir else runs.default_run_dir(args.dst)
+    base = runs.read_config(run_dir, train_l2sae.L2SAETrainConfig.from_dict) or train_l2sae.L2SAETrainConfig()
+    cfg = dataclasses.replace(base, **_given(steps=args.steps, batch=args.batch_size, seed=args.seed))
+    _, report = train_l2sae.train(cfg, args.dst, run_dir=run_dir, force=args.force)
     print(json.dumps(report, indent=2))
 
 
