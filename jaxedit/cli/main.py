@@ -268,6 +268,18 @@ def _add_local_style(sub) -> None:
     _command(p, "local_style:run_local_style")
 
 
+def _add_batch(sub) -> None:
+    p = sub.add_parser("batch", help="the batch editing engine: a job file's chain of edits over many seeds or "
+                                     "latents, sharded, exactly-once after a crash (rerun the same command)")
+    p.add_argument("job", help="job JSON file (see jaxedit.batch)")
+    p.add_argument("--out", required=True, help="output folder: images/, shards/, manifest/, job.json")
+    p.add_argument("--process-count", type=count, default=1, help="processes sharing the job (shard s -> process "
+                                                                  "s %% count)")
+    p.add_argument("--process-index", type=index, default=0, help="this process's index")
+    p.add_argument("--num-processes", type=count, help="start this many local processes and wait for them")
+    _command(p, "batch:run_batch")
+
+
 def _add_eval(sub) -> None:
     ev = sub.add_parser("eval", help="evaluation metrics")
     esub = ev.add_subparsers(dest="metric", required=True)
@@ -492,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "of pretrained generators (JAX).")
     p.add_argument("--version", action="version", version=f"jaxedit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_convert, _add_generate, _add_edit, _add_invert, _add_segment, _add_local_style, _add_eval,
+    for add in (_add_convert, _add_generate, _add_edit, _add_invert, _add_segment, _add_local_style, _add_batch, _add_eval,
                 _add_text_edit,
                 _add_train, _add_fit, _add_export):
         add(sub)

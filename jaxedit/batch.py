@@ -1,0 +1,331 @@
+"""The batch editing engine (``jaxedit batch JOB.json --out DIR``): a chain of latent edits applied to many inputs,
+sharded over devices and processes, exactly-once after a crash.
+
+A job (JSON; :func:`read_job` checks every field before anything is loaded or written)::
+
+    {"generator": null,                                   # a checkpoint or default name (null: the default)
+     "inputs": {"seeds": "0-511", "psi": 0.7},            # or {"latents": "inv/latents.npz"} (W+ codes)
+     "edits": [{"method": "linear", "directions": "age.npy", "k": 0, "t": 2.0,
+                "space": "w", "layers": [0, 4]}],         # t: a number or a list (variants)
+     "outputs": {"images": true, "latents": true},
+     "shard_size": 256, "batch_size": 32}
+
+Every editor family of :func:`jaxedit.edits.load` may appear (its own ``method`` / ``space`` / ``layers`` /
+``eps``); Z-space edits must come before W-space ones and need seed inputs. Each edit's ``t`` list multiplies the
+variants (their cartesian product, in order): item ``i`` of variant ``v`` is ``DIR/images/{i:08d}.png`` when there
+is one variant, else ``DIR/images/{i:08d}-{v:03d}.png``; its edited W+ code is in exactly one
+``DIR/shards/shard-{s:06d}.npz`` (keys ``index [n]``, ``variant [n]``, ``latent [n, num_ws, w_dim]``).
+
+Exactly once: the items are cut into shards of ``shard_size``; a shard's images and ``.npz`` are written
+atomically (temp + rename), then its manifest ``DIR/manifest/shard-{s:06d}.json``, the commit. A rerun of the same
+job skips every committed shard and redoes the others (their files are rewritten with the same bytes), so a run
+killed at any point (SIGKILL included) and rerun ends with exactly the items of an uninterrupted run. ``DIR/job.json``
+holds the job; another job in the same folder is refused. Processes: shard ``s`` belongs to process ``s %
+process_count`` (``--process-count``/``--process-index``, or ``--num-processes N`` to start N local processes);
+processes share nothing but the folder, so hosts can run them without a coordinator; results do not depend on
+the number of devices or processes (every item is computed from its own seed or code).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxedit import edits, models, parallel
+from jaxedit.errors import InputError
+from jaxedit.io import checkpoint, files
+from jaxedit.io import images as imio
+
+DEFAULT_GENERATOR = "shapes32-stylegan2"
+SEEDS = re.compile(r"(\d+)(?:-(\d+))?")
+MAX_ITEMS = 100_000_000
+EDIT_KEYS = {"method", "directions", "k", "t", "space", "layers", "eps"}
+
+
+class JobError(InputError):
+    """A bad job file: the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Edit:
+    directions: str
+    k: int
+    t: tuple[float, ...]
+    method: str | None = None
+    space: str | None = None
+    layers: tuple[int, int] | None = None
+    eps: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    generator: str | None
+    seeds: tuple[tuple[int, int], ...] | None  # inclusive ranges
+    latents: str | None
+    psi: float
+    edits: tuple[Edit, ...]
+    images: bool
+    latents_out: bool
+    shard_size: int
+    batch_size: int
+
+    @property
+    def variants(self) -> list[tuple[float, ...]]:
+        """The strength of every edit, per variant (the cartesian product of the ``t`` lists)."""
+        return list(itertools.product(*(e.t for e in self.edits)))
+
+
+def _field(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise JobError(f"job field {where}: {msg}")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def parse_job(obj: Any, base: Path) -> Job:
+    """A job dict -> :class:`Job`; relative paths are read from ``base`` (the job file's folder)."""
+    _field(isinstance(obj, dict), "(top)", "a job is a JSON object")
+    unknown = set(obj) - {"generator", "inputs", "edits", "outputs", "shard_size", "batch_size"}
+    _field(not unknown, sorted(unknown)[0] if unknown else "", "unknown field")
+    gen = obj.get("generator")
+    _field(gen is None or isinstance(gen, str), "generator", "a checkpoint path, a default model name or null")
+    inputs = obj.get("inputs")
+    _field(isinstance(inputs, dict) and (("seeds" in inputs) != ("latents" in inputs)), "inputs",
+           'give {"seeds": "0-511"} or {"latents": "file.npz"}')
+    _field(set(inputs) <= {"seeds", "latents", "psi"}, "inputs", f"unknown keys {sorted(set(inputs) - {'seeds', 'latents', 'psi'})}")
+    seeds = None
+    if "seeds" in inputs:
+        text = inputs["seeds"]
+        parts = [p.strip() for p in str(text).split(",") if p.strip()] if isinstance(text, str) else []
+        matches = [SEEDS.fullmatch(p) for p in parts]
+        _field(bool(parts) and all(matches), "inputs.seeds", f"expected ranges like '0-511' or '1,5,9-12', got {text!r}")
+        seeds = tuple((int(m[1]), int(m[2] or m[1])) for m in matches)
+        _field(all(lo <= hi < 2 ** 32 for lo, hi in seeds), "inputs.seeds", "ranges low-high within [0, 2**32)")
+        _field(sum(hi - lo + 1 for lo, hi in seeds) <= MAX_ITEMS, "inputs.seeds", f"at most {MAX_ITEMS:,} seeds")
+    latents = inputs.get("latents")
+    if latents is not None:
+        _field(isinstance(latents, str), "inputs.latents", "a .npz / .npy path")
+        latents = str((base / latents) if not Path(latents).is_absolute() else Path(latents))
+        _field(Path(latents).is_file(), "inputs.latents", f"no such file {latents}")
+    psi = inputs.get("psi", 0.7)
+    _field(_number(psi), "inputs.psi", "a finite number")
+    raw = obj.get("edits", [])
+    _field(isinstance(raw, list) and raw, "edits", "a non-empty list of edits")
+    chain = []
+    for i, e in enumerate(raw):
+        where = f"edits[{i}]"
+        _field(isinstance(e, dict) and "directions" in e, where, "an object with 'directions'")
+        _field(set(e) <= EDIT_KEYS, where, f"unknown keys {sorted(set(e) - EDIT_KEYS)}")
+        d = e["directions"]
+        _field(isinstance(d, str), f"{where}.directions", "a path")
+        d = str(base / d) if not Path(d).is_absolute() else d
+        _field(Path(d).exists(), f"{where}.directions", f"no such file or folder {d}")
+        k = e.get("k", 0)
+        _field(isinstance(k, int) and not isinstance(k, bool) and k >= 0, f"{where}.k", "a direction index >= 0")
+        t = e.get("t", 1.0)
+        t = t if isinstance(t, list) else [t]
+        _field(bool(t) and len(t) <= 1000 and all(_number(v) for v in t), f"{where}.t",
+               "a finite number or a list of 1..1000 of them")
+        lay = e.get("layers")
+        _field(lay is None or (isinstance(lay, list) and len(lay) == 2 and all(isinstance(v, int) for v in lay)),
+               f"{where}.layers", "[start, end] (W+ layers, end exclusive)")
+        _field(e.get("space") in (None, "z", "w"), f"{where}.space", "'z' or 'w'")
+        _field(e.get("method") is None or e.get("method") in edits.FAMILIES, f"{where}.method",
+               f"one of {', '.join(edits.FAMILIES)}")
+        _field(e.get("eps") is None or (_number(e["eps"]) and e["eps"] > 0), f"{where}.eps", "a positive number")
+        chain.append(Edit(d, k, tuple(float(v) for v in t), e.get("method"), e.get("space"),
+                          tuple(lay) if lay else None, e.get("eps")))
+    out = obj.get("outputs", {"images": True, "latents": True})
+    _field(isinstance(out, dict) and set(out) <= {"images", "latents"} and all(isinstance(v, bool) for v in out.values()),
+           "outputs", '{"images": true|false, "latents": true|false}')
+    _field(out.get("images", True) or out.get("latents", True), "outputs", "nothing to write")
+    shard, batch = obj.get("shard_size", 256), obj.get("batch_size", 32)
+    for name, v in (("shard_size", shard), ("batch_size", batch)):
+        _field(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1_000_000, name, "an int in 1..1e6")
+    nvar = int(np.prod([len(e.t) for e in chain]))
+    _field(nvar <= 10_000, "edits[].t", f"{nvar} variants (the product of the t lists): at most 10,000")
+    return Job(gen, seeds, latents, float(psi), tuple(chain), out.get("images", True), out.get("latents", True),
+               shard, batch)
+
+
+def read_job(path: str | Path) -> Job:
+    """A job file -> :class:`Job` (every field checked; one-line :class:`JobError` naming the field)."""
+    path = Path(path)
+    if not path.is_file():
+        raise JobError(f"{path}: no such job file")
+    if path.stat().st_size > 1_000_000:
+        raise JobError(f"{path}: a job file is at most 1 MB")
+    try:
+        obj = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise JobError(f"{path}: not JSON ({e})") from None
+    return parse_job(obj, path.parent)
+
+
+# ----------------------------------------------------------------------------- the work
+@dataclasses.dataclass
+class Plan:
+    G: Any
+    gparams: Any
+    editors: list
+    z_edits: int  # the first z_edits editors act on z (seed inputs only)
+    seeds: np.ndarray | None  # [N] uint32
+    codes: np.ndarray | None  # [N, num_ws, w_dim]
+    job: Job
+
+    @property
+    def num_items(self) -> int:
+        return len(self.seeds) if self.seeds is not None else len(self.codes)
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_items // self.job.shard_size)
+
+
+def plan(job: Job) -> Plan:
+    """Load the generator and the editors and check the chain against them (still nothing written)."""
+    G, gp = models.load_generator(checkpoint.resolve(job.generator or DEFAULT_GENERATOR))
+    eds = []
+    for i, e in enumerate(job.edits):
+        ed = edits.load(e.directions, e.method, space=e.space, layers=e.layers, eps=e.eps)
+        ed.check(G)
+        if not e.k < ed.num_directions:
+            raise JobError(f"job field edits[{i}].k: {e.k} out of range ({e.directions} has {ed.num_directions})")
+        eds.append(ed)
+    spaces = [ed.space for ed in eds]
+    z_edits = next((i for i, s in enumerate(spaces) if s != "z"), len(spaces))
+    if "z" in spaces[z_edits:]:
+        raise JobError("job field edits: Z-space edits must come before W-space edits (they act on z)")
+    seeds = codes = None
+    if job.seeds is not None:
+        seeds = np.concatenate([np.arange(lo, hi + 1, dtype=np.uint64) for lo, hi in job.seeds]).astype(np.uint32)
+    else:
+        with np.load(job.latents, allow_pickle=False) if job.latents.endswith(".npz") else _npy(job.latents) as z:
+            codes = np.asarray(z["ws"] if "ws" in z else z[""], np.float32)
+        if codes.ndim != 3 or codes.shape[1:] != (G.cfg.num_ws, G.cfg.w_dim) or not np.all(np.isfinite(codes)):
+            raise JobError(f"job field inputs.latents: ws {list(codes.shape)}, expected finite "
+                           f"[N, {G.cfg.num_ws}, {G.cfg.w_dim}]")
+        if z_edits:
+            raise JobError("job field edits: Z-space edits need seed inputs (latent inputs are W+)")
+    return Plan(G, gp, eds, z_edits, seeds, codes, job)
+
+
+class _npy:
+    """``np.load`` of a ``.npy`` as a one-array mapping under the key ``""`` (a context manager like NpzFile)."""
+
+    def __init__(self, path):
+        self.a = np.load(path, allow_pickle=False)
+
+    def __enter__(self):
+        return {"": self.a}
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _z_of(seeds: np.ndarray, z_dim: int) -> np.ndarray:
+    """NVIDIA's ``generate.py`` z of each seed (``RandomState(seed).randn(z_dim)``)."""
+    return np.stack([np.random.RandomState(int(s)).randn(z_dim) for s in seeds]).astype(np.float32)
+
+
+def make_program(p: Plan):
+    """One jitted program: a batch of items -> W+ codes ``[B, V, L, d]`` (and images ``[B, V, H, W, 3]``)."""
+    G, gp, eds, nz = p.G, p.gparams, p.editors, p.z_edits
+    ks = [e.k for e in p.job.edits]
+    ts = jnp.asarray(p.job.variants, jnp.float32)  # [V, n_edits]
+
+    def one_variant(x, is_z, t):
+        B = x.shape[0]
+        for i, ed in enumerate(eds):
+            if i == nz and is_z:
+                x, is_z = G.mapping(gp, x, psi=p.job.psi), False
+            x = edits.apply(ed, x, ks[i], jnp.full((B,), t[i]))
+        if is_z:
+            x = G.mapping(gp, x, psi=p.job.psi)
+        return x
+
+    @jax.jit
+    def run(batch):
+        x = batch["x"]
+        ws = jax.vmap(lambda t: one_variant(x, p.seeds is not None, t), out_axes=1)(ts)  # [B, V, L, d]
+        out = {"ws": ws}
+        if p.job.images:
+            flat = ws.reshape(-1, *ws.shape[2:])
+            img = G.synthesis(gp, flat, noise_mode="const")
+            out["img"] = jnp.clip(jnp.rint((img + 1) * 127.5), 0, 255).astype(jnp.uint8).reshape(
+                *ws.shape[:2], *img.shape[1:])
+        return out
+
+    return run
+
+
+def image_name(i: int, v: int, num_variants: int) -> str:
+    return f"{i:08d}.png" if num_variants == 1 else f"{i:08d}-{v:03d}.png"
+
+
+def run_job(p: Plan, out: Path, *, process_index: int = 0, process_count: int = 1, signals=None,
+            progress=None) -> dict[str, Any]:
+    """Compute and commit this process's uncommitted shards; -> counts. ``signals.check()`` between shards."""
+    job, V = p.job, len(p.job.variants)
+    (out / "manifest").mkdir(parents=True, exist_ok=True)
+    run = make_program(p)
+    mine = [s for s in range(p.num_shards) if s % process_count == process_index]
+    todo = [s for s in mine if not (out / "manifest" / f"shard-{s:06d}.json").exists()]
+    done_items = 0
+    with ThreadPoolExecutor(max_workers=2) as pool:  # PNG encoding and writes overlap the next batch's compute
+        for s in todo:
+            lo, hi = s * job.shard_size, min((s + 1) * job.shard_size, p.num_items)
+            x = _z_of(p.seeds[lo:hi], p.G.cfg.z_dim) if p.seeds is not None else p.codes[lo:hi]
+            outs = list(parallel.map_batches(run, {"x": x}, job.batch_size))
+            ws = np.concatenate([o["ws"] for o in outs])
+            writes = []
+            if job.images:
+                img = np.concatenate([o["img"] for o in outs])
+                for j in range(hi - lo):
+                    for v in range(V):
+                        writes.append(pool.submit(imio.save_png, img[j, v], out / "images" / image_name(lo + j, v, V)))
+            if job.latents_out:
+                idx = np.repeat(np.arange(lo, hi, dtype=np.int64), V)
+                files.save_npz(out / "shards" / f"shard-{s:06d}.npz", index=idx,
+                               variant=np.tile(np.arange(V, dtype=np.int64), hi - lo),
+                               latent=ws.reshape(-1, *ws.shape[2:]).astype(np.float32))
+            for w in writes:
+                w.result()
+            files.write_json(out / "manifest" / f"shard-{s:06d}.json",
+                             {"shard": s, "items": [lo, hi], "variants": V, "process": process_index})
+            done_items += hi - lo
+            if progress is not None:
+                progress(done_items, s)
+            if signals is not None:
+                signals.check()
+    return {"shards": len(mine), "computed": len(todo), "items": done_items}
+
+
+def job_record(job: Job) -> dict[str, Any]:
+    """What ``DIR/job.json`` keeps (a rerun must match it)."""
+    return json.loads(json.dumps(dataclasses.asdict(job)))
+
+
+def load_items(out: Path) -> dict[str, np.ndarray]:
+    """Every committed shard's latents, sorted by (index, variant): ``index``, ``variant``, ``latent``."""
+    parts = []
+    for f in sorted((out / "shards").glob("shard-*.npz")):
+        with np.load(f, allow_pickle=False) as z:
+            parts.append({k: z[k] for k in ("index", "variant", "latent")})
+    cat = {k: np.concatenate([q[k] for q in parts]) for k in ("index", "variant", "latent")}
+    order = np.lexsort((cat["variant"], cat["index"]))
+    return {k: v[order] for k, v in cat.items()}
+
+
+__all__ = ["Job", "JobError", "job_record", "load_items", "parse_job", "plan", "read_job", "run_job"]
