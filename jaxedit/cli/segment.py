@@ -160,10 +160,17 @@ def run_seg_edit(args) -> None:
     targets = np.asarray(target_fn(jnp.asarray(before)))
     roi = np.asarray(editgan.region_of_interest(jnp.asarray(before), jnp.asarray(targets), clf.cfg.num_classes,
                                                 cfg.dilate))
-    empty = [n for n, r in zip(names, roi) if not r.any()]
-    if empty:
-        raise InputError(f"seg-edit: the {what} changes no pixel of {len(empty)} image(s) "
-                         f"({', '.join(empty[:4])}{' ...' if len(empty) > 4 else ''}): an empty region to edit")
+    keep = np.asarray([r.any() for r in roi])
+    empty = [n for n, k in zip(names, keep) if not k]
+    problem = (f"seg-edit: the {what} changes no pixel of {len(empty)} image(s) "
+               f"({', '.join(empty[:4])}{' ...' if len(empty) > 4 else ''}): an empty region to edit")
+    if not keep.any():
+        raise InputError(problem)
+    if empty:  # the others are edited; the exit status says some were skipped
+        print(f"skipped: {problem}")
+        ws, before, targets, roi = ws[keep], before[keep], targets[keep], roi[keep]
+        names = [n for n, k in zip(names, keep) if k]
+        stems = [s for s, k in zip(stems, keep) if k]
 
     @jax.jit
     def run(batch):
@@ -208,3 +215,6 @@ def run_seg_edit(args) -> None:
           f"report.json")
     print(f"  region labels reached {np.mean(hit):.1%} on average; mean |change| outside the region "
           f"{np.mean(outside):.4f}")
+    if empty:
+        raise InputError(f"seg-edit: {len(empty)} of {len(keep)} images skipped (listed above); the others are in "
+                         f"{out}")
