@@ -195,11 +195,11 @@ def main():
     before = b[1]
     tcfg = configs[ref]
 
-    def move(w, dw):
+    def move(w, dw, target):
         moved = editgan.transfer(G, gp, clf, cp, w, dw, scale=1.0)
         return moved, G.synthesis(gp, moved)
 
-    def move_refine(w, dw):
+    def move_refine(w, dw, target):
         moved = editgan.transfer(G, gp, clf, cp, w, dw, scale=1.0, refine_steps=args.refine_steps, cfg=tcfg,
                                  encoder=encoder)
         return moved, G.synthesis(gp, moved)
@@ -215,9 +215,17 @@ def main():
             dw = jnp.asarray(res["vector"][src])
             mask = app.copy()
             mask[src] = False
+            target = editgan.SHAPES_EDITS[edit][0](before)  # the named edit of each image's own map
+
+            def move_to_target(w, dw, target):
+                moved = editgan.transfer(G, gp, clf, cp, w, dw, scale=1.0, refine_steps=args.refine_steps, cfg=tcfg,
+                                         encoder=encoder, target=target)
+                return moved, G.synthesis(gp, moved)
+
             for method, fn in (("vector only", move), (f"vector + {args.refine_steps} refinement steps",
-                                                         move_refine)):
-                (moved, _), dt = timed(method, fn, ws, dw)
+                                                         move_refine),
+                               (f"vector + {args.refine_steps} steps toward the named edit", move_to_target)):
+                (moved, _), dt = timed(method, fn, ws, dw, target)
                 lab_after = look(moved)[1]
                 roi = editgan.region_of_interest(before, lab_after, clf.cfg.num_classes, tcfg.dilate)
                 s, ok, img1, lab1 = score(edit, b, moved, roi, jnp.asarray(mask))

@@ -67,6 +67,9 @@ def test_optimize_keeps_the_best_iterate_and_images_do_not_interact(tiny):
     assert float(jnp.max(jnp.abs(alone.ws[0] - res.ws[1]))) < 1e-5
     moved = editgan.transfer(G, gp, clf, cp, ws, res.vector[0], scale=0.5)
     np.testing.assert_allclose(moved, ws + 0.5 * res.vector[0], atol=1e-6)
+    refined = editgan.transfer(G, gp, clf, cp, ws, res.vector[0], scale=0.5, refine_steps=2,
+                               cfg=editgan.SegEditConfig(lr=0.005), target=target)
+    assert refined.shape == ws.shape and float(jnp.max(jnp.abs(refined - moved))) > 1e-4  # refined toward target
 
 
 def _latents(tmp_path, seeds, name="lat.npz"):

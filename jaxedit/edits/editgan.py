@@ -192,16 +192,18 @@ def optimize(G, gparams, clf, cparams, w0: Array, target: Array, cfg: SegEditCon
 
 
 def transfer(G, gparams, clf, cparams, w: Array, vector: Array, scale: float | Array = 1.0,
-             refine_steps: int = 0, cfg: SegEditConfig = SegEditConfig(), **terms) -> Array:
+             refine_steps: int = 0, cfg: SegEditConfig = SegEditConfig(), *, target: Array | None = None,
+             **terms) -> Array:
     """Apply an editing vector ``[L, d]`` (or ``[B, L, d]``) to ``w [B, L, d]``: ``w + scale dw``; with
     ``refine_steps`` > 0, refine by that many steps of the edit loss toward the segmentation of the moved codes
-    (ROI from the before and after maps, the original image kept outside it, as the tool's fine-tuning does).
+    (ROI from the before and after maps, the original image kept outside it, as the tool's fine-tuning does), or
+    toward ``target [B, H, W]`` when the intended label maps are known (a named edit of each image).
     -> ``[B, L, d]``."""
     moved = w + jnp.asarray(scale)[..., None, None] * vector if jnp.ndim(scale) else w + scale * vector
     if refine_steps <= 0:
         return moved
     before = jnp.argmax(segment(G, gparams, clf, cparams, w)[1], axis=-1)
-    after = jnp.argmax(segment(G, gparams, clf, cparams, moved)[1], axis=-1)
+    after = jnp.argmax(segment(G, gparams, clf, cparams, moved)[1], axis=-1) if target is None else target
     roi = region_of_interest(before, after, clf.cfg.num_classes, cfg.dilate)
     res = optimize(G, gparams, clf, cparams, moved, after, dataclasses.replace(cfg, steps=refine_steps), roi=roi,
                    reference=w, **terms)
