@@ -24,14 +24,27 @@ holds the job; another job in the same folder is refused. Processes: shard ``s``
 process_count`` (``--process-count``/``--process-index``, or ``--num-processes N`` to start N local processes);
 processes share nothing but the folder, so hosts can run them without a coordinator; results do not depend on
 the number of devices or processes (every item is computed from its own seed or code).
+
+Compute dtype (``--dtype``, :data:`DTYPES`): ``float32`` (the default) or ``bfloat16``. With ``bfloat16`` only the
+generator's synthesis runs in bf16: its params' float leaves and the W+ codes are cast inside the jitted program
+and the images cast back to float32 before the uint8 conversion. The mapping, the edits and therefore the saved
+latents stay float32 (a float32 run's, within float rounding); only the images change (PSNR against float32 in
+``experiments/results/bench_batch.md``). The dtype is part of ``DIR/job.json``: a rerun with another dtype is
+refused like another job.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import io
 import itertools
 import json
+import os
 import re
+import struct
+import sys
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -43,12 +56,12 @@ import numpy as np
 from jaxedit import edits, models, parallel
 from jaxedit.errors import InputError
 from jaxedit.io import checkpoint, files
-from jaxedit.io import images as imio
 
 DEFAULT_GENERATOR = "shapes32-stylegan2"
 SEEDS = re.compile(r"(\d+)(?:-(\d+))?")
 MAX_ITEMS = 100_000_000
 EDIT_KEYS = {"method", "directions", "k", "t", "space", "layers", "eps"}
+DTYPES = ("float32", "bfloat16")  # the synthesis compute dtype (see the module docstring)
 
 
 class JobError(InputError):
@@ -97,7 +110,7 @@ def parse_job(obj: Any, base: Path) -> Job:
     """A job dict -> :class:`Job`; relative paths are read from ``base`` (the job file's folder)."""
     _field(isinstance(obj, dict), "(top)", "a job is a JSON object")
     unknown = set(obj) - {"generator", "inputs", "edits", "outputs", "shard_size", "batch_size"}
-    _field(not unknown, sorted(unknown)[0] if unknown else "", "unknown field")
+    _field(not unknown, min(unknown) if unknown else "", "unknown field")
     gen = obj.get("generator")
     _field(gen is None or isinstance(gen, str), "generator", "a checkpoint path, a default model name or null")
     inputs = obj.get("inputs")
@@ -183,6 +196,7 @@ class Plan:
     seeds: np.ndarray | None  # [N] uint32
     codes: np.ndarray | None  # [N, num_ws, w_dim]
     job: Job
+    dtype: str = "float32"  # the synthesis compute dtype, one of DTYPES
 
     @property
     def num_items(self) -> int:
@@ -193,8 +207,12 @@ class Plan:
         return -(-self.num_items // self.job.shard_size)
 
 
-def plan(job: Job) -> Plan:
-    """Load the generator and the editors and check the chain against them (still nothing written)."""
+def plan(job: Job, dtype: str = "float32") -> Plan:
+    """Load the generator and the editors and check the chain against them (still nothing written).
+
+    ``dtype``: the synthesis compute dtype (one of :data:`DTYPES`; the mapping and the edits stay float32)."""
+    if dtype not in DTYPES:
+        raise JobError(f"dtype {dtype!r}: one of {', '.join(DTYPES)}")
     G, gp = models.load_generator(checkpoint.resolve(job.generator or DEFAULT_GENERATOR))
     eds = []
     for i, e in enumerate(job.edits):
@@ -218,7 +236,7 @@ def plan(job: Job) -> Plan:
                            f"[N, {G.cfg.num_ws}, {G.cfg.w_dim}]")
         if z_edits:
             raise JobError("job field edits: Z-space edits need seed inputs (latent inputs are W+)")
-    return Plan(G, gp, eds, z_edits, seeds, codes, job)
+    return Plan(G, gp, eds, z_edits, seeds, codes, job, dtype)
 
 
 class _npy:
@@ -240,8 +258,12 @@ def _z_of(seeds: np.ndarray, z_dim: int) -> np.ndarray:
 
 
 def make_program(p: Plan):
-    """One jitted program: a batch of items -> W+ codes ``[B, V, L, d]`` (and images ``[B, V, H, W, 3]``)."""
+    """One jitted program: a batch of items -> W+ codes ``[B, V, L, d]`` (and images ``[B, V, H, W, 3]``).
+
+    The mapping and the edits run in float32; the synthesis in ``p.dtype`` (params' float leaves and codes cast
+    inside the program, the images back to float32 before the uint8 conversion)."""
     G, gp, eds, nz = p.G, p.gparams, p.editors, p.z_edits
+    cdt = jnp.dtype(p.dtype)
     ks = [e.k for e in p.job.edits]
     ts = jnp.asarray(p.job.variants, jnp.float32)  # [V, n_edits]
 
@@ -262,7 +284,10 @@ def make_program(p: Plan):
         out = {"ws": ws}
         if p.job.images:
             flat = ws.reshape(-1, *ws.shape[2:])
-            img = G.synthesis(gp, flat, noise_mode="const")
+            sp = gp
+            if cdt != jnp.float32:
+                sp = jax.tree.map(lambda a: a.astype(cdt) if jnp.issubdtype(a.dtype, jnp.floating) else a, gp)
+            img = G.synthesis(sp, flat.astype(cdt), noise_mode="const").astype(jnp.float32)
             out["img"] = jnp.clip(jnp.rint((img + 1) * 127.5), 0, 255).astype(jnp.uint8).reshape(
                 *ws.shape[:2], *img.shape[1:])
         return out
@@ -274,47 +299,137 @@ def image_name(i: int, v: int, num_variants: int) -> str:
     return f"{i:08d}.png" if num_variants == 1 else f"{i:08d}-{v:03d}.png"
 
 
+PNG_COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (grey, grey+alpha, RGB, RGBA)
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def encode_pngs(img: np.ndarray) -> list[bytes]:
+    """uint8 images ``[N, H, W, C]`` -> PNG files (8-bit, the "Up" row filter, zlib level 1).
+
+    The batch engine's encoder: 2-3x faster than PIL's default here (60 vs 200 us per 32 px image; zlib releases
+    the GIL, so the writer threads run beside the next shard's compute) for ~20 % larger files; lossless."""
+    n, h, w, c = img.shape
+    rows = img.reshape(n, h, w * c)
+    up = rows.copy()
+    up[:, 1:] -= rows[:, :-1]  # uint8 wrap-around, as PNG's filter arithmetic
+    data = np.concatenate([np.full((n, h, 1), 2, np.uint8), up], axis=2)
+    head = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, PNG_COLOR_TYPES[c], 0, 0, 0))
+    tail = _png_chunk(b"IEND", b"")
+    return [head + _png_chunk(b"IDAT", zlib.compress(data[i].tobytes(), 1)) + tail for i in range(n)]
+
+
+def _write(path: Path, blobs: list[bytes], names: list[str]) -> None:
+    """Write files atomically (a fixed temp name beside each, then rename) without fsync: :func:`_sync` makes a
+    whole shard durable at once before its manifest. A temp file left by a kill is overwritten by the rerun
+    (its shard is uncommitted)."""
+    for blob, name in zip(blobs, names):
+        tmp = path / f".{name}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path / name)
+
+
+try:
+    _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+    _LIBC.syncfs  # noqa: B018 - present in glibc and musl
+except (OSError, AttributeError):
+    _LIBC = None
+
+
+def _sync(path: Path) -> None:
+    """Flush the filesystem holding ``path`` (Linux ``syncfs``: one call per shard instead of an fsync per file,
+    measured 1.7 ms per 32 px PNG here); elsewhere ``os.sync``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _LIBC is None or _LIBC.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
 def run_job(p: Plan, out: Path, *, process_index: int = 0, process_count: int = 1, signals=None,
             progress=None) -> dict[str, Any]:
-    """Compute and commit this process's uncommitted shards; -> counts. ``signals.check()`` between shards."""
+    """Compute and commit this process's uncommitted shards; -> counts. ``signals.check()`` between shards.
+
+    Pipelined: shard ``s``'s PNG encoding and writes (threads) overlap shard ``s + 1``'s compute; then the
+    filesystem is synced once and ``s``'s manifest written (the commit), so every committed shard's files are
+    durable and a kill at any point leaves uncommitted shards only."""
     job, V = p.job, len(p.job.variants)
     (out / "manifest").mkdir(parents=True, exist_ok=True)
+    if job.images:
+        (out / "images").mkdir(exist_ok=True)
+    if job.latents_out:
+        (out / "shards").mkdir(exist_ok=True)
     run = make_program(p)
     mine = [s for s in range(p.num_shards) if s % process_count == process_index]
     todo = [s for s in mine if not (out / "manifest" / f"shard-{s:06d}.json").exists()]
     done_items = 0
-    with ThreadPoolExecutor(max_workers=2) as pool:  # PNG encoding and writes overlap the next batch's compute
+    workers = 2
+
+    def write_images(img, lo, part):  # one writer thread's share of a shard
+        idx = range(part, len(img), workers)
+        names = [image_name(lo + j // V, j % V, V) for j in idx]
+        _write(out / "images", encode_pngs(img[part::workers]), names)
+
+    def write_latents(name, **arrays):
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        _write(out / "shards", [buf.getvalue()], [name])
+
+    def commit(s, lo, hi, futures):
+        nonlocal done_items
+        for f in futures:
+            f.result()
+        _sync(out)
+        files.write_json(out / "manifest" / f"shard-{s:06d}.json",
+                         {"shard": s, "items": [lo, hi], "variants": V, "process": process_index})
+        done_items += hi - lo
+        if progress is not None:
+            progress(done_items, s)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = None
         for s in todo:
             lo, hi = s * job.shard_size, min((s + 1) * job.shard_size, p.num_items)
             x = _z_of(p.seeds[lo:hi], p.G.cfg.z_dim) if p.seeds is not None else p.codes[lo:hi]
             outs = list(parallel.map_batches(run, {"x": x}, job.batch_size))
+            if pending is not None:
+                commit(*pending)
+                pending = None
+                if signals is not None:
+                    signals.check()
             ws = np.concatenate([o["ws"] for o in outs])
-            writes = []
+            futures = []
             if job.images:
                 img = np.concatenate([o["img"] for o in outs])
-                for j in range(hi - lo):
-                    for v in range(V):
-                        writes.append(pool.submit(imio.save_png, img[j, v], out / "images" / image_name(lo + j, v, V)))
+                img = img.reshape(-1, *img.shape[2:])  # item-major, then variant
+                futures += [pool.submit(write_images, img, lo, k) for k in range(workers)]
             if job.latents_out:
                 idx = np.repeat(np.arange(lo, hi, dtype=np.int64), V)
-                files.save_npz(out / "shards" / f"shard-{s:06d}.npz", index=idx,
-                               variant=np.tile(np.arange(V, dtype=np.int64), hi - lo),
-                               latent=ws.reshape(-1, *ws.shape[2:]).astype(np.float32))
-            for w in writes:
-                w.result()
-            files.write_json(out / "manifest" / f"shard-{s:06d}.json",
-                             {"shard": s, "items": [lo, hi], "variants": V, "process": process_index})
-            done_items += hi - lo
-            if progress is not None:
-                progress(done_items, s)
+                futures.append(pool.submit(write_latents, f"shard-{s:06d}.npz", index=idx,
+                                           variant=np.tile(np.arange(V, dtype=np.int64), hi - lo),
+                                           latent=ws.reshape(-1, *ws.shape[2:]).astype(np.float32)))
+            pending = (s, lo, hi, futures)
+        if pending is not None:
+            commit(*pending)
             if signals is not None:
                 signals.check()
     return {"shards": len(mine), "computed": len(todo), "items": done_items}
 
 
-def job_record(job: Job) -> dict[str, Any]:
-    """What ``DIR/job.json`` keeps (a rerun must match it)."""
-    return json.loads(json.dumps(dataclasses.asdict(job)))
+def job_record(job: Job, dtype: str = "float32") -> dict[str, Any]:
+    """What ``DIR/job.json`` keeps: the job and the compute dtype (both change the results; a rerun must match)."""
+    return {"job": json.loads(json.dumps(dataclasses.asdict(job))), "dtype": dtype}
+
+
+def record_matches(stored: Any, job: Job, dtype: str = "float32") -> bool:
+    """Whether a stored ``DIR/job.json`` is this job at this dtype (a record without a dtype, written before
+    ``--dtype`` existed, is the bare job: float32)."""
+    record = job_record(job, dtype)
+    return stored == record or (dtype == "float32" and stored == record["job"])
 
 
 def load_items(out: Path) -> dict[str, np.ndarray]:
@@ -328,4 +443,5 @@ def load_items(out: Path) -> dict[str, np.ndarray]:
     return {k: v[order] for k, v in cat.items()}
 
 
-__all__ = ["Job", "JobError", "job_record", "load_items", "parse_job", "plan", "read_job", "run_job"]
+__all__ = ["DTYPES", "Job", "JobError", "job_record", "load_items", "parse_job", "plan", "read_job",
+           "record_matches", "run_job"]

@@ -23,17 +23,21 @@ def run_batch(args) -> None:
         raise UsageError(f"--process-index {args.process_index}: must be in 0..{args.process_count - 1}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
-    record = batch.job_record(job)
+    record = batch.job_record(job, args.dtype)
     stored = out / "job.json"
     if stored.exists():
         try:
-            same = json.loads(stored.read_text()) == record
+            old = json.loads(stored.read_text())
         except (OSError, ValueError):
-            same = False
-        if not same:
+            old = None
+        if not batch.record_matches(old, job, args.dtype):
+            was = next((d for d in batch.DTYPES if batch.record_matches(old, job, d)), None)
+            if was is not None:
+                raise UsageError(f"--out {out}: holds this job computed with --dtype {was}, not {args.dtype} (the "
+                                 f"dtype changes the images); rerun with --dtype {was} or use a new folder")
             raise UsageError(f"--out {out}: holds another job ({stored}); use a new folder")
     enable_compilation_cache()
-    p = batch.plan(job)
+    p = batch.plan(job, args.dtype)
     if not stored.exists():
         files.write_json(stored, record)
     V = len(job.variants)
@@ -49,7 +53,7 @@ def _spawn(args) -> None:
     """Start ``--num-processes`` local processes of this command (one per process index) and wait for them."""
     n = args.num_processes
     base = [sys.executable, "-m", "jaxedit.cli.main", "batch", str(args.job), "--out", str(args.out),
-            "--process-count", str(n)]
+            "--process-count", str(n), "--dtype", args.dtype]
     procs = [subprocess.Popen([*base, "--process-index", str(i)]) for i in range(n)]
     codes = [q.wait() for q in procs]
     if any(codes):

@@ -277,6 +277,9 @@ def _add_batch(sub) -> None:
                                                                   "s %% count)")
     p.add_argument("--process-index", type=index, default=0, help="this process's index")
     p.add_argument("--num-processes", type=count, help="start this many local processes and wait for them")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="synthesis compute dtype (mapping and edits stay float32); part of the job: a rerun must "
+                        "use the same (default float32)")
     _command(p, "batch:run_batch")
 
 
