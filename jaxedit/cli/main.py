@@ -89,6 +89,14 @@ def _seeds_arg(p, default: str) -> None:
     p.add_argument("--seeds", default=default, help="seeds, e.g. 0-15 or 1,5,9-12 (z as NVIDIA's generate.py)")
 
 
+def _run_args(p) -> None:
+    """What every resumable trainer takes: --seed, --run (the run folder), --force."""
+    p.add_argument("--seed", type=index, help="random seed (default 0)")
+    p.add_argument("--run", dest="run_dir", help="run folder (config, checkpoints, log; default DST.run); rerun to "
+                                                "resume")
+    _force_arg(p, "an existing jaxedit checkpoint at DST")
+
+
 def _force_arg(p, what: str) -> None:
     p.add_argument("--force", action="store_true", help=f"replace {what} if jaxedit wrote it")
 
@@ -377,11 +385,8 @@ def _add_train(sub) -> None:
     p.add_argument("--steps", type=count, help="total training steps (default 4000; a larger value extends a run)")
     p.add_argument("--batch-size", type=count, help="images per step (default 64)")
     p.add_argument("--lr", type=positive, help="Adam peak learning rate (default 2e-3)")
-    p.add_argument("--seed", type=index, help="random seed (default 0)")
     p.add_argument("--resolution", type=count, help="render and probe resolution (default 32)")
-    p.add_argument("--run", dest="run_dir", help="run folder (config, checkpoints, log; default DST.run); rerun to "
-                                                "resume")
-    _force_arg(p, "an existing jaxedit checkpoint at DST")
+    _run_args(p)
     _command(p, "train:run_train_probe")
 
     p = sub.add_parser("train-encoder", help="train an e4e-style encoder (W+ codes) for a generator on its samples and "
@@ -391,10 +396,7 @@ def _add_train(sub) -> None:
     p.add_argument("--steps", type=count, help="total training steps (default 5000; a larger value extends a run)")
     p.add_argument("--batch-size", type=count, help="images per step (default 32)")
     p.add_argument("--lr", type=positive, help="Adam peak learning rate (default 1e-3)")
-    p.add_argument("--seed", type=index, help="random seed (default 0)")
-    p.add_argument("--run", dest="run_dir", help="run folder (config, checkpoints, log; default DST.run); rerun to "
-                                                "resume")
-    _force_arg(p, "an existing jaxedit checkpoint at DST")
+    _run_args(p)
     _command(p, "train:run_train_encoder")
 
     p = sub.add_parser("train-segmenter", help="train EditGAN's segmentation branch (pixel-classifier ensemble over "
@@ -403,10 +405,7 @@ def _add_train(sub) -> None:
     p.add_argument("--annotated", type=count, help="annotated renders, inverted into W+ (default 32)")
     p.add_argument("--steps", type=count, help="total training steps (default 2000; a larger value extends a run)")
     p.add_argument("--members", type=count, help="ensemble members (default 10, as EditGAN)")
-    p.add_argument("--seed", type=index, help="random seed (default 0)")
-    p.add_argument("--run", dest="run_dir", help="run folder (config, checkpoints, log; default DST.run); rerun to "
-                                                "resume")
-    _force_arg(p, "an existing jaxedit checkpoint at DST")
+    _run_args(p)
     _command(p, "train:run_train_segmenter")
 
     p = sub.add_parser("train-l2sae", help="train a Latents2Semantics structure/style autoencoder on shapes renders; "
@@ -414,10 +413,7 @@ def _add_train(sub) -> None:
     p.add_argument("dst", help="l2sae checkpoint directory to write")
     p.add_argument("--steps", type=count, help="total training steps (default 12000; a larger value extends a run)")
     p.add_argument("--batch-size", type=count, help="render pairs per step (default 16)")
-    p.add_argument("--seed", type=index, help="random seed (default 0)")
-    p.add_argument("--run", dest="run_dir", help="run folder (config, checkpoints, log; default DST.run); rerun to "
-                                                "resume")
-    _force_arg(p, "an existing jaxedit checkpoint at DST")
+    _run_args(p)
     _command(p, "train:run_train_l2sae")
 
     c = sub.add_parser("train-clip", help="train the small shapes-world CLIP (BPE merges + ViT/text transformer)")
