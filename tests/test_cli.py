@@ -53,6 +53,7 @@ def test_convert_writes_checkpoint_with_provenance(ckpt):
     assert meta["source"]["converter"]
 
 
+@pytest.mark.slow  # the library's force rules: tests/test_checkpoint_safety.py; this is the CLI's subprocess route
 def test_convert_refuses_to_overwrite(ckpt, tmp_path):
     one_line_error(run("convert", "stylegan2", fixture("nvidia_tiny32.pkl"), ckpt, ok=False), "already exists", "--force", code=1)
     mine = tmp_path / "mine"
@@ -71,6 +72,7 @@ def test_convert_refuses_to_overwrite(ckpt, tmp_path):
     assert checkpoint.read_meta(probe)["kind"] == "stylegan2" and (probe / "README.md").read_bytes() == b"card \x00\xff"
 
 
+@pytest.mark.slow  # as above
 def test_convert_force_overwrites_checkpoint(tmp_path):
     dst = tmp_path / "ck"
     run("convert", "stylegan2", fixture("nvidia_tiny32.pkl"), dst)

@@ -60,6 +60,7 @@ def sweep(G, p, editors, z):
         len(editors), len(TS), n)
 
 
+@pytest.mark.slow  # 45 s; GANSpace and the editors on SG3 stay in the default run
 def test_interfacegan_in_w_and_w_plus_moves_the_fitted_quantity():
     G, p = generator()
     f = fitted()
