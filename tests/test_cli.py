@@ -99,6 +99,7 @@ def test_sample_matches_reference_images(ckpt, tmp_path):
     assert grid.ndim == 3 and grid.shape[2] == 3 and grid.std() > 10  # a real picture, not blank
 
 
+@pytest.mark.slow  # a long duplicate (default-run budget)
 def test_sample_seeds_truncation_and_conditional(ckpt, tmp_path):
     run("sample", ckpt, "--seeds", "0-5", "--psi", "0.7", "--cutoff", "4", "--out", tmp_path / "g.png",
         "--save-w", tmp_path / "w.npy")
@@ -190,6 +191,7 @@ def test_bad_numbers_exit_2_before_anything_is_written(tmp_path, argv):
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+@pytest.mark.slow  # a long duplicate (default-run budget)
 def test_convert_stylegan3_and_load(tmp_path):
     """`jaxedit convert stylegan3` writes a checkpoint that jaxedit.load reads (parity: test_stylegan3.py);
     a StyleGAN2 pickle given as stylegan3 is one line naming the file."""

@@ -82,6 +82,7 @@ def test_resume_is_exact(gen, tmp_path):
     assert D.load_run_config(tmp_path / "b").steps == 6  # resuming did not reset the step budget
 
 
+@pytest.mark.slow  # a long duplicate (default-run budget)
 def test_cli_resume_keeps_the_stored_config_and_extends(gen, tmp_path, capsys):
     from jaxedit.cli.main import main
 

@@ -24,7 +24,8 @@ def interrupted(args, sig, after: float, cwd):
     return proc.returncode, err
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("sig, code", [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),
+                                       pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
 def test_text_edit_mapper_stops_cleanly(tmp_path, sig, code):
     """The mapper reports progress from inside its compiled program (the case that used to end in a
     segmentation fault): the signal waits for the program, then nothing is written."""

@@ -48,6 +48,7 @@ def test_partial_captions_name_only_true_factors():
     assert shapes.captions(f, 5) == shapes.captions(f, 5, partial=0.0)  # full captions unchanged
 
 
+@pytest.mark.slow  # a long duplicate (default-run budget)
 def test_run_folder_resumes_extends_and_refuses_changes(tmp_path):
     import dataclasses
 
