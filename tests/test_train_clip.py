@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from jaxedit.data import shapes
 from jaxedit.models.clip.tokenizer import Tokenizer
