@@ -28,7 +28,7 @@ def run_batch(args) -> None:
     if stored.exists():
         try:
             old = json.loads(stored.read_text())
-        except (OSError, ValueError):
+        except (json.JSONDecodeError, UnicodeDecodeError):  # not ours to read: another job
             old = None
         if not batch.record_matches(old, job, args.dtype):
             was = next((d for d in batch.DTYPES if batch.record_matches(old, job, d)), None)

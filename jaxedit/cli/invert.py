@@ -225,8 +225,8 @@ def _partial_dir(out: Path, job: dict, force: bool) -> Path:
     meta = partial / "job.json"
     if partial.exists():
         try:
-            same = json.loads(meta.read_text()) == json.loads(json.dumps(job))
-        except (OSError, ValueError):
+            same = meta.is_file() and json.loads(meta.read_text()) == json.loads(json.dumps(job))
+        except (json.JSONDecodeError, UnicodeDecodeError):  # not ours to read: another job
             same = False
         if not same and not force:
             raise UsageError(f"--out {out}: holds an unfinished invert of other inputs or flags ({PARTIAL}/; "
