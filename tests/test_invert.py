@@ -205,7 +205,8 @@ def test_cli_invert_resumes_per_batch_and_refuses_another_job(tmp_path, capsys, 
     capsys.readouterr()
     assert main([*argv[:-1], "4", "--out", str(out)]) == 2  # another batch size: another job
     assert "unfinished invert of other inputs or flags" in capsys.readouterr().err
+    (out / ".invert-partial" / "notes.txt").write_text("mine")  # a user's file in jaxedit's folder survives
     assert main([*argv, "--out", str(out)]) == 0
     assert "resuming: 1 of 3 batches" in capsys.readouterr().out
     np.testing.assert_array_equal(np.load(out / "latents.npz")["ws"], whole)
-    assert not (out / ".invert-partial").exists()
+    assert [f.name for f in (out / ".invert-partial").iterdir()] == ["notes.txt"]

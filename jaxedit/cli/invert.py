@@ -10,7 +10,7 @@ different job in the same ``--out`` is refused unless ``--force`` (which discard
 from __future__ import annotations
 
 import json
-import shutil
+import re
 import time
 from pathlib import Path
 
@@ -189,7 +189,7 @@ def run_invert(args) -> None:
           f"[{n}, {G.cfg.num_ws}, {G.cfg.w_dim}], {out}/recon/*.png, {out}/report.json")
     print(f"  PSNR mean {float(np.mean(psnr)):.2f} dB (min {float(np.min(psnr)):.2f}); {loss_name} mean "
           f"{float(np.mean(dist)):.4g}; edit them: jaxedit edit --latents {out}/latents.npz --directions ...")
-    shutil.rmtree(partial)
+    _discard_partial(partial)
     if problems:
         raise InputError(f"invert: {len(problems)} of {len(paths)} inputs skipped (listed above); the others "
                          f"are in {out}")
@@ -203,6 +203,16 @@ def _unique_names(paths: list[Path]) -> list[str]:
         seen[stem] = seen.get(stem, 0) + 1
         names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
     return names
+
+
+def _discard_partial(partial: Path) -> None:
+    """Remove the files jaxedit wrote in ``partial`` (``job.json``, ``batch-*.npz`` and their temp files), then the
+    folder if nothing else is in it: a file the user put there survives."""
+    for f in partial.iterdir():
+        if f.is_file() and (f.name == "job.json" or re.fullmatch(r"\.?(batch-\d{5}\.npz|job\.json)(\.tmp-.*)?", f.name)):
+            f.unlink()
+    if not any(partial.iterdir()):
+        partial.rmdir()
 
 
 def _read_batch(path: Path) -> dict[str, np.ndarray]:
@@ -232,6 +242,6 @@ def _partial_dir(out: Path, job: dict, force: bool) -> Path:
             raise UsageError(f"--out {out}: holds an unfinished invert of other inputs or flags ({PARTIAL}/; "
                              f"rerun that command to resume it, or add --force to discard it)")
         if not same:
-            shutil.rmtree(partial)
+            _discard_partial(partial)
     files.write_json(meta, job)
     return partial
