@@ -43,9 +43,7 @@ import itertools
 import json
 import os
 import re
-import struct
 import sys
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -57,6 +55,7 @@ import numpy as np
 from jaxedit import edits, models, parallel
 from jaxedit.errors import InputError
 from jaxedit.io import checkpoint, files
+from jaxedit.io import images as imio
 
 DEFAULT_GENERATOR = "shapes32-stylegan2"
 SEEDS = re.compile(r"(\d+)(?:-(\d+))?")
@@ -305,28 +304,6 @@ def image_name(i: int, v: int, num_variants: int) -> str:
     return f"{i:08d}.png" if num_variants == 1 else f"{i:08d}-{v:03d}.png"
 
 
-PNG_COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (grey, grey+alpha, RGB, RGBA)
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-
-def encode_pngs(img: np.ndarray) -> list[bytes]:
-    """uint8 images ``[N, H, W, C]`` -> PNG files (8-bit, the "Up" row filter, zlib level 1).
-
-    The batch engine's encoder: 2-3x faster than PIL's default here (60 vs 200 us per 32 px image; zlib releases
-    the GIL, so the writer threads run beside the next shard's compute) for ~20 % larger files; lossless."""
-    n, h, w, c = img.shape
-    rows = img.reshape(n, h, w * c)
-    up = rows.copy()
-    up[:, 1:] -= rows[:, :-1]  # uint8 wrap-around, as PNG's filter arithmetic
-    data = np.concatenate([np.full((n, h, 1), 2, np.uint8), up], axis=2)
-    head = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, PNG_COLOR_TYPES[c], 0, 0, 0))
-    tail = _png_chunk(b"IEND", b"")
-    return [head + _png_chunk(b"IDAT", zlib.compress(data[i].tobytes(), 1)) + tail for i in range(n)]
-
-
 def _write(path: Path, blobs: list[bytes], names: list[str]) -> None:
     """Write files atomically (a fixed temp name beside each, then rename) without fsync: :func:`_sync` makes a
     whole shard durable at once before its manifest. A temp file left by a kill is overwritten by the rerun
@@ -378,7 +355,7 @@ def run_job(p: Plan, out: Path, *, process_index: int = 0, process_count: int = 
     def write_images(img, lo, part):  # one writer thread's share of a shard
         idx = range(part, len(img), workers)
         names = [image_name(lo + j // V, j % V, V) for j in idx]
-        _write(out / "images", encode_pngs(img[part::workers]), names)
+        _write(out / "images", imio.encode_pngs(img[part::workers]), names)
 
     def write_latents(name, **arrays):
         buf = io.BytesIO()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -119,6 +121,30 @@ def save_png(array: np.ndarray, path: str | Path, upscale: int = 1) -> Path:
     with atomic_path(path) as tmp:
         Image.fromarray(a).save(tmp, format="PNG")
     return Path(path)
+
+
+# ------------------------------------------------------------------------------ fast PNG bytes
+PNG_COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (grey, grey+alpha, RGB, RGBA)
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def encode_pngs(img: np.ndarray) -> list[bytes]:
+    """uint8 images ``[N, H, W, C]`` -> PNG files (8-bit, the "Up" row filter, zlib level 1).
+
+    The batch engine's encoder (:mod:`jaxedit.batch`): 2-3x faster than PIL's default here (60 vs 200 us per
+    32 px image; zlib releases the GIL, so writer threads run beside the next shard's compute) for ~20 % larger
+    files; lossless. Bytes only: the caller writes them (atomically)."""
+    n, h, w, c = img.shape
+    rows = img.reshape(n, h, w * c)
+    up = rows.copy()
+    up[:, 1:] -= rows[:, :-1]  # uint8 wrap-around, as PNG's filter arithmetic
+    data = np.concatenate([np.full((n, h, 1), 2, np.uint8), up], axis=2)
+    head = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, PNG_COLOR_TYPES[c], 0, 0, 0))
+    tail = _png_chunk(b"IEND", b"")
+    return [head + _png_chunk(b"IDAT", zlib.compress(data[i].tobytes(), 1)) + tail for i in range(n)]
 
 
 def label(grid_image: np.ndarray, cell: tuple[int, int], origin: int, row_labels=(), col_labels=(),
