@@ -13,6 +13,7 @@ from jaxedit.edits import local_style
 from jaxedit.errors import InputError
 from jaxedit.io import checkpoint
 from jaxedit.models.l2sae import KIND, L2SAE, L2SAEConfig
+from jaxedit.train import l2sae as train_l2sae
 
 CFG = L2SAEConfig(group_channels=4, style_dim=8, encoder_widths=(8, 8, 8), decoder_widths=(8, 8, 8))
 
@@ -35,6 +36,31 @@ def test_each_region_mask_reads_only_its_own_structure_group(model):
     assert np.all(changed[..., [0, 2]] == 0) and np.abs(changed[..., 1]).max() > 0.1
     m = M.masks(params, s)
     assert m.shape == (4, 32, 32, 3) and np.allclose(np.asarray(m.sum(-1)), 1, atol=1e-5)
+
+
+def test_stride_two_structure_grid_and_class_balanced_mask_loss():
+    cfg = L2SAEConfig(group_channels=4, style_dim=8, encoder_widths=(8, 8, 8), decoder_widths=(8, 8, 8),
+                      structure_stride=2)
+    M = L2SAE(cfg)
+    params = M.init(jax.random.key(0))
+    batch = train_l2sae.swap_batch(jax.random.key(3), 4)
+    s, g = M.encode(params, batch["xa"])
+    assert s.shape == (4, 16, 16, 12) and M.decode(params, s, g).shape == (4, 32, 32, 3)
+    with pytest.raises(InputError, match="structure_stride"):
+        L2SAEConfig(structure_stride=8)
+    # balanced: each class's pixels weigh N / (R * count); the mean of the weights over pixels is 1
+    labels = np.asarray(batch["labels"])
+    logits = np.asarray(M.mask_logits(params, s))
+    ce = -np.take_along_axis(jax.nn.log_softmax(logits, -1), labels[..., None], -1)[..., 0]
+    count = np.bincount(labels.ravel(), minlength=3)
+    expected = np.mean(ce * (labels.size / (3 * count))[labels])
+    tcfg = train_l2sae.L2SAETrainConfig(model=cfg, mask_balance=True)
+    P, pp = jaxedit.load("shapes32-probe")
+    got = train_l2sae.losses(M, P, params, pp, batch, tcfg)["mask"]
+    assert abs(float(got) - expected) < 1e-5 * max(1.0, expected)
+    plain = train_l2sae.losses(M, P, params, pp, batch, train_l2sae.L2SAETrainConfig(model=cfg, mask_balance=False))
+    assert abs(float(plain["mask"]) - ce.mean()) < 1e-5 * max(1.0, ce.mean())
+    assert count.max() > 5 * count.min() > 0  # the weights are far from uniform on this batch
 
 
 def test_composite_keeps_every_pixel_outside_the_region_exactly(model):

@@ -60,12 +60,15 @@ class L2SAEConfig(JSONConfig):
     regions: tuple[str, ...] = ("background", "body", "spot")
     group_channels: int = 8
     style_dim: int = 32
-    encoder_widths: tuple[int, ...] = (16, 32, 48)  # at resolution, /2, /4 (the structure's resolution)
-    decoder_widths: tuple[int, ...] = (48, 32, 16)  # at /4, /2, resolution
+    encoder_widths: tuple[int, ...] = (16, 32, 48)  # at resolution, /2, /stride (the structure's resolution)
+    decoder_widths: tuple[int, ...] = (48, 32, 16)  # at /stride, /2, resolution
+    structure_stride: int = 4  # 4 or 2: the structure grid is resolution / structure_stride
 
     def __post_init__(self):
         if len(self.encoder_widths) != 3 or len(self.decoder_widths) != 3 or self.resolution % 4:
             raise InputError("L2SAEConfig: three encoder and decoder widths and a resolution divisible by 4")
+        if self.structure_stride not in (2, 4):
+            raise InputError(f"L2SAEConfig: structure_stride must be 2 or 4, got {self.structure_stride}")
         if not self.regions or len(set(self.regions)) != len(self.regions):
             raise InputError(f"L2SAEConfig: region names must be distinct, got {list(self.regions)}")
         object.__setattr__(self, "regions", tuple(self.regions))
@@ -78,7 +81,7 @@ class L2SAEConfig(JSONConfig):
 
     @property
     def structure_size(self) -> int:
-        return self.resolution // 4
+        return self.resolution // self.structure_stride
 
 
 def _conv(cin, cout, rngs, k=3, stride=1):
@@ -91,20 +94,21 @@ class L2SAENet(nnx.Module):
         r, c = len(cfg.regions), cfg.group_channels
         self.enc0 = _conv(5, e[0], rngs)
         self.enc1 = _conv(e[0], e[1], rngs, stride=2)
-        self.enc2 = _conv(e[1], e[2], rngs, stride=2)
+        down = cfg.structure_stride == 4  # the second stride-2 step (stride 2: it keeps /2)
+        self.enc2 = _conv(e[1], e[2], rngs, stride=2 if down else 1)
         self.enc3 = _conv(e[2], e[2], rngs)
         self.structure = _conv(e[2], cfg.structure_channels, rngs, k=1)
         self.style0 = _conv(e[2], e[2], rngs)
         self.style1 = nnx.Linear(e[2], cfg.style_dim, rngs=rngs)
         self.mask_kernel = nnx.Param(jax.random.normal(rngs.params(), (r, c)) / c ** 0.5)
         self.mask_bias = nnx.Param(jnp.zeros((r,)))
-        s = cfg.structure_size
+        s, h = cfg.structure_size, cfg.resolution // 2
         self.stem = _conv(cfg.structure_channels, d[0], rngs, k=1)
         self.dec0 = SynthesisLayer(d[0], d[0], cfg.style_dim, s, up=False, conv_clamp=None, rngs=rngs)
-        self.dec1 = SynthesisLayer(d[0], d[1], cfg.style_dim, 2 * s, up=True, conv_clamp=None, rngs=rngs)
-        self.dec2 = SynthesisLayer(d[1], d[1], cfg.style_dim, 2 * s, up=False, conv_clamp=None, rngs=rngs)
-        self.dec3 = SynthesisLayer(d[1], d[2], cfg.style_dim, 4 * s, up=True, conv_clamp=None, rngs=rngs)
-        self.dec4 = SynthesisLayer(d[2], d[2], cfg.style_dim, 4 * s, up=False, conv_clamp=None, rngs=rngs)
+        self.dec1 = SynthesisLayer(d[0], d[1], cfg.style_dim, h, up=down, conv_clamp=None, rngs=rngs)
+        self.dec2 = SynthesisLayer(d[1], d[1], cfg.style_dim, h, up=False, conv_clamp=None, rngs=rngs)
+        self.dec3 = SynthesisLayer(d[1], d[2], cfg.style_dim, 2 * h, up=True, conv_clamp=None, rngs=rngs)
+        self.dec4 = SynthesisLayer(d[2], d[2], cfg.style_dim, 2 * h, up=False, conv_clamp=None, rngs=rngs)
         self.torgb = ToRGB(d[2], 3, cfg.style_dim, conv_clamp=None, rngs=rngs)
 
     def encode(self, img):

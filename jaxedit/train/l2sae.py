@@ -44,20 +44,21 @@ STYLE_FACTORS = ("hue", "bg_hue", "spot_hue")  # what a swap takes from the dono
 
 @dataclasses.dataclass(frozen=True)
 class L2SAETrainConfig(JSONConfig):
-    steps: int = 12_000
+    steps: int = 10_000
     decay_steps: int | None = None  # the cosine's horizon (default: steps of the first call)
     batch: int = 16
     lr: float = 2e-3
     warmup: int = 500
     perceptual_weight: float = 0.02
     swap_weight: float = 1.0
-    mask_weight: float = 0.1
+    mask_weight: float = 1.0
+    mask_balance: bool = True  # weight each pixel's cross-entropy by 1 / its class's share of the batch
     seed: int = 0
     eval_images: int = 256
     ckpt_every: int = 1000
     log_every: int = 200
     probe: str = "shapes32-probe"
-    model: L2SAEConfig = L2SAEConfig()
+    model: L2SAEConfig = L2SAEConfig(structure_stride=2, encoder_widths=(32, 48, 64), decoder_widths=(64, 48, 32))
 
     def __post_init__(self):
         for name in ("steps", "batch", "eval_images"):
@@ -92,6 +93,11 @@ def losses(M: L2SAE, P: Probe, params, pparams, batch, cfg: L2SAETrainConfig) ->
             jnp.sum(jnp.square(feats(y) - feats(target)), axis=-1))
 
     ce = optax.softmax_cross_entropy_with_integer_labels(M.mask_logits(params, sa), batch["labels"])
+    if cfg.mask_balance:  # a spot of a few pixels counts as much as the background: weights average 1 per pixel
+        regions = len(M.cfg.regions)
+        count = jnp.bincount(batch["labels"].ravel(), length=regions)
+        weight = batch["labels"].size / (regions * jnp.maximum(count, 1))
+        ce = ce * jax.lax.stop_gradient(weight)[batch["labels"]]
     terms = {"recon": image_loss(rec, batch["xa"]), "swap": image_loss(swap, batch["xab"]), "mask": jnp.mean(ce)}
     terms["loss"] = terms["recon"] + cfg.swap_weight * terms["swap"] + cfg.mask_weight * terms["mask"]
     return terms
