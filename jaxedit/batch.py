@@ -52,12 +52,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit import edits, models, parallel
+from jaxedit import edits, invert, models, parallel
 from jaxedit.errors import InputError
 from jaxedit.io import checkpoint, files
 from jaxedit.io import images as imio
+from jaxedit.models import e4e, lpips, probe
 
 DEFAULT_GENERATOR = "shapes32-stylegan2"
+DEFAULT_ENCODER = "shapes32-encoder"
+DEFAULT_PROBE = "shapes32-probe"
+INVERT_KEYS = ("encoder", "invert_steps", "invert_loss", "loss_model", "pixel_weight", "invert_seed")
+INVERT_LOSSES = ("probe", "pixel", "lpips")  # the hybrid projector's image distance (see parse_job)
 SEEDS = re.compile(r"(\d+)(?:-(\d+))?")
 MAX_ITEMS = 100_000_000
 EDIT_KEYS = {"method", "directions", "k", "t", "space", "layers", "eps"}
@@ -90,6 +95,14 @@ class Job:
     latents_out: bool
     shard_size: int
     batch_size: int
+    image_dir: str | None = None  # image-folder inputs: item i is image_files[i] (sorted by name)
+    image_files: tuple[tuple[str, int, int], ...] = ()  # (name, bytes, mtime_ns): a changed folder is another job
+    encoder: str = DEFAULT_ENCODER  # e4e checkpoint (or default model name) inverting the images
+    invert_steps: int = 0  # hybrid projector steps after the encoder (0: the encoder's codes)
+    invert_loss: str = "probe"
+    loss_model: str | None = None  # the probe (default shapes32-probe) or LPIPS checkpoint of invert_loss
+    pixel_weight: float = 0.0  # + this x pixel MSE in the projector's distance
+    invert_seed: int = 0
 
     @property
     def variants(self) -> list[tuple[float, ...]]:
@@ -106,6 +119,46 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
 
+def _int(v, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _model_ref(base: Path, ref: str) -> str:
+    """A checkpoint named in a job: a path beside the job file when one exists there, else as given (a path or an
+    embedded default model's name, resolved by :func:`jaxedit.io.checkpoint.resolve`)."""
+    return str(base / ref) if not Path(ref).is_absolute() and (base / ref).exists() else ref
+
+
+def _parse_images(inputs: dict, base: Path) -> dict[str, Any]:
+    """``inputs.images`` and the inversion fields -> :class:`Job` keyword arguments (the folder is listed here;
+    image headers are checked against the generator by :func:`plan`)."""
+    d = inputs["images"]
+    _field(isinstance(d, str), "inputs.images", "a folder of image files")
+    d = str(base / d) if not Path(d).is_absolute() else d
+    _field(Path(d).is_dir(), "inputs.images", f"no such folder {d}")
+    found = imio.image_files(d)
+    _field(bool(found), "inputs.images", f"{d} holds no image files ({', '.join(imio.IMAGE_SUFFIXES)})")
+    _field(len(found) <= MAX_ITEMS, "inputs.images", f"{len(found):,} images: at most {MAX_ITEMS:,}")
+    enc = inputs.get("encoder", DEFAULT_ENCODER)
+    _field(isinstance(enc, str), "inputs.encoder", "an e4e checkpoint path or default model name")
+    steps = inputs.get("invert_steps", 0)
+    _field(_int(steps, 0, 100_000), "inputs.invert_steps", "hybrid projector steps, an int in 0..100000")
+    loss = inputs.get("invert_loss", "probe")
+    _field(loss in INVERT_LOSSES, "inputs.invert_loss", f"one of {', '.join(INVERT_LOSSES)}")
+    model = inputs.get("loss_model")
+    _field(model is None or isinstance(model, str), "inputs.loss_model", "a probe or LPIPS checkpoint")
+    _field(loss != "lpips" or model is not None, "inputs.loss_model", "invert_loss lpips needs an LPIPS checkpoint")
+    pw = inputs.get("pixel_weight", 0.0)
+    _field(_number(pw) and pw >= 0, "inputs.pixel_weight", "a finite number >= 0")
+    seed = inputs.get("invert_seed", 0)
+    _field(_int(seed, 0, 2 ** 32 - 1), "inputs.invert_seed", "an int in [0, 2**32)")
+    stats = [q.stat() for q in found]
+    return {"image_dir": d, "image_files": tuple((q.name, st.st_size, st.st_mtime_ns) for q, st in zip(found, stats)),
+            "encoder": _model_ref(base, enc), "invert_steps": steps, "invert_loss": loss,
+            "loss_model": None if model is None else _model_ref(base, model), "pixel_weight": float(pw),
+            "invert_seed": seed}
+
+
 def parse_job(obj: Any, base: Path) -> Job:
     """A job dict -> :class:`Job`; relative paths are read from ``base`` (the job file's folder)."""
     _field(isinstance(obj, dict), "(top)", "a job is a JSON object")
@@ -114,9 +167,13 @@ def parse_job(obj: Any, base: Path) -> Job:
     gen = obj.get("generator")
     _field(gen is None or isinstance(gen, str), "generator", "a checkpoint path, a default model name or null")
     inputs = obj.get("inputs")
-    _field(isinstance(inputs, dict) and (("seeds" in inputs) != ("latents" in inputs)), "inputs",
-           'give {"seeds": "0-511"} or {"latents": "file.npz"}')
-    _field(set(inputs) <= {"seeds", "latents", "psi"}, "inputs", f"unknown keys {sorted(set(inputs) - {'seeds', 'latents', 'psi'})}")
+    sources = [k for k in ("seeds", "latents", "images") if isinstance(inputs, dict) and k in inputs]
+    _field(len(sources) == 1, "inputs", 'give one of {"seeds": "0-511"}, {"latents": "file.npz"} or '
+                                        '{"images": "folder"}')
+    known = {"seeds", "latents", "images", "psi", *INVERT_KEYS}
+    _field(set(inputs) <= known, "inputs", f"unknown keys {sorted(set(inputs) - known)}")
+    extra = sorted(set(inputs) & set(INVERT_KEYS))
+    _field("images" in inputs or not extra, "inputs", f"{extra} only with image-folder inputs")
     seeds = None
     if "seeds" in inputs:
         text = inputs["seeds"]
@@ -169,7 +226,7 @@ def parse_job(obj: Any, base: Path) -> Job:
     nvar = int(np.prod([len(e.t) for e in chain]))
     _field(nvar <= 10_000, "edits[].t", f"{nvar} variants (the product of the t lists): at most 10,000")
     return Job(gen, seeds, latents, float(psi), tuple(chain), out.get("images", True), out.get("latents", True),
-               shard, batch)
+               shard, batch, **(_parse_images(inputs, base) if "images" in inputs else {}))
 
 
 def read_job(path: str | Path) -> Job:
@@ -197,10 +254,15 @@ class Plan:
     codes: np.ndarray | None  # [N, num_ws, w_dim]
     job: Job
     dtype: str = "float32"  # the synthesis compute dtype, one of DTYPES
+    E: Any = None  # image inputs: the e4e encoder, its params and the projector's distance (invert_steps > 0)
+    eparams: Any = None
+    distance: Any = None
 
     @property
     def num_items(self) -> int:
-        return len(self.seeds) if self.seeds is not None else len(self.codes)
+        if self.seeds is not None:
+            return len(self.seeds)
+        return len(self.codes) if self.codes is not None else len(self.job.image_files)
 
     @property
     def num_shards(self) -> int:
@@ -228,6 +290,11 @@ def plan(job: Job, dtype: str = "float32") -> Plan:
     seeds = codes = None
     if job.seeds is not None:
         seeds = np.concatenate([np.arange(lo, hi + 1, dtype=np.uint64) for lo, hi in job.seeds]).astype(np.uint32)
+    elif job.image_dir is not None:
+        if z_edits:
+            raise JobError("job field edits: Z-space edits need seed inputs (image inputs are inverted to W+)")
+        E, ep, distance = _inversion(job, G)
+        return Plan(G, gp, eds, z_edits, None, None, job, dtype, E, ep, distance)
     else:
         with np.load(job.latents, allow_pickle=False) if job.latents.endswith(".npz") else _npy(job.latents) as z:
             codes = np.asarray(z["ws"] if "ws" in z else z[""], np.float32)
@@ -237,6 +304,59 @@ def plan(job: Job, dtype: str = "float32") -> Plan:
         if z_edits:
             raise JobError("job field edits: Z-space edits need seed inputs (latent inputs are W+)")
     return Plan(G, gp, eds, z_edits, seeds, codes, job, dtype)
+
+
+def _inversion(job: Job, G) -> tuple[Any, Any, Any]:
+    """Image inputs: check every file's header against the generator (no pixels decoded), load the encoder and
+    the projector's distance (``invert_steps > 0``) -> ``(E, eparams, distance or None)``."""
+    res = G.cfg.img_resolution
+    for name, _, _ in job.image_files:
+        size = imio.image_size(Path(job.image_dir) / name)
+        if size != (res, res):
+            raise JobError(f"job field inputs.images: {Path(job.image_dir) / name} is {size[0]}x{size[1]}, the "
+                           f"generator makes {res}x{res} images (resize them first)")
+    E, ep = models.load(checkpoint.resolve(job.encoder))
+    if not isinstance(E, e4e.Encoder):
+        raise JobError(f"job field inputs.encoder: {job.encoder} is not an e4e encoder checkpoint")
+    if (E.cfg.n_styles, E.cfg.w_dim) != (G.cfg.num_ws, G.cfg.w_dim):
+        raise JobError(f"job field inputs.encoder: codes {E.cfg.n_styles} x {E.cfg.w_dim}, but the generator's W+ "
+                       f"is {G.cfg.num_ws} x {G.cfg.w_dim}")
+    if not job.invert_steps:
+        return E, ep, None
+    if job.invert_loss == "pixel":
+        distance = invert.pixel_distance
+    elif job.invert_loss == "probe":
+        P, pp = probe.load(checkpoint.resolve(job.loss_model or DEFAULT_PROBE))
+        if P.cfg.resolution != res:
+            raise JobError(f"job field inputs.loss_model: the probe reads {P.cfg.resolution} px images, the "
+                           f"generator makes {res} px")
+        distance = invert.probe_distance(P, pp)
+    else:
+        lp, lpp = models.load(checkpoint.resolve(job.loss_model))
+        if not isinstance(lp, lpips.LPIPS):
+            raise JobError(f"job field inputs.loss_model: {job.loss_model} is not an LPIPS checkpoint")
+        distance = invert.lpips_distance(lp, lpp)
+    if not job.pixel_weight:
+        return E, ep, distance
+
+    def with_pixels(a, b):
+        return distance(a, b) + job.pixel_weight * invert.pixel_distance(a, b)
+
+    return E, ep, with_pixels
+
+
+def _invert(p: Plan, img: jax.Array, index: jax.Array) -> jax.Array:
+    """Images ``[B, H, W, 3]`` uint8 of items ``index [B]`` -> W+ codes ``[B, num_ws, w_dim]``: the encoder, then
+    ``invert_steps`` of the hybrid projector in W+ (:meth:`jaxedit.invert.ProjectorConfig.hybrid`) with the
+    generator's own noise kept fixed, as the codes are rendered (item i's key: ``fold_in(key(invert_seed), i)``)."""
+    G, job = p.G, p.job
+    x = img.astype(jnp.float32) / 127.5 - 1.0  # as jaxedit.io.images.from_uint8
+    ws = invert.encode(p.E, p.eparams, x, min(G.cfg.img_resolution, 256))
+    if not job.invert_steps:
+        return ws
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(job.invert_seed), i))(index)
+    cfg = invert.ProjectorConfig.hybrid(steps=job.invert_steps, mode="w+", optimize_noise=False)
+    return invert.project(G, p.gparams, p.distance, x, keys, cfg, init=ws).ws
 
 
 class _npy:
@@ -263,7 +383,9 @@ def _z_of(seeds: np.ndarray, z_dim: int) -> np.ndarray:
 
 
 def make_program(p: Plan):
-    """One jitted program: a batch of items -> W+ codes ``[B, V, L, d]`` (and images ``[B, V, H, W, 3]``).
+    """One jitted program: a batch of items (``x``: z ``[B, z_dim]``, W+ codes ``[B, L, d]`` or uint8 images
+    ``[B, H, W, 3]`` with their ``index [B]``, inverted first) -> W+ codes ``[B, V, L, d]`` (and images
+    ``[B, V, H, W, 3]``).
 
     The mapping and the edits run in float32; the synthesis in ``p.dtype`` (params' float leaves and codes cast
     inside the program, the images back to float32 before the uint8 conversion)."""
@@ -284,7 +406,7 @@ def make_program(p: Plan):
 
     @jax.jit
     def run(batch):
-        x = batch["x"]
+        x = batch["x"] if p.E is None else _invert(p, batch["x"], batch["index"])
         ws = jax.vmap(lambda t: one_variant(x, p.seeds is not None, t), out_axes=1)(ts)  # [B, V, L, d]
         out = {"ws": ws}
         if p.job.images:
@@ -333,13 +455,25 @@ def _sync(path: Path) -> None:
         os.close(fd)
 
 
+def _inputs(p: Plan, lo: int, hi: int) -> dict[str, np.ndarray]:
+    """Items ``lo:hi`` on the host: seeds' z, W+ codes, or the images (decoded here, uint8 to the program)."""
+    if p.seeds is not None:
+        return {"x": _z_of(p.seeds[lo:hi], p.G.cfg.z_dim)}
+    if p.codes is not None:
+        return {"x": p.codes[lo:hi]}
+    paths = [Path(p.job.image_dir) / name for name, _, _ in p.job.image_files[lo:hi]]
+    img, _ = imio.load_images(paths, p.G.cfg.img_resolution)
+    return {"x": imio.to_uint8(img), "index": np.arange(lo, hi, dtype=np.uint32)}
+
+
 def run_job(p: Plan, out: Path, *, process_index: int = 0, process_count: int = 1, signals=None,
             progress=None) -> dict[str, Any]:
     """Compute and commit this process's uncommitted shards; -> counts. ``signals.check()`` between shards.
 
-    Pipelined: shard ``s``'s PNG encoding and writes (threads) overlap shard ``s + 1``'s compute; then the
-    filesystem is synced once and ``s``'s manifest written (the commit), so every committed shard's files are
-    durable and a kill at any point leaves uncommitted shards only."""
+    Pipelined: shard ``s + 1``'s inputs are read (a thread) and ``s``'s PNG encoding and writes (threads)
+    overlap shard ``s + 1``'s compute; then the filesystem is synced once and ``s``'s manifest written (the
+    commit), so every committed shard's files are durable and a kill at any point leaves uncommitted shards only.
+    Each process computes on its own (local) devices."""
     job, V = p.job, len(p.job.variants)
     (out / "manifest").mkdir(parents=True, exist_ok=True)
     if job.images:
@@ -347,6 +481,7 @@ def run_job(p: Plan, out: Path, *, process_index: int = 0, process_count: int = 
     if job.latents_out:
         (out / "shards").mkdir(exist_ok=True)
     run = make_program(p)
+    mesh = parallel.data_mesh(jax.local_devices())
     mine = [s for s in range(p.num_shards) if s % process_count == process_index]
     todo = [s for s in mine if not (out / "manifest" / f"shard-{s:06d}.json").exists()]
     done_items = 0
@@ -357,10 +492,10 @@ def run_job(p: Plan, out: Path, *, process_index: int = 0, process_count: int = 
         names = [image_name(lo + j // V, j % V, V) for j in idx]
         _write(out / "images", imio.encode_pngs(img[part::workers]), names)
 
-    def write_latents(name, **arrays):
+    def write_latents(file, **arrays):
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        _write(out / "shards", [buf.getvalue()], [name])
+        _write(out / "shards", [buf.getvalue()], [file])
 
     def commit(s, lo, hi, futures):
         nonlocal done_items
@@ -373,12 +508,19 @@ def run_job(p: Plan, out: Path, *, process_index: int = 0, process_count: int = 
         if progress is not None:
             progress(done_items, s)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+
+    def span(s):  # shard s's items lo:hi
+        return s * job.shard_size, min((s + 1) * job.shard_size, p.num_items)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=1) as reader:
         pending = None
-        for s in todo:
-            lo, hi = s * job.shard_size, min((s + 1) * job.shard_size, p.num_items)
-            x = _z_of(p.seeds[lo:hi], p.G.cfg.z_dim) if p.seeds is not None else p.codes[lo:hi]
-            outs = list(parallel.map_batches(run, {"x": x}, job.batch_size))
+        ahead = reader.submit(_inputs, p, *span(todo[0])) if todo else None  # one shard read ahead: backpressure
+        for j, s in enumerate(todo):
+            lo, hi = span(s)
+            x = ahead.result()
+            if j + 1 < len(todo):
+                ahead = reader.submit(_inputs, p, *span(todo[j + 1]))
+            outs = list(parallel.map_batches(run, x, job.batch_size, mesh))
             if pending is not None:
                 commit(*pending)
                 pending = None
@@ -392,9 +534,10 @@ def run_job(p: Plan, out: Path, *, process_index: int = 0, process_count: int = 
                 futures += [pool.submit(write_images, img, lo, k) for k in range(workers)]
             if job.latents_out:
                 idx = np.repeat(np.arange(lo, hi, dtype=np.int64), V)
+                names = {"name": np.repeat([f[0] for f in job.image_files[lo:hi]], V)} if job.image_files else {}
                 futures.append(pool.submit(write_latents, f"shard-{s:06d}.npz", index=idx,
                                            variant=np.tile(np.arange(V, dtype=np.int64), hi - lo),
-                                           latent=ws.reshape(-1, *ws.shape[2:]).astype(np.float32)))
+                                           latent=ws.reshape(-1, *ws.shape[2:]).astype(np.float32), **names))
             pending = (s, lo, hi, futures)
         if pending is not None:
             commit(*pending)
@@ -403,9 +546,17 @@ def run_job(p: Plan, out: Path, *, process_index: int = 0, process_count: int = 
     return {"shards": len(mine), "computed": len(todo), "items": done_items}
 
 
+IMAGE_FIELDS = ("image_dir", "image_files", *INVERT_KEYS)  # Job fields of image-folder inputs only
+
+
 def job_record(job: Job, dtype: str = "float32") -> dict[str, Any]:
-    """What ``DIR/job.json`` keeps: the job and the compute dtype (both change the results; a rerun must match)."""
-    return {"job": json.loads(json.dumps(dataclasses.asdict(job))), "dtype": dtype}
+    """What ``DIR/job.json`` keeps: the job and the compute dtype (both change the results; a rerun must match).
+    Image-folder inputs add their fields, ``image_files`` naming item ``i`` (a seed or latent job's record has
+    none: as written before image inputs existed)."""
+    rec = dataclasses.asdict(job)
+    if job.image_dir is None:
+        rec = {k: v for k, v in rec.items() if k not in IMAGE_FIELDS}
+    return {"job": json.loads(json.dumps(rec)), "dtype": dtype}
 
 
 def record_matches(stored: Any, job: Job, dtype: str = "float32") -> bool:
@@ -416,12 +567,13 @@ def record_matches(stored: Any, job: Job, dtype: str = "float32") -> bool:
 
 
 def load_items(out: Path) -> dict[str, np.ndarray]:
-    """Every committed shard's latents, sorted by (index, variant): ``index``, ``variant``, ``latent``."""
+    """Every committed shard's latents, sorted by (index, variant): ``index``, ``variant``, ``latent`` (and
+    ``name``, the input file, for image-folder inputs)."""
     parts = []
     for f in sorted((out / "shards").glob("shard-*.npz")):
         with np.load(f, allow_pickle=False) as z:
-            parts.append({k: z[k] for k in ("index", "variant", "latent")})
-    cat = {k: np.concatenate([q[k] for q in parts]) for k in ("index", "variant", "latent")}
+            parts.append({k: z[k] for k in ("index", "variant", "latent", "name") if k in z.files})
+    cat = {k: np.concatenate([q[k] for q in parts]) for k in parts[0]}
     order = np.lexsort((cat["variant"], cat["index"]))
     return {k: v[order] for k, v in cat.items()}
 

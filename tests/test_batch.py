@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from jaxedit import batch
-from jaxedit.io import images as imio
 from jaxedit.cli.main import main
+from jaxedit.io import images as imio
 
 PSNR_BF16_MIN = 46.0  # dB vs float32 images: measured 49.5 on this job (bench_batch: 4096 seeds)
 
@@ -61,6 +61,50 @@ def test_two_processes_give_the_same_files(whole, job_file, tmp_path):
     assert _files(out) == _files(whole)
 
 
+def test_two_processes_through_jax_distributed_on_loopback_give_the_same_files(whole, job_file, tmp_path):
+    """``--num-processes 2``: two processes joined by jax.distributed (a free loopback port), as on two hosts."""
+    out = tmp_path / "distributed"
+    r = subprocess.run([sys.executable, "-m", "jaxedit.cli.main", "batch", str(job_file), "--out", str(out),
+                        "--num-processes", "2"], capture_output=True, text=True, check=False)  # conftest's XLA_FLAGS
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "batch: 2 processes computed 3 shards (20 items) now; 3 of 3 shards committed" in r.stdout, r.stdout
+    assert _files(out) == _files(whole)
+    procs = sorted(json.loads(f.read_text())["process"] for f in (out / "manifest").iterdir())
+    assert procs == [0, 0, 1]  # shard s by process s % 2
+
+
+@pytest.fixture(scope="module")
+def image_job(whole, job_file, tmp_path_factory):
+    """Six of the engine's own 32 px renders as an image folder (with a file that is not an image), inverted by
+    the encoder and 2 hybrid projector steps, then edited."""
+    d = tmp_path_factory.mktemp("imgjob")
+    (d / "photos").mkdir()
+    for i, name in enumerate(["b.png", "a.png", "f.png", "c.png", "e.png", "d.png"]):
+        (d / "photos" / name).write_bytes((whole / "images" / f"{i:08d}-000.png").read_bytes())
+    (d / "photos" / "notes.txt").write_text("not an image")
+    job = {**json.loads(job_file.read_text()), "inputs": {"images": "photos", "invert_steps": 2, "invert_loss": "pixel"},
+           "shard_size": 4, "batch_size": 2}
+    job["edits"][0]["directions"] = str(job_file.parent / "dirs.npy")
+    (d / "job.json").write_text(json.dumps(job))
+    return d / "job.json"
+
+
+def test_an_image_folder_is_inverted_on_the_fly_independently_of_the_process_split(image_job, job_file, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["batch", str(image_job), "--out", str(one)]) == 0
+    for i in (1, 0):
+        assert main(["batch", str(image_job), "--out", str(two), "--process-count", "2", "--process-index", str(i)]) == 0
+    assert _files(two) == _files(one)
+    items = batch.load_items(one)
+    assert list(items["index"]) == [i for i in range(6) for _ in range(2)]
+    assert list(items["name"][::2]) == ["a.png", "b.png", "c.png", "d.png", "e.png", "f.png"]  # sorted by name
+    assert [f[0] for f in json.loads((one / "job.json").read_text())["job"]["image_files"]] == list(items["name"][::2])
+    assert len(list((one / "images").iterdir())) == 12
+    d = np.load(job_file.parent / "dirs.npy")[1]
+    diff = items["latent"][1::2] - items["latent"][0::2]
+    np.testing.assert_allclose(diff[:, :4], np.broadcast_to(2 * d, (6, 4, 64)), atol=1e-5)
+
+
 def test_sigkill_mid_run_then_rerun_is_exactly_the_uninterrupted_run(whole, job_file, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "jaxedit.cli.main", "batch", str(job_file), "--out", str(out)]
@@ -82,7 +126,14 @@ def test_bad_jobs_are_refused_before_anything_is_written(job_file, tmp_path, cap
              ({"edits": [{**good["edits"][0], "t": "big"}]}, "edits[0].t"),
              ({"edits": [{**good["edits"][0], "directions": "missing.npy"}]}, "edits[0].directions"),
              ({"edits": [{**good["edits"][0], "k": 5}]}, "edits[0].k: 5 out of range"),
-             ({"shard_size": 0}, "shard_size"), ({"colour": 1}, "colour")]
+             ({"shard_size": 0}, "shard_size"), ({"colour": 1}, "colour"),
+             ({"inputs": {"images": "no-such-folder"}}, "inputs.images: no such folder"),
+             ({"inputs": {"images": "."}}, "inputs.images: "),  # the job's folder holds no images
+             ({"inputs": {"images": "small"}}, "is 16x16, the generator makes 32x32"),
+             ({"inputs": {"seeds": "0-3", "invert_steps": 2}}, "only with image-folder inputs"),
+             ({"inputs": {"images": "small", "invert_loss": "lpips"}}, "inputs.loss_model")]
+    (job_file.parent / "small").mkdir(exist_ok=True)
+    imio.save_png(np.zeros((16, 16, 3), np.uint8), job_file.parent / "small" / "x.png")
     for change, needle in cases:
         bad = job_file.parent / "bad.json"
         bad.write_text(json.dumps({**good, **change}))

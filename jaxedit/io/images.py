@@ -27,8 +27,15 @@ def from_uint8(images: np.ndarray) -> np.ndarray:
     return np.asarray(images, np.float32) / 127.5 - 1.0
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # read as images by suffix
 MAX_IMAGE_SIDE = 16384  # larger sides are refused before any pixel is decoded (decompression bombs)
 MAX_IMAGE_FILES = 100_000  # one command's input images (a bigger job is a batch job)
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """A folder's image files (by :data:`IMAGE_SUFFIXES`, any case), sorted by name; subfolders are not read and
+    nothing is decoded."""
+    return sorted(q for q in Path(folder).iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
