@@ -20,7 +20,9 @@ inside the job's program by the e4e encoder, then ``invert_steps`` of the hybrid
 with the generator's own noise fixed, as the codes are then rendered.
 
 Every editor family of :func:`jaxedit.edits.load` may appear (its own ``method`` / ``space`` / ``layers`` /
-``eps``); Z-space edits must come before W-space ones and need seed inputs. Each edit's ``t`` list multiplies the
+``eps``), and ``"method": "mapper"``: a StyleCLIP latent mapper checkpoint (``jaxedit text-edit --save-mapper`` or
+``jaxedit convert mapper``) as the W+ edit ``w + t * strength * M_k(w)``, ``k`` its prompt (:class:`MapperEdit`);
+Z-space edits must come before W-space ones and need seed inputs. Each edit's ``t`` list multiplies the
 variants (their cartesian product, in order): item ``i`` of variant ``v`` is ``DIR/images/{i:08d}.png`` when there
 is one variant, else ``DIR/images/{i:08d}-{v:03d}.png``; its edited W+ code is in exactly one
 ``DIR/shards/shard-{s:06d}.npz`` (keys ``index [n]``, ``variant [n]``, ``latent [n, num_ws, w_dim]``, and ``name
@@ -79,6 +81,7 @@ from jaxedit.errors import InputError
 from jaxedit.io import checkpoint, files
 from jaxedit.io import images as imio
 from jaxedit.models import e4e, lpips, probe
+from jaxedit.models import mapper as mapper_lib
 
 try:  # the optional array_record output (pip install 'jaxedit[records]')
     from array_record.python.array_record_module import ArrayRecordWriter
@@ -94,6 +97,7 @@ SEEDS = re.compile(r"(\d+)(?:-(\d+))?")
 MAX_ITEMS = 100_000_000
 EDIT_KEYS = {"method", "directions", "k", "t", "space", "layers", "eps"}
 DTYPES = ("float32", "bfloat16")  # the synthesis compute dtype (see the module docstring)
+MAPPER = "mapper"  # the text (StyleCLIP) latent mapper edit: a method beside jaxedit.edits' families
 
 
 class JobError(InputError):
@@ -239,8 +243,10 @@ def parse_job(obj: Any, base: Path) -> Job:
         _field(lay is None or (isinstance(lay, list) and len(lay) == 2 and all(isinstance(v, int) for v in lay)),
                f"{where}.layers", "[start, end] (W+ layers, end exclusive)")
         _field(e.get("space") in (None, "z", "w"), f"{where}.space", "'z' or 'w'")
-        _field(e.get("method") is None or e.get("method") in edits.FAMILIES, f"{where}.method",
-               f"one of {', '.join(edits.FAMILIES)}")
+        _field(e.get("method") is None or e.get("method") in (*edits.FAMILIES, MAPPER), f"{where}.method",
+               f"one of {', '.join((*edits.FAMILIES, MAPPER))}")
+        _field(e.get("method") != MAPPER or not set(e) & {"space", "layers", "eps"}, where,
+               "a mapper edit takes directions (the mapper checkpoint), k (its prompt) and t only")
         _field(e.get("eps") is None or (_number(e["eps"]) and e["eps"] > 0), f"{where}.eps", "a positive number")
         chain.append(Edit(d, k, tuple(float(v) for v in t), e.get("method"), e.get("space"),
                           tuple(lay) if lay else None, e.get("eps")))
@@ -311,8 +317,10 @@ def plan(job: Job, dtype: str = "float32") -> Plan:
     G, gp = models.load_generator(checkpoint.resolve(job.generator or DEFAULT_GENERATOR))
     eds = []
     for i, e in enumerate(job.edits):
-        ed = edits.load(e.directions, e.method, space=e.space, layers=e.layers, eps=e.eps)
-        ed.check(G)
+        ed = _mapper(i, e, G) if e.method == MAPPER else edits.load(e.directions, e.method, space=e.space,
+                                                                     layers=e.layers, eps=e.eps)
+        if e.method != MAPPER:
+            ed.check(G)
         if not e.k < ed.num_directions:
             raise JobError(f"job field edits[{i}].k: {e.k} out of range ({e.directions} has {ed.num_directions})")
         eds.append(ed)
@@ -337,6 +345,34 @@ def plan(job: Job, dtype: str = "float32") -> Plan:
         if z_edits:
             raise JobError("job field edits: Z-space edits need seed inputs (latent inputs are W+)")
     return Plan(G, gp, eds, z_edits, seeds, codes, job, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class MapperEdit:
+    """A StyleCLIP latent mapper checkpoint as a W+ edit: ``w + t * strength * M_k(w)`` (``t = 1``: the mapper's
+    own edit; ``k``: its prompt)."""
+
+    M: mapper_lib.Mapper
+    params: Any  # stacked [P, ...], one mapper per prompt
+    prompts: tuple[str, ...]
+    space: str = "w"
+
+    @property
+    def num_directions(self) -> int:
+        return len(self.prompts)
+
+    def apply(self, ws: jax.Array, k: int, t: jax.Array) -> jax.Array:
+        """ws ``[B, num_ws, w_dim]``, ``t [B]`` -> the edited ws."""
+        pk = jax.tree.map(lambda a: a[k], self.params)
+        return ws + (t * self.M.cfg.strength)[:, None, None] * self.M.delta(pk, ws)
+
+
+def _mapper(i: int, e: Edit, G) -> MapperEdit:
+    M, params, prompts = mapper_lib.load_mappers(e.directions)
+    if (M.cfg.num_ws, M.cfg.w_dim) != (G.cfg.num_ws, G.cfg.w_dim):
+        raise JobError(f"job field edits[{i}].directions: the mapper maps W+ {M.cfg.num_ws} x {M.cfg.w_dim}, the "
+                       f"generator's is {G.cfg.num_ws} x {G.cfg.w_dim}")
+    return MapperEdit(M, params, tuple(prompts))
 
 
 def _inversion(job: Job, G) -> tuple[Any, Any, Any]:
@@ -432,7 +468,8 @@ def make_program(p: Plan):
         for i, ed in enumerate(eds):
             if i == nz and is_z:
                 x, is_z = G.mapping(gp, x, psi=p.job.psi), False
-            x = edits.apply(ed, x, ks[i], jnp.full((B,), t[i]))
+            tb = jnp.full((B,), t[i])
+            x = ed.apply(x, ks[i], tb) if isinstance(ed, MapperEdit) else edits.apply(ed, x, ks[i], tb)
         if is_z:
             x = G.mapping(gp, x, psi=p.job.psi)
         return x

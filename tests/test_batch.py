@@ -122,6 +122,26 @@ def test_an_image_folder_is_inverted_on_the_fly_independently_of_the_process_spl
     np.testing.assert_array_equal(recs[7]["image"], png)
 
 
+def test_a_text_mapper_edit_in_a_job(tmp_path):
+    """A StyleCLIP latent mapper checkpoint as an edit: ``w + t * strength * M_k(w)`` on the seeds' W+ codes."""
+    import jax
+
+    from jaxedit.models import mapper as mapper_lib
+
+    M = mapper_lib.Mapper(mapper_lib.MapperConfig.for_generator(8, 64))
+    params = jax.tree.map(lambda *a: np.stack(a), *(M.init(jax.random.key(i)) for i in range(2)))
+    mapper_lib.save_mappers(tmp_path / "mapper", M, params, ["a red circle", "a blue square"])
+    job = {"inputs": {"seeds": "0-4"}, "edits": [{"method": "mapper", "directions": "mapper", "k": 1, "t": [0, 1]}],
+           "outputs": {"images": False, "latents": True}, "batch_size": 4}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    assert main(["batch", str(tmp_path / "job.json"), "--out", str(tmp_path / "out")]) == 0
+    items = batch.load_items(tmp_path / "out")
+    w0 = items["latent"][0::2]  # t = 0: the seeds' W+ codes
+    want = w0 + 0.1 * np.asarray(M.delta(jax.tree.map(lambda a: a[1], params), w0))
+    np.testing.assert_allclose(items["latent"][1::2], want, atol=1e-5)
+    assert float(np.abs(items["latent"][1::2] - w0).max()) > 1e-3  # the mapper did move them
+
+
 def test_sigkill_mid_run_then_rerun_is_exactly_the_uninterrupted_run(whole, job_file, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "jaxedit.cli.main", "batch", str(job_file), "--out", str(out)]
@@ -148,7 +168,8 @@ def test_bad_jobs_are_refused_before_anything_is_written(job_file, tmp_path, cap
              ({"inputs": {"images": "."}}, "inputs.images: "),  # the job's folder holds no images
              ({"inputs": {"images": "small"}}, "is 16x16, the generator makes 32x32"),
              ({"inputs": {"seeds": "0-3", "invert_steps": 2}}, "only with image-folder inputs"),
-             ({"inputs": {"images": "small", "invert_loss": "lpips"}}, "inputs.loss_model")]
+             ({"inputs": {"images": "small", "invert_loss": "lpips"}}, "inputs.loss_model"),
+             ({"edits": [{"method": "mapper", "directions": "dirs.npy", "layers": [0, 1]}]}, "a mapper edit takes")]
     (job_file.parent / "small").mkdir(exist_ok=True)
     imio.save_png(np.zeros((16, 16, 3), np.uint8), job_file.parent / "small" / "x.png")
     for change, needle in cases:
