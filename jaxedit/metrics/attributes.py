@@ -44,6 +44,14 @@ def read(probe_out: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     return jnp.stack(cols, -1), jax.nn.softmax(probe_out["shape_logits"], -1)
 
 
+def attribute_of(factor: str) -> str | None:
+    """The :data:`CHANGE_NAMES` column a probe factor (``FACTOR_NAMES``) or attribute name belongs to:
+    ``'hue_cos'`` -> ``'hue'``, ``'rot_sin'`` -> ``'rotation'``, ``'scale'`` -> ``'scale'``; ``None`` if unknown."""
+    if factor in CHANGE_NAMES:
+        return factor
+    return next((name for name, pair in _PAIRS.items() if factor in pair), None)
+
+
 def wrap(delta: jax.Array) -> jax.Array:
     """Wrap angular differences (turns) into [-0.5, 0.5)."""
     return (delta + 0.5) % 1.0 - 0.5

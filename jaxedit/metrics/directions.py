@@ -37,14 +37,22 @@ def sweep_changes(score: Score, edit: Edit, latents: jax.Array, directions: jax.
     K, S, B = directions.shape[0], strengths.shape[0], latents.shape[0]
     moved = jax.vmap(lambda k: jax.vmap(lambda t: edit(latents, k, jnp.full((B,), t)))(strengths))(directions)
     a, p = parallel.chunked_map(score, moved.reshape(K * S * B, *latents.shape[1:]), batch)
-    a = a.reshape(K, S, B, -1)
-    p = p.reshape(K, S, B, -1)
-    zero = jnp.argmin(jnp.abs(strengths))
-    steps = jnp.diff(a, axis=1)
+    return changes_along(a.reshape(K, S, B, -1), p.reshape(K, S, B, -1), jnp.argmin(jnp.abs(strengths)))
+
+
+def changes_along(attrs: jax.Array, probs: jax.Array, zero) -> jax.Array:
+    """Readings along a strength grid -> changes relative to grid column ``zero``.
+
+    attrs ``[K, S, B, A]`` and shape probabilities ``[K, S, B, 3]`` (:func:`attributes.read` of every
+    frame, columns in strength order) -> ``[K, S, B, A + 1]``: angles unwrapped along the grid
+    (cumulative wrapped steps), then differenced to column ``zero``; the last column is the shape's
+    total-variation distance to column ``zero``. Works on numpy or JAX arrays.
+    """
+    steps = jnp.diff(attrs, axis=1)
     steps = jnp.where(jnp.asarray(attr_lib.ANGULAR), attr_lib.wrap(steps), steps)
-    unwrapped = jnp.concatenate([jnp.zeros_like(a[:, :1]), jnp.cumsum(steps, axis=1)], axis=1)
+    unwrapped = jnp.concatenate([jnp.zeros_like(attrs[:, :1]), jnp.cumsum(steps, axis=1)], axis=1)
     d = unwrapped - unwrapped[:, zero][:, None]
-    tv = 0.5 * jnp.sum(jnp.abs(p - p[:, zero][:, None]), -1, keepdims=True)
+    tv = 0.5 * jnp.sum(jnp.abs(probs - probs[:, zero][:, None]), -1, keepdims=True)
     return jnp.concatenate([d, tv], -1)
 
 
