@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from jaxedit import models
@@ -124,6 +125,9 @@ def _eps_range(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+AT_CHANCE = 2.0  # discover warns when the final RCA is below this multiple of chance (1 / directions)
+
+
 def run_discover(args) -> None:
     enable_compilation_cache()
     for flag, v in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--directions", args.directions)):
@@ -138,4 +142,9 @@ def run_discover(args) -> None:
     cfg = dataclasses.replace(base, **_given(method=args.method, generator=args.generator, space=args.space,
                                              num_directions=args.directions, steps=args.steps,
                                              batch=args.batch_size, eps_range=eps, seed=args.seed))
-    print(json.dumps(discovery.train(cfg, run_dir), indent=1))
+    result = discovery.train(cfg, run_dir)
+    print(json.dumps(result, indent=1))
+    if "rca" in result and result["rca"] < AT_CHANCE * result["chance"]:
+        print(f"warning: RCA {result['rca']:.3f} is near chance ({result['chance']:.3f}): the reconstructor cannot "
+              f"tell the {cfg.num_directions} directions apart, so they are not yet distinct edits; train longer "
+              "(--steps extends this run) or with fewer directions", file=sys.stderr)

@@ -202,7 +202,7 @@ class Trainer:
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, k).mean()
         l1 = jnp.abs(mag - eps).mean()
         loss = ce + self.cfg.regression_weight * l1 + self.cfg.logdet_weight * aux
-        return loss, {"loss": loss, "ce": ce, "l1": l1, "reg": aux, "acc": jnp.mean(jnp.argmax(logits, -1) == k)}
+        return loss, {"loss": loss, "ce": ce, "l1": l1, "reg": aux, "rca": jnp.mean(jnp.argmax(logits, -1) == k)}
 
     def _step_impl(self, state, i):
         x, k, eps, kh = self.batch(jax.random.fold_in(self.key, 1000 + i), self.cfg.batch)
@@ -220,7 +220,7 @@ class Trainer:
         def one(kb):
             x, k, eps, kh = self.batch(kb, self.cfg.batch)
             _, m = self.losses(params, x, k, eps, kh, self.render(x))
-            return m["acc"], m["l1"]
+            return m["rca"], m["l1"]
 
         out = np.asarray([jax.device_get(one(jax.random.fold_in(key, b))) for b in range(batches)], np.float64)
         return {"rca": float(out[:, 0].mean()), "magnitude_mae": float(out[:, 1].mean()),
