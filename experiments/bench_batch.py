@@ -15,10 +15,14 @@ program compiles cold, later ones hit the persistent cache: noted per row).
 * (b) the job end to end, 1 process: wall time, and the steady rate from the manifests' commit times
   (``(commits - 1) x shard_size / (last commit - first commit)``), as a fraction of (a); the fixed cost
   (startup, loading, compile, pipeline fill) = wall - items / steady rate. (b') latents only (no PNGs).
-* (c) ``--num-processes 2``; (d) an 8-device simulated mesh (``XLA_FLAGS=--xla_force_host_platform_device_count=8``).
+* (c) ``--num-processes 2`` (two processes joined by ``jax.distributed`` on loopback); (c0) two processes without a
+  coordinator (``--process-count 2 --process-index i``, started together); (d) an 8-device simulated mesh
+  (``XLA_FLAGS=--xla_force_host_platform_device_count=8``).
 * (e) ``--dtype bfloat16``: speed and the PSNR of its PNGs against the float32 run's.
 * (f) resume: SIGKILL right after the first shard's manifest appears, then the rerun until done (vs an
   uninterrupted warm run; files compared bitwise); and a rerun of a complete job (nothing to do).
+* (g) image-folder inputs: the first ``--images`` PNGs of (b) as a folder, inverted by the encoder inside the job
+  (shards of a quarter of ``--shard-size``), the same edit, PNGs + latents.
 
 ``others`` = CPU used by other processes during a run (fraction of the machine, from /proc/stat).
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -175,6 +180,26 @@ def psnr_dirs(a: str, b: str) -> dict:
                 max_abs_diff=mx, identical_images=int(sum(p == np.inf for p in per)))
 
 
+def cli_pair(job: str, out: str, env: dict, items: int, shard: int) -> dict:
+    """Two processes without a coordinator (``--process-count 2 --process-index i``), started together."""
+    base = [sys.executable, "-m", "jaxedit.cli.main", "batch", job, "--out", out, "--process-count", "2"]
+    t0 = time.time()
+    with CpuMonitor() as mon:
+        procs = [subprocess.Popen([*base, "--process-index", str(i)], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+        errs = [q.communicate()[1] for q in procs]
+    if any(q.returncode for q in procs):
+        raise SystemExit(f"{' '.join(base)} exited with {[q.returncode for q in procs]}:\n{errs[0][-2000:]}")
+    wall = mon.result["wall_s"]
+    c = [x for x in commit_times(out, t0) if x >= 0]
+    steady = (len(c) - 2) * shard / (c[-1] - c[1]) if len(c) > 2 else None
+    log(f"  2 processes, no coordinator: wall {wall:.1f} s, {items / wall:.0f} items/s end to end"
+        + (f", steady {steady:.0f} items/s" if steady else ""))
+    return dict(cmd=base[3:], wall_s=wall, items=items, e2e_items_per_s=items / wall, commits_s=c,
+                steady_items_per_s=steady, fixed_s=(wall - items / steady) if steady else None,
+                others=mon.result["other_cpu_frac_during"])
+
+
 def resume(job: str, out: str, env: dict, items: int, shard: int) -> dict:
     cmd = [sys.executable, "-m", "jaxedit.cli.main", "batch", job, "--out", out]
     t0 = time.time()
@@ -262,11 +287,13 @@ RUN_ROWS = [
     ("b_cold", "(b) job, 1 process, first run", "cold"),
     ("b", "(b) job, 1 process", "warm"),
     ("b_latents", "(b') job, latents only (no PNGs)", "cold"),
-    ("c", "(c) job, --num-processes 2", "warm"),
+    ("c", "(c) job, --num-processes 2 (jax.distributed, loopback)", "warm"),
+    ("c0", "(c0) job, 2 processes, no coordinator", "warm"),
     ("d", "(d) job, 8-device simulated mesh, 1 process", "cold"),
     ("bf16", "(e) job, --dtype bfloat16", "cold"),
     ("resume", "(f) rerun after SIGKILL (remaining shards)", "warm"),
     ("noop", "(f) rerun of a complete job", "—"),
+    ("images", "(g) image folder, encoder inversion + the edit", "cold"),
 ]
 
 
@@ -276,6 +303,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shard-size", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3, help="timed passes of the raw generator")
+    ap.add_argument("--images", type=int, default=2048, help="(g): input images (from (b)'s PNGs)")
     ap.add_argument("--quick", action="store_true", help="a tiny job (512 seeds, shards of 128, batches of 64)")
     ap.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     ap.add_argument("--name", default="bench_batch", help="output file stem")
@@ -290,7 +318,7 @@ def main(argv=None) -> int:
             json.dump(res, f)
         return 0
     if args.quick:
-        args.seeds, args.shard_size, args.batch_size, args.repeats = 512, 128, 64, 2
+        args.seeds, args.shard_size, args.batch_size, args.repeats, args.images = 512, 128, 64, 2, 256
 
     t_start = time.time()
     work = tempfile.mkdtemp(prefix="bench_batch_")
@@ -322,6 +350,7 @@ def main(argv=None) -> int:
     runs["b_latents"] = cli(jobs["latents"], out("b_latents"), **kw)
     log("(c) 2 processes ...")
     runs["c"] = cli(jobs["job"], out("c"), "--num-processes", "2", **kw, procs=2)
+    runs["c0"] = cli_pair(jobs["job"], out("c0"), **kw)
     log("(d) 8-device mesh ...")
     runs["d"] = cli(jobs["job"], out("d"), **{**kw, "env": {**env, "XLA_FLAGS":
                                                               "--xla_force_host_platform_device_count=8"}})
@@ -330,7 +359,7 @@ def main(argv=None) -> int:
     data["psnr"] = psnr_dirs(out("bf16"), out("b"))
     log(f"  PSNR {data['psnr']['psnr_db']:.1f} dB")
     ref = tree_bytes(out("b"))
-    data["identical"] = {k: tree_bytes(out(k)) == ref for k in ("b_cold", "c")}
+    data["identical"] = {k: tree_bytes(out(k)) == ref for k in ("b_cold", "c", "c0")}
     data["mesh_vs_b"] = psnr_dirs(out("d"), out("b"))  # XLA may round differently per device batch shape
     log(f"  identical to (b): {data['identical']}")
     log("(f) resume ...")
@@ -338,12 +367,22 @@ def main(argv=None) -> int:
     data["resume"]["identical"] = tree_bytes(out("f")) == ref
     runs["resume"] = data["resume"]["rerun"]
     runs["noop"] = cli(jobs["job"], out("b"), **{**kw, "items": 0})
+    log("(g) image folder ...")
+    n_img = min(args.images, args.seeds)
+    os.makedirs(out("photos"))
+    for i in range(n_img):
+        shutil.copyfile(os.path.join(out("b"), "images", f"{i:08d}.png"), os.path.join(out("photos"), f"{i:08d}.png"))
+    jobs["images"] = os.path.join(work, "images.json")
+    with open(jobs["images"], "w") as f:
+        json.dump({**job, "inputs": {"images": "photos"}, "shard_size": args.shard_size // 4}, f)
+    runs["images"] = cli(jobs["images"], out("g"), env=env, items=n_img, shard=args.shard_size // 4)
     data["bench_wall_s"] = time.time() - t_start
 
     md = markdown(data)
     mv = data["mesh_vs_b"]
     md += (f"Files (PNGs and latents) bitwise equal to (b)'s: first run {data['identical']['b_cold']}, 2 processes "
-           f"{data['identical']['c']}. 8-device mesh: {mv['identical_images']} of {mv['images']} PNGs identical, "
+           f"through jax.distributed {data['identical']['c']}, 2 processes without a coordinator "
+           f"{data['identical']['c0']}. 8-device mesh: {mv['identical_images']} of {mv['images']} PNGs identical, "
            f"largest pixel difference {mv['max_abs_diff']}/255 (its per-device batch is 1/8 of the batch: XLA's CPU "
            f"kernels may round differently per shape). Benchmark wall {data['bench_wall_s']:.0f} s.\n")
     os.makedirs(args.out_dir, exist_ok=True)
