@@ -180,6 +180,9 @@ def test_bad_jobs_are_refused_before_anything_is_written(job_file, tmp_path, cap
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
         assert not out.exists()
+    assert main(["batch", str(job_file), "--out", str(out), "--coordinator", "10.0.0.1"]) == 2  # no port
+    err = capsys.readouterr().err.strip()
+    assert "--coordinator '10.0.0.1': expected HOST:PORT" in err and not out.exists(), err
 
 
 def test_an_eight_device_mesh_gives_the_same_files(whole, job_file, tmp_path):

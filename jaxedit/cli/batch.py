@@ -4,6 +4,9 @@ Processes and hosts: ``--process-count N --process-index I`` on each (shard ``s`
 with ``--coordinator HOST:PORT`` (or ``JAX_COORDINATOR_ADDRESS``, which ``jax.distributed.initialize`` reads too)
 they join one ``jax.distributed`` system, each computing on its local devices, and process 0 prints the job's
 total after a final all-gather. ``--num-processes N`` starts N local processes joined through a free loopback port.
+A process that dies or stops early (an error, SIGINT to it alone) leaves the others to JAX's timeouts (heartbeat
+100 s, shutdown 300 s; an unreachable coordinator aborts after 300 s): committed shards stay, and rerunning the
+same command finishes the job. Ctrl-C on ``--num-processes`` reaches every process (one process group).
 """
 
 from __future__ import annotations
