@@ -109,3 +109,30 @@ def test_edit_report_end_to_end(tmp_path, capsys):
     (out / "mine.txt").write_text("user file")
     code, res = _eval(argv[:-2] + ["--k", "3", "--force"], capsys)
     assert code == 2 and "--k 3" in res.err and (out / "mine.txt").exists()
+
+
+def test_summarize_and_markdown_on_known_readings():
+    """Host-side rows from synthetic readings: known attribute moves, unchanged features and embeddings."""
+    from jaxedit.metrics import edit_report
+
+    rng = np.random.default_rng(0)
+    B, ts = 6, np.array([-1.0, 1.0])
+    attrs = rng.uniform(0.2, 0.8, (B, 8))
+    probs = np.full((B, 3), 1 / 3)
+    feats, emb = rng.normal(size=(B, 16)), rng.normal(size=(B, 4))
+    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
+    moved = np.stack([attrs + 0.1 * t * np.eye(8)[2] for t in ts])[None]  # scale moves by 0.1 t
+    out = {"original": {"attrs": attrs, "probs": probs, "features": feats, "identity": emb},
+           "edited": {"attrs": moved, "probs": np.broadcast_to(probs, (1, 2, B, 3)),
+                      "features": np.broadcast_to(feats, (1, 2, B, 16)), "identity": np.broadcast_to(emb, (1, 2, B, 4))},
+           "compare": {"lpips": np.zeros((1, 2, B))}, "grid": np.zeros((1, 2, 32, 32, 3))}
+    (row,) = edit_report.summarize(out, ts)
+    assert row["target"] == "scale" and not row["target_given"] and abs(row["slope"][2] - 0.1) < 1e-6
+    lo, hi = row["per_strength"]
+    assert abs(lo["target_change"]["mean"] + 0.1) < 1e-6 and abs(hi["target_change"]["mean"] - 0.1) < 1e-6
+    assert hi["largest_other"]["mean_abs"] < 1e-6 and hi["probe_distance"]["mean"] == 0
+    assert abs(hi["frechet"]) < 1e-6 and abs(hi["identity"]["mean"] - 1) < 1e-9 and hi["lpips"]["mean"] == 0
+    report = {"generator": "g", "num": B, "seed": 0, "psi": 1.0, "frechet_features": "probe embeddings",
+              "frechet_floor": 1.0, "directions": [dict(row, name="d")], "commutativity": [], "seconds": 1.0}
+    md = edit_report.markdown(report)
+    assert "| d | +1 | scale (largest) | +0.100 +- " in md and "| identity |" in md.splitlines()[4]
