@@ -108,7 +108,7 @@ def test_edit_report_end_to_end(tmp_path, capsys):
     assert code == 2 and "add --force" in res.err
     (out / "mine.txt").write_text("user file")
     code, res = _eval(argv[:-2] + ["--k", "3", "--force"], capsys)
-    assert code == 2 and "--k 3" in res.err and (out / "mine.txt").exists()
+    assert code == 2 and "--k 3: " in res.err and "has 1 direction (0-0)" in res.err and (out / "mine.txt").exists()
 
 
 def test_summarize_and_markdown_on_known_readings():

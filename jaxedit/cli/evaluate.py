@@ -239,10 +239,10 @@ def _parse_k(text: str | None, num: int, path: str) -> list[int]:
         if not lo.isdigit() or (hi and not hi.isdigit()) or int(hi or lo) < int(lo):
             raise UsageError(f"--k {text[:40]!r}: expected direction indices like 0-3 or 0,2")
         ks += range(int(lo), int(hi or lo) + 1)
-    bad = [k for k in ks if k >= num]
-    if bad:
-        raise UsageError(f"--k {bad[0]}: {path} has {num} directions (0-{num - 1})")
-    return sorted(set(ks))
+    have = sorted({k for k in ks if k < num})  # one --k for all files: each keeps the indices it has
+    if not have:
+        raise UsageError(f"--k {text[:40]}: {path} has {num} direction{'s' if num > 1 else ''} (0-{num - 1})")
+    return have
 
 
 def _check_report_out(out: Path, force: bool) -> None:
