@@ -21,8 +21,12 @@ with the generator's own noise fixed, as the codes are then rendered.
 
 Every editor family of :func:`jaxedit.edits.load` may appear (its own ``method`` / ``space`` / ``layers`` /
 ``eps``), and ``"method": "mapper"``: a StyleCLIP latent mapper checkpoint (``jaxedit text-edit --save-mapper`` or
-``jaxedit convert mapper``) as the W+ edit ``w + t * strength * M_k(w)``, ``k`` its prompt (:class:`MapperEdit`);
-Z-space edits must come before W-space ones and need seed inputs. Each edit's ``t`` list multiplies the
+``jaxedit convert mapper``) as the W+ edit ``w + t * strength * M_k(w)``, ``k`` its prompt (:class:`MapperEdit`),
+and last, after every latent edit, ``{"method": "local-style", "region": "body", "t": sigma, "model":
+"shapes32-l2sae", "seed": 0, "soft": false}``: a Latents2Semantics style-noise edit of the synthesized images
+(:class:`LocalStyleEdit`; the latents are not changed). Z-space edits must come before W-space ones and need seed
+inputs. Not in a job: StyleCLIP global directions (StyleSpace, not W+ codes: the ``latent`` output could not hold
+them) and layer weight shifts (a generator per variant). Each edit's ``t`` list multiplies the
 variants (their cartesian product, in order): item ``i`` of variant ``v`` is ``DIR/images/{i:08d}.png`` when there
 is one variant, else ``DIR/images/{i:08d}-{v:03d}.png``; its edited W+ code is in exactly one
 ``DIR/shards/shard-{s:06d}.npz`` (keys ``index [n]``, ``variant [n]``, ``latent [n, num_ws, w_dim]``, and ``name
@@ -77,11 +81,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxedit import edits, invert, models, parallel
+from jaxedit.edits import local_style
 from jaxedit.errors import InputError
 from jaxedit.io import checkpoint, files
 from jaxedit.io import images as imio
 from jaxedit.models import e4e, lpips, probe
 from jaxedit.models import mapper as mapper_lib
+from jaxedit.models.l2sae import L2SAE
 
 try:  # the optional array_record output (pip install 'jaxedit[records]')
     from array_record.python.array_record_module import ArrayRecordWriter
@@ -98,6 +104,9 @@ MAX_ITEMS = 100_000_000
 EDIT_KEYS = {"method", "directions", "k", "t", "space", "layers", "eps"}
 DTYPES = ("float32", "bfloat16")  # the synthesis compute dtype (see the module docstring)
 MAPPER = "mapper"  # the text (StyleCLIP) latent mapper edit: a method beside jaxedit.edits' families
+LOCAL_STYLE = "local-style"  # a Latents2Semantics style-noise edit of the synthesized images (after every latent edit)
+LOCAL_STYLE_KEYS = {"method", "model", "region", "t", "seed", "soft"}
+DEFAULT_L2SAE = "shapes32-l2sae"
 
 
 class JobError(InputError):
@@ -113,6 +122,9 @@ class Edit:
     space: str | None = None
     layers: tuple[int, int] | None = None
     eps: float | None = None
+    region: str | None = None  # local-style: the region, the noise draw's seed, soft masks
+    seed: int = 0
+    soft: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +203,28 @@ def _parse_images(inputs: dict, base: Path) -> dict[str, Any]:
             "invert_seed": seed}
 
 
+def _strengths(e: dict, where: str) -> tuple[float, ...]:
+    t = e.get("t", 1.0)
+    t = t if isinstance(t, list) else [t]
+    _field(bool(t) and len(t) <= 1000 and all(_number(v) for v in t), f"{where}.t",
+           "a finite number or a list of 1..1000 of them")
+    return tuple(float(v) for v in t)
+
+
+def _parse_local_style(e: dict, where: str, base: Path) -> Edit:
+    """``{"method": "local-style", "region": "spot", "t": sigma(s), "model": ..., "seed": 0, "soft": false}``."""
+    _field(set(e) <= LOCAL_STYLE_KEYS, where, f"a local-style edit takes {sorted(LOCAL_STYLE_KEYS)}, not "
+                                              f"{sorted(set(e) - LOCAL_STYLE_KEYS)}")
+    _field(isinstance(e.get("region"), str) and bool(e["region"]), f"{where}.region", "a region name of the model")
+    model = e.get("model", DEFAULT_L2SAE)
+    _field(isinstance(model, str), f"{where}.model", "an l2sae checkpoint path or default model name")
+    seed = e.get("seed", 0)
+    _field(_int(seed, 0, 2 ** 32 - 1), f"{where}.seed", "an int in [0, 2**32)")
+    _field(isinstance(e.get("soft", False), bool), f"{where}.soft", "true or false")
+    return Edit(_model_ref(base, model), 0, _strengths(e, where), LOCAL_STYLE, region=e["region"], seed=seed,
+                soft=e.get("soft", False))
+
+
 def parse_job(obj: Any, base: Path) -> Job:
     """A job dict -> :class:`Job`; relative paths are read from ``base`` (the job file's folder)."""
     _field(isinstance(obj, dict), "(top)", "a job is a JSON object")
@@ -227,6 +261,11 @@ def parse_job(obj: Any, base: Path) -> Job:
     chain = []
     for i, e in enumerate(raw):
         where = f"edits[{i}]"
+        if isinstance(e, dict) and e.get("method") == LOCAL_STYLE:
+            chain.append(_parse_local_style(e, where, base))
+            continue
+        _field(not chain or chain[-1].method != LOCAL_STYLE, where,
+               "latent edits come before local-style edits (those edit the synthesized images)")
         _field(isinstance(e, dict) and "directions" in e, where, "an object with 'directions'")
         _field(set(e) <= EDIT_KEYS, where, f"unknown keys {sorted(set(e) - EDIT_KEYS)}")
         d = e["directions"]
@@ -235,20 +274,17 @@ def parse_job(obj: Any, base: Path) -> Job:
         _field(Path(d).exists(), f"{where}.directions", f"no such file or folder {d}")
         k = e.get("k", 0)
         _field(isinstance(k, int) and not isinstance(k, bool) and k >= 0, f"{where}.k", "a direction index >= 0")
-        t = e.get("t", 1.0)
-        t = t if isinstance(t, list) else [t]
-        _field(bool(t) and len(t) <= 1000 and all(_number(v) for v in t), f"{where}.t",
-               "a finite number or a list of 1..1000 of them")
+        t = _strengths(e, where)
         lay = e.get("layers")
         _field(lay is None or (isinstance(lay, list) and len(lay) == 2 and all(isinstance(v, int) for v in lay)),
                f"{where}.layers", "[start, end] (W+ layers, end exclusive)")
         _field(e.get("space") in (None, "z", "w"), f"{where}.space", "'z' or 'w'")
         _field(e.get("method") is None or e.get("method") in (*edits.FAMILIES, MAPPER), f"{where}.method",
-               f"one of {', '.join((*edits.FAMILIES, MAPPER))}")
+               f"one of {', '.join((*edits.FAMILIES, MAPPER, LOCAL_STYLE))}")
         _field(e.get("method") != MAPPER or not set(e) & {"space", "layers", "eps"}, where,
                "a mapper edit takes directions (the mapper checkpoint), k (its prompt) and t only")
         _field(e.get("eps") is None or (_number(e["eps"]) and e["eps"] > 0), f"{where}.eps", "a positive number")
-        chain.append(Edit(d, k, tuple(float(v) for v in t), e.get("method"), e.get("space"),
+        chain.append(Edit(d, k, t, e.get("method"), e.get("space"),
                           tuple(lay) if lay else None, e.get("eps")))
     out = obj.get("outputs", {"images": True, "latents": True})
     _field(isinstance(out, dict) and set(out) <= {"images", "latents", "records"}
@@ -258,6 +294,8 @@ def parse_job(obj: Any, base: Path) -> Job:
            "nothing to write")
     _field(not out.get("records") or ArrayRecordWriter is not None, "outputs.records",
            "needs the array-record package: pip install 'jaxedit[records]'")
+    _field(out.get("images", True) or all(e.method != LOCAL_STYLE for e in chain), "outputs.images",
+           "local-style edits change the images: they need images on")
     shard, batch = obj.get("shard_size", 256), obj.get("batch_size", 32)
     for name, v in (("shard_size", shard), ("batch_size", batch)):
         _field(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1_000_000, name, "an int in 1..1e6")
@@ -317,9 +355,10 @@ def plan(job: Job, dtype: str = "float32") -> Plan:
     G, gp = models.load_generator(checkpoint.resolve(job.generator or DEFAULT_GENERATOR))
     eds = []
     for i, e in enumerate(job.edits):
-        ed = _mapper(i, e, G) if e.method == MAPPER else edits.load(e.directions, e.method, space=e.space,
-                                                                     layers=e.layers, eps=e.eps)
-        if e.method != MAPPER:
+        if e.method in (MAPPER, LOCAL_STYLE):
+            ed = _mapper(i, e, G) if e.method == MAPPER else _local_style(i, e, G)
+        else:
+            ed = edits.load(e.directions, e.method, space=e.space, layers=e.layers, eps=e.eps)
             ed.check(G)
         if not e.k < ed.num_directions:
             raise JobError(f"job field edits[{i}].k: {e.k} out of range ({e.directions} has {ed.num_directions})")
@@ -373,6 +412,33 @@ def _mapper(i: int, e: Edit, G) -> MapperEdit:
         raise JobError(f"job field edits[{i}].directions: the mapper maps W+ {M.cfg.num_ws} x {M.cfg.w_dim}, the "
                        f"generator's is {G.cfg.num_ws} x {G.cfg.w_dim}")
     return MapperEdit(M, params, tuple(prompts))
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalStyleEdit:
+    """A Latents2Semantics model as an image edit after the synthesis: region ``region``'s style moved by ``t`` x
+    one Gaussian draw per item (key ``fold_in(key(seed), i)``: every variant of item ``i`` scales the same draw)
+    (:func:`jaxedit.edits.local_style.style_noise`). It changes the images, not the latents."""
+
+    editor: local_style.LocalStyle
+    region: int
+    seed: int
+    soft: bool
+    space: str = "image"
+    num_directions: int = 1
+
+
+def _local_style(i: int, e: Edit, G) -> LocalStyleEdit:
+    M, params = models.load(checkpoint.resolve(e.directions))
+    where = f"job field edits[{i}]"
+    if not isinstance(M, L2SAE):
+        raise JobError(f"{where}.model: {e.directions} is not a Latents2Semantics (l2sae) checkpoint")
+    if M.cfg.resolution != G.cfg.img_resolution:
+        raise JobError(f"{where}.model: reads {M.cfg.resolution} px images, the generator makes "
+                       f"{G.cfg.img_resolution} px")
+    if e.region not in M.cfg.regions:
+        raise JobError(f"{where}.region: {e.region!r} is not one of the model's regions ({', '.join(M.cfg.regions)})")
+    return LocalStyleEdit(local_style.LocalStyle(params, M), M.region_index(e.region), e.seed, e.soft)
 
 
 def _inversion(job: Job, G) -> tuple[Any, Any, Any]:
@@ -466,6 +532,8 @@ def make_program(p: Plan):
     def one_variant(x, is_z, t):
         B = x.shape[0]
         for i, ed in enumerate(eds):
+            if isinstance(ed, LocalStyleEdit):  # the images' edits, after the synthesis
+                break
             if i == nz and is_z:
                 x, is_z = G.mapping(gp, x, psi=p.job.psi), False
             tb = jnp.full((B,), t[i])
@@ -485,6 +553,11 @@ def make_program(p: Plan):
             if cdt != jnp.float32:
                 sp = jax.tree.map(lambda a: a.astype(cdt) if jnp.issubdtype(a.dtype, jnp.floating) else a, gp)
             img = G.synthesis(sp, flat.astype(cdt), noise_mode="const").astype(jnp.float32)
+            for j, ed in enumerate(eds):
+                if isinstance(ed, LocalStyleEdit):  # rows item-major: item b's variant v is row b * V + v
+                    keys = jax.vmap(lambda i, s=ed.seed: jax.random.fold_in(jax.random.key(s), i))(batch["index"])
+                    img = local_style.style_noise(ed.editor, img, ed.region, jnp.tile(ts[:, j], ws.shape[0]),
+                                                  jnp.repeat(keys, ws.shape[1]), soft=ed.soft)
             out["img"] = jnp.clip(jnp.rint((img + 1) * 127.5), 0, 255).astype(jnp.uint8).reshape(
                 *ws.shape[:2], *img.shape[1:])
         return out
@@ -527,13 +600,14 @@ def _sync(path: Path) -> None:
 
 def _inputs(p: Plan, lo: int, hi: int) -> dict[str, np.ndarray]:
     """Items ``lo:hi`` on the host: seeds' z, W+ codes, or the images (decoded here, uint8 to the program)."""
+    index = np.arange(lo, hi, dtype=np.uint32)  # the projector's and local style's per-item keys
     if p.seeds is not None:
-        return {"x": _z_of(p.seeds[lo:hi], p.G.cfg.z_dim)}
+        return {"x": _z_of(p.seeds[lo:hi], p.G.cfg.z_dim), "index": index}
     if p.codes is not None:
-        return {"x": p.codes[lo:hi]}
+        return {"x": p.codes[lo:hi], "index": index}
     paths = [Path(p.job.image_dir) / name for name, _, _ in p.job.image_files[lo:hi]]
     img, _ = imio.load_images(paths, p.G.cfg.img_resolution)
-    return {"x": imio.to_uint8(img), "index": np.arange(lo, hi, dtype=np.uint32)}
+    return {"x": imio.to_uint8(img), "index": index}
 
 
 def run_job(p: Plan, out: Path, *, process_index: int = 0, process_count: int = 1, signals=None,
@@ -643,6 +717,8 @@ def job_record(job: Job, dtype: str = "float32") -> dict[str, Any]:
     kept only when not at their default, so an older job's folder still matches its job."""
     defaults = {f.name: f.default for f in dataclasses.fields(Job)}
     rec = {k: v for k, v in dataclasses.asdict(job).items() if k not in LATER_FIELDS or v != defaults[k]}
+    later = {f.name: f.default for f in dataclasses.fields(Edit) if f.name in ("region", "seed", "soft")}
+    rec["edits"] = [{k: v for k, v in e.items() if k not in later or v != later[k]} for e in rec["edits"]]
     return {"job": json.loads(json.dumps(rec)), "dtype": dtype}
 
 

@@ -122,24 +122,33 @@ def test_an_image_folder_is_inverted_on_the_fly_independently_of_the_process_spl
     np.testing.assert_array_equal(recs[7]["image"], png)
 
 
-def test_a_text_mapper_edit_in_a_job(tmp_path):
-    """A StyleCLIP latent mapper checkpoint as an edit: ``w + t * strength * M_k(w)`` on the seeds' W+ codes."""
+def test_a_text_mapper_edit_and_a_local_style_edit_in_a_job(tmp_path):
+    """A StyleCLIP latent mapper checkpoint as a W+ edit (``w + t * strength * M_k(w)``), then a Latents2Semantics
+    style-noise edit of the synthesized images (region 'body' of the embedded model; latents untouched)."""
     import jax
+    from PIL import Image
 
     from jaxedit.models import mapper as mapper_lib
 
     M = mapper_lib.Mapper(mapper_lib.MapperConfig.for_generator(8, 64))
     params = jax.tree.map(lambda *a: np.stack(a), *(M.init(jax.random.key(i)) for i in range(2)))
     mapper_lib.save_mappers(tmp_path / "mapper", M, params, ["a red circle", "a blue square"])
-    job = {"inputs": {"seeds": "0-4"}, "edits": [{"method": "mapper", "directions": "mapper", "k": 1, "t": [0, 1]}],
-           "outputs": {"images": False, "latents": True}, "batch_size": 4}
+    job = {"inputs": {"seeds": "0-4"},
+           "edits": [{"method": "mapper", "directions": "mapper", "k": 1, "t": [0, 1]},
+                     {"method": "local-style", "region": "body", "t": [0, 1.5], "seed": 3}],
+           "outputs": {"images": True, "latents": True}, "batch_size": 4}
     (tmp_path / "job.json").write_text(json.dumps(job))
     assert main(["batch", str(tmp_path / "job.json"), "--out", str(tmp_path / "out")]) == 0
     items = batch.load_items(tmp_path / "out")
-    w0 = items["latent"][0::2]  # t = 0: the seeds' W+ codes
-    want = w0 + 0.1 * np.asarray(M.delta(jax.tree.map(lambda a: a[1], params), w0))
-    np.testing.assert_allclose(items["latent"][1::2], want, atol=1e-5)
-    assert float(np.abs(items["latent"][1::2] - w0).max()) > 1e-3  # the mapper did move them
+    lat = items["latent"].reshape(5, 4, 8, 64)  # variants (mapper t, sigma): (0, 0), (0, 1.5), (1, 0), (1, 1.5)
+    np.testing.assert_array_equal(lat[:, 1], lat[:, 0])  # the local style edits images only
+    np.testing.assert_array_equal(lat[:, 3], lat[:, 2])
+    want = lat[:, 0] + 0.1 * np.asarray(M.delta(jax.tree.map(lambda a: a[1], params), lat[:, 0]))
+    np.testing.assert_allclose(lat[:, 2], want, atol=1e-5)
+    assert float(np.abs(lat[:, 2] - lat[:, 0]).max()) > 1e-3  # the mapper did move them
+    img = lambda i, v: np.asarray(Image.open(tmp_path / "out" / "images" / f"{i:08d}-{v:03d}.png")).astype(int)
+    changed = np.mean([(img(i, 1) != img(i, 0)).any(-1).mean() for i in range(5)])
+    assert 0.02 < changed < 0.6, changed  # inside the body region only (measured 0.14-0.19 of the pixels)
 
 
 def test_sigkill_mid_run_then_rerun_is_exactly_the_uninterrupted_run(whole, job_file, tmp_path):
