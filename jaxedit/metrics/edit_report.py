@@ -271,8 +271,9 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("commutativity"):
         how = (f"Both edits at t = {report['commutativity_t']:g}; latent: mean L2 norm of the difference of the "
                "two latents; image: mean |pixel difference| ([-1, 1] units); attributes: mean |gap| over the "
-               "probe's attributes. Linear directions in W commute exactly (x + a + b), so their gaps are float "
-               "rounding; vector fields (warped) and curvilinear flows are where this is informative.")
+               "probe's attributes. Linear directions in W commute exactly (w + a + b), and so do one flow's "
+               "axes (f^-1(f(w) + a + b)): their gaps are float rounding. Vector fields (warped) do not, nor do "
+               "edits of two different families: there the gap measures how much the order matters.")
         lines += ["", "## Commutativity (A then B vs B then A)", "", how, "",
                   "| A | B | latent | image | attributes |", "|---|---|---:|---:|---:|"]
         for c in report["commutativity"]:
