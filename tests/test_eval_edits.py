@@ -132,7 +132,7 @@ def test_summarize_and_markdown_on_known_readings():
     assert abs(lo["target_change"]["mean"] + 0.1) < 1e-6 and abs(hi["target_change"]["mean"] - 0.1) < 1e-6
     assert hi["largest_other"]["mean_abs"] < 1e-6 and hi["probe_distance"]["mean"] == 0
     assert abs(hi["frechet"]) < 1e-6 and abs(hi["identity"]["mean"] - 1) < 1e-9 and hi["lpips"]["mean"] == 0
-    report = {"generator": "g", "num": B, "seed": 0, "psi": 1.0, "frechet_features": "probe embeddings",
+    report = {"generator": "g", "probe": "p", "num": B, "seed": 0, "psi": 1.0, "frechet_features": "probe embeddings",
               "frechet_floor": 1.0, "directions": [dict(row, name="d")], "commutativity": [], "seconds": 1.0}
     md = edit_report.markdown(report)
     assert "| d | +1 | scale (largest) | +0.100 +- " in md and "| identity |" in md.splitlines()[4]

@@ -365,7 +365,7 @@ def run_eval_edits(args) -> None:
               "inception": args.inception,
               "frechet_features": {"inception": "FID Inception pool3", "features": "probe embeddings",
                                    None: "none"}[fd_key],
-              "frechet_floor": extra.get("frechet_floor", float("nan")), **extra,
+              "frechet_floor": extra.get("frechet_floor"), **extra,
               "directions": rows, "commutativity": pairs,
               "commutativity_t": float(np.max(np.abs(strengths))), "seconds": dt,
               "seconds_total": time.perf_counter() - t_start}

@@ -234,17 +234,22 @@ def _fmt(v: float, signed: bool = False) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """The report (as :func:`jaxedit.cli.evaluate.run_eval_edits` writes ``report.json``) as a markdown table."""
-    intro = (f"{report['num']} samples (seed {report['seed']}, psi {report['psi']}); changes are the probe's "
-             "readings of the edited image minus the unedited one (angles in turns, position/scale/spot ratio "
-             "as fractions of their range, shape: total-variation distance of the shape probabilities); "
-             f"Frechet distance in {report['frechet_features']} of the edited vs the unedited samples (two "
-             f"independent unedited sets of this size: {_fmt(report['frechet_floor'])}, what an edit that just drew "
-             "other samples would score).")
-    lines = [f"# Edit report: {report['generator']}", "", intro]
+    intro = f"{report['num']} samples (seed {report['seed']}, psi {report['psi']}); "
+    if report.get("probe"):
+        intro += ("changes are the probe's readings of the edited image minus the unedited one (angles in turns, "
+                  "position/scale/spot ratio as fractions of their range, shape: total-variation distance of the "
+                  "shape probabilities).")
+    else:
+        intro += ("no attribute reader for this generator (the shapes-world probe reads its own resolution only); "
+                  "--lpips, --arcface and --inception add preservation and Frechet columns.")
+    if report.get("frechet_floor") is not None:
+        intro += (f" Frechet distance in {report['frechet_features']} of the edited vs the unedited samples (two "
+                  f"independent unedited sets of this size: {_fmt(report['frechet_floor'])}, what an edit that just "
+                  "drew other samples would score).")
     if "probe_distance_between_samples" in report:
-        lines[-1] += (" Probe embedding dist: L2 distance of the probe's embeddings of the edited and unedited "
-                      f"image (two different samples: {_fmt(report['probe_distance_between_samples'])}).")
-    lines.append("")
+        intro += (" Probe embedding dist: L2 distance of the probe's embeddings of the edited and unedited "
+                  f"image (two different samples: {_fmt(report['probe_distance_between_samples'])}).")
+    lines = [f"# Edit report: {report['generator']}", "", intro, ""]
     cols = ["direction", "t", "target", "target change", "largest other |change|"]
     has = lambda key: any(key in c for d in report["directions"] for c in d["per_strength"])
     extra = [(key, label) for key, label in (("probe_distance", "probe embedding dist"), ("lpips", "LPIPS"),
