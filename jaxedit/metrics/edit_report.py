@@ -83,16 +83,17 @@ def sweep(render: Render, edit, latents: Array, ks: Array, strengths: Array, rea
     -> ``{"original": readout of the unedited images (leaves [B, ...]), "edited": readout (leaves
     [K, S, B, ...]), "compare": compare(edited, unedited) (leaves [K, S, B]), "grid": images
     [K, S, H, W, 3] of latent 0, "grid_original": [H, W, 3]}``. Traceable (call it inside ``jit``);
-    frames are rendered and read ``batch`` at a time.
+    frames are rendered and read ``batch`` at a time; with ``compare`` the B unedited images are kept
+    (B x H x W x 3 float32: 3 GB for 256 samples at 1024 px).
     """
     K, S, B = ks.shape[0], strengths.shape[0], latents.shape[0]
     moved = jax.vmap(lambda k: jax.vmap(lambda t: edit(latents, k, jnp.full((B,), t)))(strengths))(ks)
 
     def read_original(x):
         img = render(x)
-        return img, readout(img)
+        return (img if compare is not None else None), readout(img)
 
-    orig_images, original = parallel.chunked_map(read_original, latents, batch)
+    orig_images, original = parallel.chunked_map(read_original, latents, batch)  # images only for compare
 
     def frame(args):
         x, i = args
@@ -108,7 +109,7 @@ def sweep(render: Render, edit, latents: Array, ks: Array, strengths: Array, rea
     res = jax.tree.map(lambda a: a.reshape(K, S, B, *a.shape[1:]), res)
     grid = parallel.chunked_map(render, moved[:, :, 0].reshape(K * S, *latents.shape[1:]), batch)
     return {"original": original, "edited": res["edited"], "compare": res.get("compare", {}),
-            "grid": grid.reshape(K, S, *grid.shape[1:]), "grid_original": orig_images[0]}
+            "grid": grid.reshape(K, S, *grid.shape[1:]), "grid_original": render(latents[:1])[0]}
 
 
 def _mean_std(x: np.ndarray, axis=-1) -> dict[str, Any]:
