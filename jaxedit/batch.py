@@ -666,7 +666,6 @@ def run_job(p: Plan, out: Path, *, process_index: int = 0, process_count: int = 
         if progress is not None:
             progress(done_items, s)
 
-
     def span(s):  # shard s's items lo:hi
         return s * job.shard_size, min((s + 1) * job.shard_size, p.num_items)
 

@@ -2,11 +2,12 @@
 
 Processes and hosts: ``--process-count N --process-index I`` on each (shard ``s`` belongs to process ``s % N``);
 with ``--coordinator HOST:PORT`` (or ``JAX_COORDINATOR_ADDRESS``, which ``jax.distributed.initialize`` reads too)
-they join one ``jax.distributed`` system, each computing on its local devices, and process 0 prints the job's
-total after a final all-gather. ``--num-processes N`` starts N local processes joined through a free loopback port.
-A process that dies or stops early (an error, SIGINT to it alone) leaves the others to JAX's timeouts (heartbeat
-100 s, shutdown 300 s; an unreachable coordinator aborts after 300 s): committed shards stay, and rerunning the
-same command finishes the job. Ctrl-C on ``--num-processes`` reaches every process (one process group).
+they join one ``jax.distributed`` system, each computing on its local devices; at the end every process meets the
+others in ``jax.distributed.shutdown`` (a process stopped early by an error or SIGINT reaches it on exit), then
+process 0 prints how many shards are committed. ``--num-processes N`` starts N local processes joined through a
+free loopback port. A process that dies (SIGKILL) leaves the others to JAX's heartbeat timeout (100 s; an
+unreachable coordinator aborts a process after 300 s): committed shards stay, and rerunning the same command on
+every host finishes the job. Ctrl-C on ``--num-processes`` reaches every process (one process group).
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import sys
 from pathlib import Path
 
 import jax
-import numpy as np
-from jax.experimental import multihost_utils
 
 from jaxedit import batch
 from jaxedit.config import enable_compilation_cache
@@ -78,17 +77,13 @@ def run_batch(args) -> None:
     print(f"batch: {counts['computed']} of this process's {counts['shards']} shards computed now "
           f"({counts['items']} items x {V} variants); {p.num_items} items in {p.num_shards} shards -> {out}")
     if coordinator:
-        _summary(p, out, counts)
-
-
-def _summary(p, out: Path, counts: dict) -> None:
-    """After every process's last shard (an all-gather over ``jax.distributed``): process 0 prints the totals."""
-    mine = np.asarray([counts["computed"], counts["items"]], np.int64)
-    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 2)  # [process_count, 2]
-    if jax.process_index() == 0:
-        committed = len(list((out / "manifest").glob("shard-*.json")))
-        print(f"batch: {len(every)} processes computed {int(every[:, 0].sum())} shards "
-              f"({int(every[:, 1].sum())} items) now; {committed} of {p.num_shards} shards committed in {out}")
+        # every process meets here (one that stopped early meets it on exit, through JAX's atexit shutdown): no
+        # collective that a stopped process would leave waiting
+        jax.distributed.shutdown()
+        if args.process_index == 0:
+            committed = len(list((out / "manifest").glob("shard-*.json")))
+            print(f"batch: {args.process_count} processes done; {committed} of {p.num_shards} shards committed "
+                  f"in {out}" + ("" if committed == p.num_shards else " (rerun the same command to finish the job)"))
 
 
 def _free_port() -> int:
