@@ -277,14 +277,19 @@ def _add_local_style(sub) -> None:
 
 
 def _add_batch(sub) -> None:
-    p = sub.add_parser("batch", help="the batch editing engine: a job file's chain of edits over many seeds or "
-                                     "latents, sharded, exactly-once after a crash (rerun the same command)")
+    p = sub.add_parser("batch", help="the batch editing engine: a job file's chain of edits over many seeds, "
+                                     "latents or images, sharded, exactly-once after a crash (rerun the same "
+                                     "command)")
     p.add_argument("job", help="job JSON file (see jaxedit.batch)")
-    p.add_argument("--out", required=True, help="output folder: images/, shards/, manifest/, job.json")
+    p.add_argument("--out", required=True, help="output folder: images/, shards/, records/, manifest/, job.json")
     p.add_argument("--process-count", type=count, default=1, help="processes sharing the job (shard s -> process "
                                                                   "s %% count)")
     p.add_argument("--process-index", type=index, default=0, help="this process's index")
-    p.add_argument("--num-processes", type=count, help="start this many local processes and wait for them")
+    p.add_argument("--num-processes", type=count, help="start this many local processes (joined through "
+                                                       "jax.distributed on a free loopback port) and wait for them")
+    p.add_argument("--coordinator", help="HOST:PORT of process 0's jax.distributed coordinator, the same on every "
+                                         "process (default: $JAX_COORDINATOR_ADDRESS; none: processes share only "
+                                         "--out)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="synthesis compute dtype (mapping and edits stay float32); part of the job: a rerun must "
                         "use the same (default float32)")
@@ -308,6 +313,45 @@ def _add_eval(sub) -> None:
     f.add_argument("--save-stats", help="write set A's statistics (mu, sigma) to this .npz")
     f.add_argument("--json", help="write the result as JSON")
     _command(f, "evaluate:run_eval_fid")
+    for name, flag, helptext in (("lpips", "--lpips", "lpips checkpoint (jaxedit convert lpips VGG LIN CKPT)"),
+                                 ("identity", "--arcface", "arcface checkpoint (jaxedit convert arcface "
+                                                           "model_ir_se50.pth CKPT)")):
+        m = esub.add_parser(name, help=f"paired {'LPIPS distance' if name == 'lpips' else 'ArcFace identity'} of "
+                                       "image i of A and image i of B, streamed; mean, std (per image in --json)")
+        m.add_argument("a", help="set A: an image folder or an .npz of images [N, H, W, 3]")
+        m.add_argument("b", help="set B: a folder with the same file names, or an .npz of as many images")
+        m.add_argument(flag, required=True, help=helptext)
+        if name == "identity":
+            m.add_argument("--crop", choices=("face", "none"), default="face",
+                           help="face: pSp/e4e's crop [35:223, 32:220] of the 256 px aligned face (default); none: "
+                                "the whole image")
+        m.add_argument("--batch-size", type=count, default=16, help="pairs per compiled batch")
+        m.add_argument("--json", help="write mean, std and every pair's value as JSON")
+        _command(m, f"evaluate:run_eval_{name}")
+    e = esub.add_parser("edits", help="the edit report: per direction and strength, the change of every attribute, "
+                                      "preservation, Frechet distance to unedited samples, commutativity; "
+                                      "REPORT/report.md, report.json, grid.png")
+    e.add_argument("ckpt", nargs="?", help="generator checkpoint (default: shapes32-stylegan2)")
+    e.add_argument("--directions", nargs="+", required=True, help="direction files (any family jaxedit edit reads)")
+    e.add_argument("--out", required=True, help="report folder")
+    e.add_argument("--t", type=finite, nargs="+", default=[-2.0, -1.0, 1.0, 2.0],
+                   help="strengths (default -2 -1 1 2; write --t=-2 or --t -2 -1 1 2)")
+    e.add_argument("--k", help="directions of each file, e.g. 0-3 or 0,2 (indices a file lacks are skipped; "
+                                "default: the first 8)")
+    e.add_argument("--num", type=count, default=256, help="generator samples (default 256)")
+    e.add_argument("--seed", type=index, default=0, help="seed of the samples")
+    e.add_argument("--psi", type=finite, default=1.0, help="truncation of the samples")
+    e.add_argument("--probe", help="shapes-world probe (default: shapes32-probe) for attributes and features")
+    e.add_argument("--lpips", help="lpips checkpoint: LPIPS of edited vs unedited")
+    e.add_argument("--arcface", help="arcface checkpoint: identity of edited vs unedited")
+    e.add_argument("--crop", choices=("face", "none"), default="face", help="identity input crop (as eval identity)")
+    e.add_argument("--inception", help="fid-inception checkpoint: Frechet distance in pool3 features (default: "
+                                       "the probe's features)")
+    e.add_argument("--pairs", type=index, default=3, help="commutativity: at most this many direction pairs within "
+                                                         "each file and between consecutive files (default 3; 0: none)")
+    e.add_argument("--batch-size", type=count, default=256, help="frames per compiled chunk")
+    e.add_argument("--force", action="store_true", help="replace an earlier report's files in --out")
+    _command(e, "evaluate:run_eval_edits")
 
 
 def _add_text_edit(sub) -> None:
