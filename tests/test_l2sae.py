@@ -10,7 +10,7 @@ import jaxedit
 from jaxedit.cli.main import main
 from jaxedit.data import shapes
 from jaxedit.edits import local_style
-from jaxedit.errors import InputError
+from jaxedit.errors import ConfigError, InputError
 from jaxedit.io import checkpoint
 from jaxedit.models.l2sae import KIND, L2SAE, L2SAEConfig
 from jaxedit.train import l2sae as train_l2sae
@@ -131,3 +131,109 @@ def test_train_l2sae_tiny_run_saves_a_loadable_model(tmp_path):
     _, report = tl.train(cfg, tmp_path / "m", progress=False)
     M, params = jaxedit.load(tmp_path / "m")
     assert isinstance(M, L2SAE) and report["step"] == 4 and 0 <= report["mask_miou"] <= 1
+
+
+# ---------------------------------------------------------------- adversarial terms (image D, co-occurrence D)
+
+ADV = {"batch": 4, "model": CFG, "perceptual_weight": 0.0, "warmup": 0, "swap_weight": 0.0, "adversarial_weight": 0.1,
+       "cooccurrence_weight": 0.1, "cooc_crops": 2, "cooc_refs": 2,
+       "disc": train_l2sae.DiscriminatorConfig(img_resolution=32, channels=(8, 8, 8, 8)),
+       "cooc": train_l2sae.CooccurrenceConfig(channels=8, features=16)}
+
+
+@pytest.fixture(scope="module")
+def adv():
+    """swap_weight 0: the swap is trained only through the discriminators (data without renderer answers)."""
+    cfg = train_l2sae.L2SAETrainConfig(**ADV)
+    M = L2SAE(CFG)
+    P, pp = jaxedit.load("shapes32-probe")
+    opt, step = train_l2sae.make_step(cfg, M, P)
+    state = train_l2sae.init_state(cfg, M, opt, jax.random.key(0))
+    return step, state, pp
+
+
+def _changed(a, b) -> list[bool]:
+    return [not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+
+
+def test_adversarial_step_trains_with_swap_weight_zero_and_finite_losses(adv):
+    step, state, pp = adv
+    new, terms = step(state, pp, jax.random.key(1))
+    for k in ("loss", "loss_D", "loss_Dp", "adv", "cooc", "D_margin", "Dp_margin"):
+        assert np.isfinite(float(terms[k])), k
+    assert set(new) == {"params", "opt", "D", "opt_D", "Dp", "opt_Dp"}
+    for part in ("params", "D", "Dp"):
+        assert any(_changed(new[part], state[part])), part
+
+
+def test_discriminator_phase_changes_only_discriminators(adv):
+    step, state, pp = adv
+    new, _ = step(state, pp, jax.random.key(1), phases=("D",))
+    for part in ("params", "opt"):
+        assert not any(_changed(new[part], state[part])), part
+    assert all(_changed(new["D"], state["D"])) and all(_changed(new["Dp"], state["Dp"]))
+
+
+def test_autoencoder_phase_changes_only_autoencoder_and_follows_the_d_phase(adv):
+    step, state, pp = adv
+    key = jax.random.key(1)
+    g_only, terms = step(state, pp, key, phases=("G",))
+    for part in ("D", "opt_D", "Dp", "opt_Dp"):
+        assert not any(_changed(g_only[part], state[part])), part
+    assert any(_changed(g_only["params"], state["params"])) and np.isfinite(float(terms["adv"]))
+    # one step = the D phase, then the G phase against the updated discriminators
+    both, _ = step(state, pp, key)
+    d_then_g, _ = step(step(state, pp, key, phases=("D",))[0], pp, key, phases=("G",))
+    for a, b in zip(jax.tree.leaves(both), jax.tree.leaves(d_then_g)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_cooccurrence_patch_sampler_shapes_and_crops():
+    sample = jax.jit(train_l2sae.sample_patches, static_argnums=(2, 3, 4))
+    images = shapes.sample(jax.random.key(4), 3)["image"]
+    p = sample(jax.random.key(5), images, 5, 8, (0.25, 0.5))
+    assert p.shape == (3, 5, 8, 8, 3) and np.isfinite(np.asarray(p)).all()
+    flat = jnp.broadcast_to(jnp.asarray([0.2, -0.4, 0.6]), (2, 32, 32, 3))
+    crops = sample(jax.random.key(6), flat, 4, 8, (0.25, 0.5))
+    np.testing.assert_allclose(crops, jnp.broadcast_to(flat[0, 0, 0], crops.shape), atol=1e-5)  # flat, its colour
+    whole = sample(jax.random.key(7), images, 1, 32, (1.0, 1.0))[:, 0]
+    np.testing.assert_allclose(whole, images, atol=1e-5)  # scale 1 at 32 px: the image itself
+    Dp = train_l2sae.Cooccurrence(train_l2sae.CooccurrenceConfig(channels=4, features=8))
+    refs = jnp.broadcast_to(p[:, :, None], (3, 5, 2, 8, 8, 3))
+    assert Dp(Dp.init(jax.random.key(8)), p, refs).shape == (3, 5)
+
+
+def test_adversarial_options_default_off_and_validated():
+    cfg = train_l2sae.L2SAETrainConfig()
+    assert cfg.adversarial_weight == 0 and cfg.cooccurrence_weight == 0 and not cfg.adversarial
+    M = L2SAE(cfg.model)
+    opt, _ = train_l2sae.make_step(cfg, M, None)
+    assert set(jax.eval_shape(lambda: train_l2sae.init_state(cfg, M, opt, jax.random.key(0)))) == {"params", "opt"}
+    assert train_l2sae.L2SAETrainConfig.from_dict(train_l2sae.L2SAETrainConfig(**ADV).to_dict()).disc.channels == (8, 8, 8, 8)
+    with pytest.raises(ConfigError, match="disc reads 64 px"):
+        train_l2sae.L2SAETrainConfig(adversarial_weight=1.0, disc=train_l2sae.DiscriminatorConfig(img_resolution=64))
+    with pytest.raises(ConfigError, match="multiple of disc.mbstd_group_size"):
+        train_l2sae.L2SAETrainConfig(adversarial_weight=1.0, batch=6)
+    with pytest.raises(ConfigError, match="cooc_scale"):
+        train_l2sae.L2SAETrainConfig(cooccurrence_weight=1.0, cooc_scale=(0.5, 0.25))
+
+
+@pytest.mark.slow
+def test_adversarial_run_resumes_bit_identical(tmp_path):
+    cfg = train_l2sae.L2SAETrainConfig(**{**ADV, "steps": 4, "r1_every": 2, "eval_images": 4, "ckpt_every": 2,
+                                          "log_every": 2})
+    whole, _ = train_l2sae.train(cfg, tmp_path / "a", progress=False)
+    _, report = train_l2sae.train(cfg, tmp_path / "b", stop_at=2, progress=False)
+    assert report == {"step": 2}
+    resumed, report = train_l2sae.train(None, tmp_path / "b", progress=False)
+    assert report["step"] == 4 and report["resumed_at"] == 2
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    state, _, _ = train_l2sae.runs.load_checkpoint(tmp_path / "a.run", jax.eval_shape(
+        lambda: train_l2sae.init_state(cfg, L2SAE(CFG), train_l2sae.make_step(cfg, L2SAE(CFG), None)[0],
+                                       jax.random.key(0))))
+    state_b, _, _ = train_l2sae.runs.load_checkpoint(tmp_path / "b.run", jax.eval_shape(
+        lambda: train_l2sae.init_state(cfg, L2SAE(CFG), train_l2sae.make_step(cfg, L2SAE(CFG), None)[0],
+                                       jax.random.key(0))))
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state_b)):  # the discriminators too
+        np.testing.assert_array_equal(a, b)

@@ -28,7 +28,7 @@ images; no inversion, optimization or direction search at edit time.
   Autoencoder makes swaps meaningful with adversarial and patch co-occurrence discriminators; on the shapes
   world the renderer gives the swap's answer directly (the same geometry rendered with the donor's colours), so
   the swap term is a reconstruction of that render and no discriminator is trained (cheaper on this CPU; the
-  closing note of the issue says so).
+  closing note of the issue says so). Both discriminators are trainer options for data without such answers.
 
 Pure interface: ``M = L2SAE(cfg)``, ``params = M.init(key)``, or ``M, params = jaxedit.load(path)``::
 
