@@ -85,9 +85,9 @@ def test_l2sae_reconstructs_renders_as_its_model_card_says():
     x = shapes.sample(jax.random.key(99), 64)["image"]
     rec = np.clip(np.asarray(M(params, x)), -1, 1)
     psnr = np.mean(10 * np.log10(4 / np.mean((rec - np.asarray(x)) ** 2, axis=(1, 2, 3))))
-    assert psnr > 19.0  # the card: 20.5 dB on 256 renders; measured here 20.4
+    assert psnr > 21.0  # the card: 21.5 dB on 256 renders; measured here 21.7 (version 1: 20.4)
     ed = local_style.LocalStyle(params, M)
     out = local_style.style_noise(ed, x, "body", 1.5, jax.random.split(jax.random.key(0), 64))
     body = np.asarray(local_style.region_masks(ed, x)) == 1
     np.testing.assert_array_equal(np.asarray(out)[~body], np.asarray(x)[~body])
-    assert np.abs(np.asarray(out - x))[body].mean() > 0.2  # the body's look changes (measured 0.68)
+    assert np.abs(np.asarray(out - x))[body].mean() > 0.2  # the body's look changes (measured 0.62)

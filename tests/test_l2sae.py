@@ -86,7 +86,8 @@ def test_batched_edits_equal_one_image_at_a_time(model):
         # measured 0 (float32 CPU)
         assert float(jnp.max(jnp.abs(one[0] - batched[i]))) < 1e-5
     np.testing.assert_allclose(batched[3], local_style.composite(ed, x[3:4], 1, M.encode(params, x[3:4])[1])[0],
-                               atol=1e-6)  # sigma 0: the image's own style
+                               atol=4e-4)  # sigma 0: the image's own style up to the unit-RMS projection
+    # (measured 1.3e-4: this untrained encoder's styles sit a hair inside the sphere, by its 1e-8 epsilon)
 
 
 def test_swap_takes_the_donor_style_and_interpolation_ends(model):

@@ -8,7 +8,10 @@ region indices ``region`` (int or ``[B]``) and a new style per image::
 
 with ``s, g = E(x)``, ``m_r`` region r's mask from the structure group r (:meth:`L2SAE.masks`) and ``g'``:
 
-- :func:`style_noise`: ``g + sigma * eta``, ``eta ~ N(0, I)`` from ``key`` (one key per image, or per draw);
+- :func:`style_noise`: ``g + sigma * eta``, ``eta ~ N(0, I)`` from ``key`` (one key per image, or per draw),
+  scaled back to unit RMS: the encoder's styles all lie on that sphere, and a decoder fed styles off it redraws
+  geometry, not only colour (measured on ``shapes32-l2sae``, body region, 256 renders: the probe's shape reading
+  flips for 32 % of images at sigma 1 without the projection, 23 % with it; the region's hue moves as much);
 - :func:`swap`: the donor's style ``E(donor).g`` (region r takes the donor's look);
 - :func:`interpolate`: ``(1 - t) g + t g_donor``.
 
@@ -76,7 +79,9 @@ def style_noise(editor: LocalStyle, images: Array, region, sigma: float | Array,
     eta = jax.vmap(lambda k: jax.random.normal(k, g.shape[1:], g.dtype))(keys)
     sigma = jnp.asarray(sigma, g.dtype)
     sigma = sigma[:, None] if sigma.ndim == 1 else sigma
-    return composite(editor, images, region, g + sigma * eta, soft=soft)
+    moved = g + sigma * eta
+    return composite(editor, images, region, moved * jax.lax.rsqrt(jnp.mean(jnp.square(moved), -1, keepdims=True)),
+                     soft=soft)
 
 
 def swap(editor: LocalStyle, images: Array, donors: Array, region, *, soft: bool = False) -> Array:
