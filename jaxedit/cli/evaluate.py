@@ -37,13 +37,12 @@ from jaxedit.models import lpips as lpips_lib
 from jaxedit.models import probe as probe_lib
 
 DEFAULT_PROBE = "shapes32-probe"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def _image_files(folder: Path) -> list[Path]:
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = imio.image_files(folder)
     if len(paths) < 2:
-        raise UsageError(f"{folder}: an image set needs at least 2 image files ({', '.join(IMAGE_SUFFIXES)})")
+        raise UsageError(f"{folder}: an image set needs at least 2 image files ({', '.join(imio.IMAGE_SUFFIXES)})")
     if len(paths) > imio.MAX_IMAGE_FILES:
         raise UsageError(f"{folder}: {len(paths)} images; at most {imio.MAX_IMAGE_FILES} per set")
     return paths
@@ -116,9 +115,9 @@ def _paired_set(spec: str, flag: str):
     from an ``.npz`` with one array or an ``images`` array (uint8, or float in [-1, 1])."""
     path = Path(spec)
     if path.is_dir():
-        paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        paths = imio.image_files(path)
         if not paths:
-            raise UsageError(f"{flag} {spec}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+            raise UsageError(f"{flag} {spec}: no image files ({', '.join(imio.IMAGE_SUFFIXES)})")
         if len(paths) > imio.MAX_IMAGE_FILES:
             raise UsageError(f"{flag} {spec}: {len(paths)} images; at most {imio.MAX_IMAGE_FILES} per set")
         return "folder", paths

@@ -29,7 +29,6 @@ from jaxedit.models import e4e, lpips, probe
 DEFAULT_PROBE = "shapes32-probe"
 OUTPUTS = ("latents.npz", "report.json", "recon")
 PARTIAL = ".invert-partial"  # per-batch results of an unfinished run
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -72,9 +71,9 @@ def expand_images(inputs: list[str]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            found = imio.image_files(p)
             if not found:
-                raise UsageError(f"{p}: a folder without image files ({', '.join(IMAGE_SUFFIXES)})")
+                raise UsageError(f"{p}: a folder without image files ({', '.join(imio.IMAGE_SUFFIXES)})")
             out += found
         else:
             out.append(p)
