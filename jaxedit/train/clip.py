@@ -151,10 +151,7 @@ def train(cfg: CLIPTrainConfig | None, dst: str | Path, *, run_dir: str | Path |
     """
     dst = checkpoint.check_writable(dst, force, "clip", new_files=(VOCAB_FILE,))
     run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(dst)
-    stored = runs.read_config(run_dir, CLIPTrainConfig.from_dict)
-    if cfg is not None and cfg.decay_steps is None:
-        cfg = dataclasses.replace(cfg, decay_steps=stored.decay_steps if stored else cfg.steps)
-    cfg = runs.resolve(run_dir, cfg, CLIPTrainConfig.from_dict, MUTABLE)
+    cfg = runs.resolve_with_horizon(run_dir, cfg, CLIPTrainConfig.from_dict, MUTABLE)
     data = shapes.ShapesConfig(resolution=cfg.resolution)
     merges = learn_merges(caption_corpus(cfg.corpus, cfg.seed + 7, data, cfg.partial_captions))
     tok = Tokenizer(merges)

@@ -346,10 +346,7 @@ def train(cfg: EncoderTrainConfig | None, dst: str | Path, *, run_dir: str | Pat
     """
     dst = checkpoint.check_writable(dst, force, KIND)
     run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(dst)
-    stored = runs.read_config(run_dir, EncoderTrainConfig.from_dict)
-    if cfg is not None and cfg.decay_steps is None:
-        cfg = dataclasses.replace(cfg, decay_steps=stored.decay_steps if stored else cfg.steps)
-    cfg = runs.resolve(run_dir, cfg, EncoderTrainConfig.from_dict, MUTABLE)
+    cfg = runs.resolve_with_horizon(run_dir, cfg, EncoderTrainConfig.from_dict, MUTABLE)
     G, gparams, gpath, P, pparams, ppath = load_frozen(cfg)
     E = Encoder(cfg.encoder)
     key = jax.random.key(cfg.seed)

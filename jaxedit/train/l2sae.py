@@ -447,10 +447,7 @@ def train(cfg: L2SAETrainConfig | None, dst: str | Path, *, run_dir: str | Path 
     ``dst``; -> (params, report). ``cfg`` None resumes with the stored config; ``stop_at`` ends this call there."""
     dst = checkpoint.check_writable(dst, force, KIND)
     run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(dst)
-    stored = runs.read_config(run_dir, L2SAETrainConfig.from_dict)
-    if cfg is not None and cfg.decay_steps is None:
-        cfg = dataclasses.replace(cfg, decay_steps=stored.decay_steps if stored else cfg.steps)
-    cfg = runs.resolve(run_dir, cfg, L2SAETrainConfig.from_dict, MUTABLE)
+    cfg = runs.resolve_with_horizon(run_dir, cfg, L2SAETrainConfig.from_dict, MUTABLE)
     P, pparams = models.load(checkpoint.resolve(cfg.probe))
     if not isinstance(P, Probe) or P.cfg.resolution != cfg.model.resolution:
         raise ConfigError(f"probe {cfg.probe}: not a shapes-world probe at {cfg.model.resolution} px")

@@ -118,10 +118,7 @@ def train(cfg: ProbeTrainConfig | None, dst: str | Path, *, run_dir: str | Path 
     """
     dst = checkpoint.check_writable(dst, force, "probe")
     run_dir = Path(run_dir) if run_dir is not None else runs.default_run_dir(dst)
-    stored = runs.read_config(run_dir, ProbeTrainConfig.from_dict)
-    if cfg is not None and cfg.decay_steps is None:
-        cfg = dataclasses.replace(cfg, decay_steps=stored.decay_steps if stored else cfg.steps)
-    cfg = runs.resolve(run_dir, cfg, ProbeTrainConfig.from_dict, MUTABLE)
+    cfg = runs.resolve_with_horizon(run_dir, cfg, ProbeTrainConfig.from_dict, MUTABLE)
     P = Probe(cfg.probe)
     key = jax.random.key(cfg.seed)
     horizon = cfg.decay_steps or cfg.steps

@@ -23,6 +23,7 @@ for the write, then raises ``KeyboardInterrupt`` (SIGINT: the CLI exits 130) or
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -91,6 +92,17 @@ def resolve(run_dir: str | Path, config: C | None, load: Callable[[dict], C], mu
             raise ConfigError(f"{run_dir} was started with another config ({'; '.join(fixed)}); use a new run "
                               f"folder (may change on resume: {', '.join(sorted(mutable))})")
     return config
+
+
+def resolve_with_horizon(run_dir: str | Path, config: C | None, load: Callable[[dict], C],
+                         mutable: Collection[str]) -> C:
+    """:func:`resolve` for configs with a learning-rate horizon ``decay_steps``: a config that leaves it None
+    gets the stored run's horizon, or its own ``steps`` for a new run, so a larger ``steps`` extends a run
+    without stretching its schedule."""
+    if config is not None and config.decay_steps is None:
+        stored = read_config(run_dir, load)
+        config = dataclasses.replace(config, decay_steps=stored.decay_steps if stored else config.steps)
+    return resolve(run_dir, config, load, mutable)
 
 
 def default_run_dir(dst: str | Path) -> Path:
