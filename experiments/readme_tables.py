@@ -213,6 +213,114 @@ def invert_edits(inversion):
     return md_table(header, rows, right_from=3)
 
 
+# --- Local style edits: Latents2Semantics --------------------------------------------------------
+
+L2SAE_REGIONS = ("background", "body", "spot")
+L2SAE_SIGMA = 1.0  # the style-noise rows' sigma
+
+
+def seconds(s):
+    """Seconds per edit: 1.05, 0.18, 0.002."""
+    return f"{s:.2f}" if s >= 0.01 else f"{s:.3f}"
+
+
+def l2sae(results):
+    def per_region(rows, column, fmt):
+        by_region = {r["region"]: r[column] for r in rows if r["images"] == "all"}
+        return " / ".join(fmt(by_region[region]) for region in L2SAE_REGIONS)
+
+    reconstruction = next(r for r in results["reconstruction"] if r["images"] == "all")
+    noise = [r for r in results["noise"] if r["sigma"] == L2SAE_SIGMA]
+    speed = {r["method"].split(" (")[0]: r for r in results["speed"]}
+    regions = " / ".join(L2SAE_REGIONS)
+    sigma = f"style noise (sigma {L2SAE_SIGMA:g})"
+    rows = [
+        ["reconstruction PSNR", f"{reconstruction['PSNR dB']:.1f} dB", ">= 28"],
+        [
+            f"mask IoU {regions}",
+            " / ".join(f"{results['mask_iou'][region]:.2f}" for region in L2SAE_REGIONS),
+            "-",
+        ],
+        [f"{sigma}: own hue change, {regions}", per_region(noise, "edited hue change", "{:.2f}".format), ">= 0.1"],
+        [
+            f"{sigma}: shape reading flips, {regions}",
+            per_region(noise, "shape", lambda x: f"{100 * x:.0f} %"),
+            "<= 3 %",
+        ],
+        [
+            f"swap: distance to the donor's hue, {regions}",
+            per_region(results["swap"], "err to donor (probe)", lambda x: f"{x:.3f}" if x < 0.1 else f"{x:.2f}"),
+            "<= 0.08",
+        ],
+        [
+            "one-pass edits, images/s (style noise / swap)",
+            f"{speed['L2SAE style noise']['images/s']:.0f} / {speed['L2SAE swap']['images/s']:.0f}",
+            ">= 1,000",
+        ],
+        [
+            "seconds per edit: L2SAE / EditGAN's optimization / StyleCLIP's",
+            " / ".join(
+                seconds(speed[method]["s/edit"])
+                for method in ("L2SAE style noise", "EditGAN optimize", "StyleCLIP optimize_latents")
+            ),
+            "-",
+        ],
+    ]
+    return md_table(["", "value", "bar"], rows)
+
+
+# --- Batch jobs ----------------------------------------------------------------------------------
+
+BATCH_ROWS = [  # run in bench_batch.json, README label, compared with the raw generator
+    ("b", "the job, 1 process", True),
+    ("b_latents", "the job, latents only (no PNGs)", False),  # no images: start-up is the whole run
+    ("d", "the job, 8-device simulated mesh", True),
+    ("bf16", "the job, `--dtype bfloat16`", True),
+    ("resume", "rerun after SIGKILL ({items} remaining items)", True),
+]
+
+
+def batch(bench):
+    raw = bench["raw"]["raw_float32"]["images_per_s"]
+    rows = [["raw generator, jit(mapping + synthesis), float32", f"{raw:.0f}", "100 %"]]
+    for run, label, compared in BATCH_ROWS:
+        r = bench["runs"][run]
+        rate = r["steady_items_per_s"]
+        rows.append(
+            [
+                label.format(items=r["items"]),
+                f"{rate:.0f}" if compared else f"{rate:.0f} (startup-bound)",
+                f"{100 * rate / raw:.0f} %" if compared else "-",
+            ]
+        )
+    return md_table(["run", "items/s (steady)", "of the raw generator"], rows, right_from=1)
+
+
+BATCH_PROCESS_ROWS = [  # run in bench_batch_processes.json, README label, show its first commit
+    ("b", "1 process (warm cache)", True),
+    ("c0", "2 processes, no coordinator", True),
+    ("c", "2 processes through `jax.distributed` (`--num-processes 2`)", True),
+    # another program (encoder + generator), compiled cold: its first commit is no start-up to compare
+    ("images", "{items} images of a folder: encoder inversion + the edit, 1 process", False),
+]
+
+
+def batch_processes(bench):
+    rows = []
+    for run, label, first_commit in BATCH_PROCESS_ROWS:
+        r = bench["runs"][run]
+        rows.append(
+            [
+                label.format(items=r["items"]),
+                f"{r['wall_s']:.1f}",
+                f"{r['commits_s'][0]:.1f}" if first_commit else "-",
+                f"{r['steady_items_per_s']:.0f}",
+            ]
+        )
+    header = [f"run ({bench['settings']['seeds']} seeds unless noted)", "wall s", "first commit s", "items/s (steady)"]
+    return md_table(header, rows, right_from=1)
+
+
 # --- Text-guided editing -------------------------------------------------------------------------
 
 TEXT_GROUPS = [  # README label, group in text_edits_shapes.json's summary
@@ -330,6 +438,9 @@ TABLES = {
     "fit_interfacegan": fit_interfacegan,
     "invert_reconstruction": invert_reconstruction,
     "invert_edits": invert_edits,
+    "l2sae": l2sae,
+    "batch": batch,
+    "batch_processes": batch_processes,
     "text_edits": text_edits,
     "text_speed": text_speed,
     "generator_speed": generator_speed,

@@ -26,10 +26,6 @@ NOT_YET_COVERED = [
 ]
 # Sections other work is editing right now (issue 20): their tables get markers when it lands.
 PENDING_SECTIONS = [
-    "Local style edits in one pass: Latents2Semantics",
-    "Batch jobs",
-    "Several processes and hosts",
-    "Paired LPIPS and identity",
     "The edit report",
 ]
 
