@@ -321,6 +321,59 @@ def batch_processes(bench):
     return md_table(header, rows, right_from=1)
 
 
+# --- Evaluation: the edit report -----------------------------------------------------------------
+
+EDIT_REPORT_ROWS = [("scale", -2), ("scale", 2), ("x", 2), ("hue_cos", 2), ("pca[1]", 2)]  # direction, t
+EDIT_REPORT_PAIRS = [("scale", "x"), ("pca[0]", "pca[1]"), ("pca[0]", "warped[2]"), ("warped[0]", "warped[1]")]
+
+
+def report_number(x, signed=False):
+    """As the report's own table (jaxedit.metrics.edit_report): 3 decimals, tiny values as 1.0e-06."""
+    if x != 0 and abs(x) < 1e-3:
+        return f"{x:+.1e}" if signed else f"{x:.1e}"
+    return f"{x:+.3f}" if signed else f"{x:.3f}"
+
+
+def edit_report(report):
+    directions = {d["name"]: d for d in report["directions"]}
+    rows = []
+    for name, t in EDIT_REPORT_ROWS:
+        d = directions[name]
+        cell = next(c for c in d["per_strength"] if c["t"] == t)
+        change, other = cell["target_change"], cell["largest_other"]
+        rows.append(
+            [
+                name,
+                f"{t:+g}",
+                d["target"] if d["target_given"] else f"{d['target']} (largest)",
+                f"{report_number(change['mean'], signed=True)} +- {report_number(change['std'])}",
+                f"{report_number(other['mean_abs'])} ({other['name']})",
+                report_number(cell["probe_distance"]["mean"]),
+                report_number(cell["frechet"]),
+            ]
+        )
+    header = [
+        "direction",
+        "t",
+        "target",
+        "target change",
+        "largest other \\|change\\|",
+        "probe embedding dist",
+        "Frechet",
+    ]
+    return md_table(header, rows, right_from=3)
+
+
+def edit_report_commutativity(report):
+    pairs = {(c["a"], c["b"]): c for c in report["commutativity"]}
+    rows = []
+    for a, b in EDIT_REPORT_PAIRS:
+        c = pairs[a, b]
+        attributes = sum(c["attributes"].values()) / len(c["attributes"])
+        rows.append([a, b, report_number(c["latent"]), report_number(c["image"]), report_number(attributes)])
+    return md_table(["A", "B", "latent", "image", "attributes"], rows, right_from=2)
+
+
 # --- Text-guided editing -------------------------------------------------------------------------
 
 TEXT_GROUPS = [  # README label, group in text_edits_shapes.json's summary
@@ -441,6 +494,8 @@ TABLES = {
     "l2sae": l2sae,
     "batch": batch,
     "batch_processes": batch_processes,
+    "edit_report": edit_report,
+    "edit_report_commutativity": edit_report_commutativity,
     "text_edits": text_edits,
     "text_speed": text_speed,
     "generator_speed": generator_speed,
