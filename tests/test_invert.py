@@ -91,6 +91,7 @@ def test_projection_recovers_generated_images(mode):
         assert np.allclose(v.mean(axis=(1, 2)), 0, atol=1e-5) and np.allclose(v.std(axis=(1, 2)), 1, atol=1e-4)
 
 
+@pytest.mark.slow  # a long duplicate (default-run budget)
 def test_one_image_alone_equals_inside_the_batch():
     G, p = gen()
     targets, keys, cfg, res = projected("w")

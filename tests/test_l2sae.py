@@ -167,6 +167,7 @@ def test_adversarial_step_trains_with_swap_weight_zero_and_finite_losses(adv):
         assert any(_changed(new[part], state[part])), part
 
 
+@pytest.mark.slow  # a long duplicate (default-run budget)
 def test_discriminator_phase_changes_only_discriminators(adv):
     step, state, pp = adv
     new, _ = step(state, pp, jax.random.key(1), phases=("D",))
@@ -175,6 +176,7 @@ def test_discriminator_phase_changes_only_discriminators(adv):
     assert all(_changed(new["D"], state["D"])) and all(_changed(new["Dp"], state["Dp"]))
 
 
+@pytest.mark.slow  # a long duplicate (default-run budget)
 def test_autoencoder_phase_changes_only_autoencoder_and_follows_the_d_phase(adv):
     step, state, pp = adv
     key = jax.random.key(1)

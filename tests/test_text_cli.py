@@ -62,6 +62,7 @@ def test_optimize_grid_and_saved_latents_equal_direct_call(models, tmp_path, cap
     assert got.shape == want.shape and np.max(np.abs(got - want)) <= 1
 
 
+@pytest.mark.slow  # a long duplicate (default-run budget)
 def test_shift_grid_k0_is_the_original_and_k_scales_the_saved_shift(models, tmp_path):
     G, gp, *_ = models
     run = ["text-edit", "--method", "shift", "--prompt", "a red shape", "--steps", "2", "--seeds", "1",

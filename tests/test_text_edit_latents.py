@@ -28,6 +28,7 @@ def png(path):
     return np.asarray(Image.open(path), np.int16)
 
 
+@pytest.mark.slow  # a long duplicate (default-run budget)
 def test_shift_from_latents_equals_shift_from_their_seeds(seeds_ws, tmp_path, capsys):
     G, gp, ws = seeds_ws
     np.savez(tmp_path / "latents.npz", names=np.asarray(["img0", "img5"]), ws=ws)  # as jaxedit invert writes it
