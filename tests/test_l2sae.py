@@ -1,6 +1,8 @@
 """Latents2Semantics: masks from the structure groups, the composite (outside pixels exact), batching, the swap,
 `jaxedit local-style` and its errors; a tiny training run (slow)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,7 +45,7 @@ def test_stride_two_structure_grid_and_class_balanced_mask_loss():
                       structure_stride=2)
     M = L2SAE(cfg)
     params = M.init(jax.random.key(0))
-    batch = train_l2sae.swap_batch(jax.random.key(3), 4)
+    batch = jax.jit(train_l2sae.swap_batch, static_argnums=1)(jax.random.key(3), 4)
     s, g = M.encode(params, batch["xa"])
     assert s.shape == (4, 16, 16, 12) and M.decode(params, s, g).shape == (4, 32, 32, 3)
     with pytest.raises(InputError, match="structure_stride"):
@@ -54,11 +56,11 @@ def test_stride_two_structure_grid_and_class_balanced_mask_loss():
     ce = -np.take_along_axis(jax.nn.log_softmax(logits, -1), labels[..., None], -1)[..., 0]
     count = np.bincount(labels.ravel(), minlength=3)
     expected = np.mean(ce * (labels.size / (3 * count))[labels])
-    tcfg = train_l2sae.L2SAETrainConfig(model=cfg, mask_balance=True)
-    P, pp = jaxedit.load("shapes32-probe")
-    got = train_l2sae.losses(M, P, params, pp, batch, tcfg)["mask"]
+    losses = jax.jit(train_l2sae.losses, static_argnums=(0, 1, 5))  # no probe: perceptual_weight 0
+    tcfg = train_l2sae.L2SAETrainConfig(model=cfg, mask_balance=True, perceptual_weight=0.0)
+    got = losses(M, None, params, None, batch, tcfg)["mask"]
     assert abs(float(got) - expected) < 1e-5 * max(1.0, expected)
-    plain = train_l2sae.losses(M, P, params, pp, batch, train_l2sae.L2SAETrainConfig(model=cfg, mask_balance=False))
+    plain = losses(M, None, params, None, batch, dataclasses.replace(tcfg, mask_balance=False))
     assert abs(float(plain["mask"]) - ce.mean()) < 1e-5 * max(1.0, ce.mean())
     assert count.max() > 5 * count.min() > 0  # the weights are far from uniform on this batch
 

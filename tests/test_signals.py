@@ -4,6 +4,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,14 +15,26 @@ from PIL import Image
 JAXEDIT = shutil.which("jaxedit", path=str(Path(sys.executable).parent)) or shutil.which("jaxedit")
 
 
-def interrupted(args, sig, after: float, cwd):
-    """Run ``jaxedit ARGS``, send ``sig`` after ``after`` seconds; -> (returncode, stderr)."""
-    proc = subprocess.Popen([JAXEDIT, *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def interrupted(args, sig, after: float, cwd, when: str | None = None):
+    """Run ``jaxedit ARGS``, send ``sig`` after ``after`` seconds, or as soon as a stderr line contains ``when``
+    (then ``after`` is the longest wait); -> (returncode, stderr)."""
+    proc = subprocess.Popen([JAXEDIT, *map(str, args)], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    time.sleep(after)
+    lines, seen = [], threading.Event()
+
+    def read():
+        for line in proc.stderr:
+            lines.append(line)
+            if when is not None and when in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    seen.wait(after) if when is not None else time.sleep(after)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=600)
-    return proc.returncode, err
+    proc.wait(timeout=600)
+    reader.join(timeout=60)
+    return proc.returncode, "".join(lines)
 
 
 @pytest.mark.parametrize("sig, code", [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),
@@ -54,7 +67,7 @@ def test_traverse_leaves_only_complete_files(tmp_path):
 ])
 def test_trainers_save_and_exit_130(tmp_path, argv):
     """SIGINT during a trainer: it saves the current step and exits 130; the run resumes from it."""
-    rc, err = interrupted([a.format(o=tmp_path) for a in argv], signal.SIGINT, 20.0, tmp_path)
+    rc, err = interrupted([a.format(o=tmp_path) for a in argv], signal.SIGINT, 120.0, tmp_path, when="elapsed")
     assert rc == 130, err[-2000:]
     assert "SIGINT: saved step" in err and "Traceback" not in err
     ckpts = [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]

@@ -23,8 +23,8 @@ images; no inversion, optimization or direction search at edit time.
   SynthesisLayer` and ``ToRGB``, no noise inputs) from the structure tensor, every layer modulated by the style.
 - *Style scale*: the style vector is normalized to unit RMS (the Swapping Autoencoder L2-normalizes its codes),
   so a noise ``sigma`` means the same at every image.
-- *Losses* (:mod:`jaxedit.train.l2sae`): reconstruction (pixel MSE + the shapes probe's embedding as the
-  perceptual term, as elsewhere in this world), the masks' cross-entropy, and a swap term. The Swapping
+- *Losses* (:mod:`jaxedit.train.l2sae`): reconstruction (pixel MSE; a perceptual term is an option, off: on
+  the shapes world it slowed learning, the trainer's doc gives the measurement), the masks' cross-entropy, and a swap term. The Swapping
   Autoencoder makes swaps meaningful with adversarial and patch co-occurrence discriminators; on the shapes
   world the renderer gives the swap's answer directly (the same geometry rendered with the donor's colours), so
   the swap term is a reconstruction of that render and no discriminator is trained (cheaper on this CPU; the

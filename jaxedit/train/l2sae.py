@@ -5,8 +5,11 @@ Every step draws its own batch inside the one jitted update: raw factors ``A`` a
 with its label map, ``x_b`` = render(B), and ``x_ab`` = render(A's geometry with B's colours: body, background
 and spot hue). Per image (weights in :class:`L2SAETrainConfig`):
 
-- reconstruction ``D(E(x_a))`` vs ``x_a``: pixel MSE + ``perceptual_weight`` x the squared distance of the
-  shapes probe's embeddings (the perceptual space of this world, as for the encoder and the projector);
+- reconstruction ``D(E(x_a))`` vs ``x_a``: pixel MSE (+ ``perceptual_weight`` x the squared distance of the
+  shapes probe's embeddings, off by default: measured at 1,000 steps of the default model, 256 held-out renders,
+  weight 0 / 0.0005 / 0.002 / 0.02 gave reconstruction PSNR 27.5 / 19.7 / 18.0 / 15.0 dB and spot-mask IoU
+  0.79 / 0.36 / 0.28 / 0.10: the probe's embedding distance starts in the thousands and its gradient swamps
+  the pixel term's under Adam; version 2 trained with 0.02 for 10,000 steps and ended at 21.5 dB);
 - swap ``D(s_a, g_b)`` vs ``x_ab``, the same two terms: the renderer's answer to "a's structure in b's style"
   (the Swapping Autoencoder learns it adversarially; the model's docstring says why not here);
 - ``mask_weight`` x cross-entropy of the region masks (from the structure groups) against ``x_a``'s label map:
@@ -96,7 +99,10 @@ class CooccurrenceConfig(JSONConfig):
             raise ConfigError(f"CooccurrenceConfig: patch a multiple of 4 (>= 4), positive widths; got {self}")
 
 
-DEFAULT_MODEL = L2SAEConfig(structure_stride=2, encoder_widths=(32, 48, 64), decoder_widths=(64, 48, 32))
+# Version 3: the small widths (16/32/48, 48/32/16) at a 16x16 structure. At 1,000 steps of the pixel-only recipe
+# it reconstructs at 26.6 dB where widths 32/48/64, 64/48/32 reach 27.5 dB, and trains 1.75x faster per step
+# (a one-pass edit costs about as much less): more steps in the same hours, and edits closer to the speed bar.
+DEFAULT_MODEL = L2SAEConfig(structure_stride=2)
 # The image D of the adversarial term: the shapes32 GAN's D (resnet, mbstd 4) at half its widths.
 DEFAULT_DISC = DiscriminatorConfig(img_resolution=32, channels=(32, 32, 16, 16), architecture="resnet",
                                    mbstd_group_size=4, mbstd_num_channels=1)
@@ -104,12 +110,12 @@ DEFAULT_DISC = DiscriminatorConfig(img_resolution=32, channels=(32, 32, 16, 16),
 
 @dataclasses.dataclass(frozen=True)
 class L2SAETrainConfig(JSONConfig):
-    steps: int = 10_000
+    steps: int = 16_000
     decay_steps: int | None = None  # the cosine's horizon (default: steps of the first call)
     batch: int = 16
     lr: float = 2e-3
     warmup: int = 500
-    perceptual_weight: float = 0.02
+    perceptual_weight: float = 0.0  # the probe-embedding term (module doc: it slows learning here)
     swap_weight: float = 1.0
     mask_weight: float = 1.0
     mask_balance: bool = True  # weight each pixel's cross-entropy by 1 / its class's share of the batch
