@@ -198,6 +198,7 @@ def test_convert_clip_and_vocab_mismatch(tmp_path):
     ["text-edit", "--prompt", "x", "--lr", "-1", "--out", "{o}/x.png"],
     ["text-edit", "--prompt", "x", "--steps", "1.5", "--out", "{o}/x.png"],
     ["fit", "ganspace", "--components", "0", "--out", "{o}/g"],
+    ["discover", "{o}/run", "--method", "linear", "--lr", "0"],
 ])
 def test_bad_numbers_exit_2_before_anything_is_written(tmp_path, argv):
     np.save(tmp_path / "d.npy", np.eye(2, 64, dtype=np.float32))

@@ -88,15 +88,15 @@ def test_cli_resume_keeps_the_stored_config_and_extends(gen, tmp_path, capsys):
 
     run = tmp_path / "cli"
     new = ["discover", str(run), "--method", "linear", "--generator", gen, "--directions", "2", "--batch-size", "4",
-           "--steps", "2", "--seed", "3"]
-    assert main(new[:-2] + ["--batch-size", "3"]) == 1  # odd batch: refused before any folder exists
+           "--steps", "2", "--seed", "3", "--lr", "0.001"]
+    assert main(new + ["--batch-size", "3"]) == 1  # odd batch: refused before any folder exists
     assert not run.exists()
     capsys.readouterr()
     assert main(new) == 0
     assert "near chance" in capsys.readouterr().err  # 2 steps: RCA below 2 x chance (1 / 2 directions) warns
     assert main(["discover", str(run), "--steps", "3"]) == 0  # extends; every other setting is the stored one
     stored = D.load_run_config(run)
-    assert (stored.steps, stored.seed, stored.batch, stored.num_directions) == (3, 3, 4, 2)
+    assert (stored.steps, stored.seed, stored.batch, stored.num_directions, stored.lr) == (3, 3, 4, 2, 1e-3)
     assert D.load_run(run)[2] == 3
     capsys.readouterr()
     assert main(["discover", str(run), "--batch-size", "8"]) == 1

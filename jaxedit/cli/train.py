@@ -141,7 +141,7 @@ def run_discover(args) -> None:
         base = discovery.DiscoveryConfig(method=args.method)
     cfg = dataclasses.replace(base, **_given(method=args.method, generator=args.generator, space=args.space,
                                              num_directions=args.directions, steps=args.steps,
-                                             batch=args.batch_size, eps_range=eps, seed=args.seed))
+                                             batch=args.batch_size, eps_range=eps, seed=args.seed, lr=args.lr))
     result = discovery.train(cfg, run_dir)
     print(json.dumps(result, indent=1))
     if "rca" in result and result["rca"] < AT_CHANCE * result["chance"]:
