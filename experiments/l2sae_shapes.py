@@ -27,7 +27,8 @@ The spot is small at 32 px (median 8 pixels on these renders); the probe's spot-
 few pixels is unreliable, so every row is given over all images and over the images whose spot covers
 >= ``--spot-pixels`` pixels of the renderer's label map (for swaps: in the image and in the donor).
 
-4. Speed: one-pass edits (``style_noise``, ``swap``) images/s on ``--batch`` renders, one jitted call, compile
+4. Speed: one-pass edits (``style_noise``, ``swap`` with a donor per image and from one donor for all, as
+   ``jaxedit local-style --swap-from``) images/s on ``--batch`` renders, one jitted call, compile
    excluded, best of 3 (bar >= 1000 images/s); seconds per edit on ``--opt-n`` renders next to EditGAN
    (``editgan.optimize``, ``--steps`` steps, encoder-inverted W+, ``shapes32-segmenter``, target
    ``spot-grow``) and StyleCLIP latent optimization (``text.optimize_latents``, ``--steps`` steps, guided by
@@ -253,6 +254,8 @@ def main():
                                                lambda im, k: (editor, im, k), (xb, kb), (xo, ko)),
         "L2SAE swap (spot)": (lambda ed, im, d: local_style.swap(ed, im, d, "spot"),
                               lambda im, d: (editor, im, d), (xb, jnp.roll(xb, 1, 0)), (xo, jnp.roll(xo, 1, 0))),
+        "L2SAE swap from one donor (spot)": (lambda ed, im, d: local_style.swap(ed, im, d, "spot"),
+                                             lambda im, d: (editor, im, d), (xb, xb[-1:]), (xo, xo[-1:])),
     }
     speed_rows = []
     for name, (fn, argf, big_args, small_args) in one_pass.items():
@@ -404,7 +407,7 @@ def main():
         + ", ".join(f"{k} {v:.3f}" for k, v in iou.items()) + f" (mean {np.mean(list(iou.values())):.3f}).\n\n"
         f"The probe on the inputs vs the renderer's truth (its own reading error, for scale):\n\n"
         + table(probe_rows)
-        + f"\n\n## Region style noise\n\n`local_style.style_noise` (g + sigma eta, one draw per image, hard mask). "
+        + f"\n\n## Region style noise\n\n`local_style.style_noise` (g + sigma L eta, L the model's style spread, projected to unit RMS; one draw per image, hard mask). "
           f"edited hue change = circular change of the edited region's hue; share >= {BARS['moved']:g} = images "
           f"whose change reaches it; the other columns = the mean change of the rest (other hues, shape flips, "
           f"x, y, scale); pixels edited % = share of pixels that differ from the input. Sigma 0 = the region "

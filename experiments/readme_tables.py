@@ -244,17 +244,19 @@ def l2sae(results):
         [f"{sigma}: own hue change, {regions}", per_region(noise, "edited hue change", "{:.2f}".format), ">= 0.1"],
         [
             f"{sigma}: shape reading flips, {regions}",
-            per_region(noise, "shape", lambda x: f"{100 * x:.0f} %"),
+            per_region(noise, "shape", lambda x: f"{100 * x:.1f} %"),
             "<= 3 %",
         ],
+        [f"{sigma}: worst other change, {regions}", per_region(noise, "worst other", str), "<= 0.03"],
         [
             f"swap: distance to the donor's hue, {regions}",
             per_region(results["swap"], "err to donor (probe)", lambda x: f"{x:.3f}" if x < 0.1 else f"{x:.2f}"),
             "<= 0.08",
         ],
         [
-            "one-pass edits, images/s (style noise / swap)",
-            f"{speed['L2SAE style noise']['images/s']:.0f} / {speed['L2SAE swap']['images/s']:.0f}",
+            "one-pass edits, images/s (style noise / swap / swap from one donor)",
+            " / ".join(f"{speed[m]['images/s']:.0f}"
+                       for m in ("L2SAE style noise", "L2SAE swap", "L2SAE swap from one donor")),
             ">= 1,000",
         ],
         [

@@ -65,6 +65,22 @@ def test_stride_two_structure_grid_and_class_balanced_mask_loss():
     assert count.max() > 5 * count.min() > 0  # the weights are far from uniform on this batch
 
 
+def test_style_spread_is_a_square_root_of_the_style_covariance_and_shapes_the_noise(model):
+    M, params, x = model
+    L = train_l2sae.style_spread(M, params, jax.random.key(5), n=96, batch=32)
+    g = np.concatenate([np.asarray(M.encode(params, shapes.sample(k, 32)["image"])[1])
+                        for k in jax.random.split(jax.random.key(5), 3)])
+    np.testing.assert_allclose(L @ L.T, np.cov(g, rowvar=False), atol=1e-5)
+    # the noise follows the spread: a zero spread leaves every style, so every image, as it was re-decoded
+    ed = local_style.LocalStyle({**params, "style_spread": jnp.zeros_like(L)}, M)
+    keys = jax.random.split(jax.random.key(2), len(x))
+    still = local_style.style_noise(ed, x, "body", 3.0, keys)
+    g = M.encode(params, x)[1]
+    g = g * jax.lax.rsqrt(jnp.mean(jnp.square(g), -1, keepdims=True))  # style_noise's projection to unit RMS
+    np.testing.assert_allclose(still, local_style.composite(ed, x, "body", g), atol=1e-6)
+    assert not np.allclose(local_style.style_noise(local_style.LocalStyle(params, M), x, "body", 3.0, keys), still)
+
+
 def test_composite_keeps_every_pixel_outside_the_region_exactly(model):
     M, params, x = model
     ed = local_style.LocalStyle(params, M)
@@ -104,6 +120,11 @@ def test_swap_takes_the_donor_style_and_interpolation_ends(model):
         local_style.swap(ed, x, donors, "hair")
     with pytest.raises(InputError, match="donors must be"):
         local_style.swap(ed, x, donors[:, :16], "body")
+    # one donor for all: encoded once, the same edit as the donor repeated per image
+    one = local_style.swap(ed, x, x[:1], "body")
+    np.testing.assert_allclose(one, local_style.swap(ed, x, jnp.broadcast_to(x[:1], x.shape), "body"), atol=1e-6)
+    with pytest.raises(InputError, match="2 images for 4; give one donor per image or one for all"):
+        local_style.swap(ed, x, x[:2], "body")
 
 
 def test_local_style_cli_grid_and_errors(model, tmp_path, capsys):

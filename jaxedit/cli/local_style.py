@@ -64,7 +64,7 @@ def run_local_style(args) -> None:
     @jax.jit
     def run(ed, x, keys):
         if donor is not None:
-            return local_style.swap(ed, x, jnp.broadcast_to(donor, x.shape), region, soft=args.soft)[:, None]
+            return local_style.swap(ed, x, donor, region, soft=args.soft)[:, None]  # the donor encoded once
         draw = lambda kk: local_style.style_noise(ed, x, region, args.noise, kk, soft=args.soft)  # noqa: E731
         return jax.vmap(draw, out_axes=1)(keys)  # [B, K, H, W, 3]: one program for every image and draw
 

@@ -265,7 +265,8 @@ def _add_local_style(sub) -> None:
     p.add_argument("--renders", type=count, help="instead of files: this many fresh shapes renders (--seed)")
     p.add_argument("--model", help="l2sae checkpoint (default: the embedded shapes32-l2sae)")
     p.add_argument("--region", required=True, help="the region to edit (shapes32-l2sae: background, body, spot)")
-    p.add_argument("--noise", type=positive, help="style noise sigma (the style has unit RMS)")
+    p.add_argument("--noise", type=positive, help="style noise sigma, in units of the spread of real images' styles "
+                                              "(1: about as far as two images' styles differ)")
     p.add_argument("--samples", type=count, help="noise draws per image (default 4)")
     p.add_argument("--swap-from", help="a donor image: the region takes its style")
     p.add_argument("--soft", action="store_true", help="alpha-blend with the soft mask (default: hard mask, pixels "

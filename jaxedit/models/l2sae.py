@@ -23,6 +23,10 @@ images; no inversion, optimization or direction search at edit time.
   SynthesisLayer` and ``ToRGB``, no noise inputs) from the structure tensor, every layer modulated by the style.
 - *Style scale*: the style vector is normalized to unit RMS (the Swapping Autoencoder L2-normalizes its codes),
   so a noise ``sigma`` means the same at every image.
+- *Style spread* (``params["style_spread"]``, ``[d, d]``): a square root of the covariance of the training
+  images' styles, stored with the model so that style noise (:func:`jaxedit.edits.local_style.style_noise`)
+  moves along the directions real styles vary in. Isotropic noise leaves that low-dimensional set (on the shapes
+  world two directions hold 70 % of the variance) and the decoder, never trained there, redraws geometry.
 - *Losses* (:mod:`jaxedit.train.l2sae`): reconstruction (pixel MSE; a perceptual term is an option, off: on
   the shapes world it slowed learning, the trainer's doc gives the measurement), the masks' cross-entropy, and a swap term. The Swapping
   Autoencoder makes swaps meaningful with adversarial and patch co-occurrence discriminators; on the shapes
@@ -50,6 +54,7 @@ from jaxedit.errors import InputError
 from jaxedit.io import checkpoint
 from jaxedit.models.stylegan2.generator import SynthesisLayer, ToRGB
 from jaxedit.nn.handle import ModelHandle, compiled
+from jaxedit.nn.layers import Buffer
 
 KIND = "l2sae"
 
@@ -110,6 +115,9 @@ class L2SAENet(nnx.Module):
         self.dec3 = SynthesisLayer(d[1], d[2], cfg.style_dim, 2 * h, up=True, conv_clamp=None, rngs=rngs)
         self.dec4 = SynthesisLayer(d[2], d[2], cfg.style_dim, 2 * h, up=False, conv_clamp=None, rngs=rngs)
         self.torgb = ToRGB(d[2], 3, cfg.style_dim, conv_clamp=None, rngs=rngs)
+        # the styles' spread: ``L`` with ``L L^T`` = the covariance of the training images' styles (the trainer
+        # sets it after training; identity until then); local style noise is drawn as ``L @ N(0, I)``
+        self.style_spread = Buffer(jnp.eye(cfg.style_dim, dtype=jnp.float32))
 
     def encode(self, img):
         b, h, w, _ = img.shape

@@ -80,7 +80,7 @@ from jaxedit.nn.handle import ModelHandle, compiled
 from jaxedit.nn.layers import Dense
 from jaxedit.train import gan, runs
 
-INIT_SALT, TRAIN_SALT, EVAL_SALT, DISC_SALT, COOC_SALT = 0, 1, 2, 3, 4
+INIT_SALT, TRAIN_SALT, EVAL_SALT, DISC_SALT, COOC_SALT, SPREAD_SALT = 0, 1, 2, 3, 4, 5
 PATCH_SALT = 7  # fold_in of a step's key for its patch crops (the batch uses the key itself)
 MUTABLE = frozenset({"steps", "ckpt_every", "log_every", "eval_images"})
 STYLE_FACTORS = ("hue", "bg_hue", "spot_hue")  # what a swap takes from the donor
@@ -420,6 +420,15 @@ def init_state(cfg: L2SAETrainConfig, M: L2SAE, opt, key: jax.Array) -> dict[str
     return state
 
 
+def style_spread(M: L2SAE, params, key: jax.Array, n: int = 4096, batch: int = 512) -> jax.Array:
+    """``L [d, d]`` with ``L L^T`` = the covariance of the styles of ``n`` fresh renders (eigenvectors scaled by
+    the square roots of their variances): the model's ``style_spread`` (the shape of its style noise)."""
+    encode = jax.jit(lambda k: M.encode(params, shapes.sample(k, batch)["image"])[1])
+    g = np.concatenate([np.asarray(encode(k)) for k in jax.random.split(key, -(-n // batch))])[:n].astype(np.float64)
+    var, vec = np.linalg.eigh(np.cov(g, rowvar=False))
+    return jnp.asarray(vec * np.sqrt(np.clip(var, 0, None)), jnp.float32)
+
+
 def _psnr(a, b) -> np.ndarray:
     mse = np.mean((np.clip(np.asarray(a), -1, 1) - np.asarray(b)) ** 2, axis=(1, 2, 3))
     return 10 * np.log10(4.0 / np.maximum(mse, 1e-12))
@@ -477,6 +486,7 @@ def train(cfg: L2SAETrainConfig | None, dst: str | Path, *, run_dir: str | Path 
     params = state["params"]
     if summary["step"] < cfg.steps:
         return params, {"step": summary["step"]}
+    params = {**params, "style_spread": style_spread(M, params, jax.random.fold_in(key, SPREAD_SALT))}
     report = evaluate(M, params, P, pparams, jax.random.fold_in(key, EVAL_SALT), cfg.eval_images)
     report.update(step=summary["step"], train_seconds=summary["seconds"], batch=cfg.batch, resumed_at=start,
                   parameters=int(sum(np.size(v) for v in jax.tree.leaves(params))))
