@@ -1,4 +1,4 @@
-"""The real ``jaxedit`` console script: convert, info, sample, and its one-line errors."""
+"""The jaxedit CLI (through `main` in this process, and as the installed console script where that matters): convert, info, sample, and its one-line errors."""
 
 import contextlib
 import io
@@ -56,7 +56,7 @@ def one_line_error(out, *needles, code=2):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     dst = tmp_path_factory.mktemp("ck") / "tiny32"
-    out = run("convert", "stylegan2", fixture("nvidia_tiny32.pkl"), dst, process=True)
+    out = run("convert", "stylegan2", fixture("nvidia_tiny32.pkl"), dst)
     assert "resolution 32, num_ws 8" in out.stdout and "bit-identical, forward pass max |diff|" in out.stdout
     return dst
 

@@ -429,6 +429,7 @@ def test_mapper_norm_axis_on_latents_with_equal_layers():
     assert mapper_lib.MapperConfig.for_generator(8, 16).norm == "features" and mapper_lib.MapperConfig().norm == "layers"
 
 
+@pytest.mark.slow  # a long duplicate (default-run budget): prompt independence is also in the batched-training test
 def test_train_mappers_scan_equals_step_loop_and_prompts_are_independent():
     """``train_mappers`` (one scan) == a Python loop of ``make_mapper_step`` on the same latents,
     and prompt i's mapper is the same whether trained alone or with others."""

@@ -180,6 +180,7 @@ def _changed(a, b) -> list[bool]:
     return [not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
 
 
+@pytest.mark.slow  # the adversarial options are off in the shipped recipe; all their tests run with -m slow
 def test_adversarial_step_trains_with_swap_weight_zero_and_finite_losses(adv):
     step, state, pp = adv
     new, terms = step(state, pp, jax.random.key(1))

@@ -37,6 +37,7 @@ def png(path):
     return np.asarray(Image.open(path), np.int16)
 
 
+@pytest.mark.slow  # a long duplicate (default-run budget): test_text_edit_latents checks the optimize grid
 def test_optimize_grid_and_saved_latents_equal_direct_call(models, tmp_path, caplog):
     G, gp, guide, cp, tok = models
     jax.config.update("jax_log_compiles", True)

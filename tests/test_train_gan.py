@@ -316,7 +316,8 @@ def test_four_devices_match_one_device():
         "print('NDEV', jax.device_count(), 'SUM', float(sum(np.abs(np.asarray(x)).sum() for x in jax.tree.leaves(st['G_ema']))))\n")
     sums = {}
     for n in (1, 4):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+        flags = os.environ.get("XLA_FLAGS", "")  # keep conftest's optimization level (compile time)
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={n}")
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
         ndev, total = out.stdout.split("NDEV")[1].split("SUM")
