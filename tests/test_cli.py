@@ -1,4 +1,5 @@
-"""The jaxedit CLI (through `main` in this process, and as the installed console script where that matters): convert, info, sample, and its one-line errors."""
+"""The jaxedit CLI, through ``main`` in this process and, where that matters, as the installed console script:
+convert, info, sample, and its one-line errors."""
 
 import contextlib
 import io

@@ -61,7 +61,8 @@ def test_traverse_leaves_only_complete_files(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [
-    ["train-gan", "{o}/run", "--config", "tiny", "--kimg", "1000"],
+    # slow: every trainer stops in runs.Run.loop, whose signal handling test_runs.py covers with a toy trainer
+    pytest.param(["train-gan", "{o}/run", "--config", "tiny", "--kimg", "1000"], marks=pytest.mark.slow),
     pytest.param(["discover", "{o}/run", "--method", "linear", "--steps", "100000", "--batch-size", "4"],
                  marks=pytest.mark.slow),
 ])

@@ -59,6 +59,7 @@ def test_config_round_trips_and_matches_the_generator(tiny, frozen):
         T.EncoderTrainConfig(gen_fraction=1.5)
 
 
+@pytest.mark.slow  # a long test (default-run budget); the encoder trainer's other step tests are slow too
 def test_steps_lower_the_loss_deterministically(tiny, frozen):
     _, params, _, st, step = _start(tiny, frozen)
     fr, key = frozen[2], jax.random.key(7)  # the same batch every step: the loss on it must fall
