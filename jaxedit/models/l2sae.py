@@ -29,10 +29,11 @@ images; no inversion, optimization or direction search at edit time.
   world two directions hold 70 % of the variance) and the decoder, never trained there, redraws geometry.
 - *Losses* (:mod:`jaxedit.train.l2sae`): reconstruction (pixel MSE; a perceptual term is an option, off: on
   the shapes world it slowed learning, the trainer's doc gives the measurement), the masks' cross-entropy, and
-  a swap term. The Swapping Autoencoder makes swaps meaningful with adversarial and patch co-occurrence discriminators; on the shapes
-  world the renderer gives the swap's answer directly (the same geometry rendered with the donor's colours), so
-  the swap term is a reconstruction of that render and no discriminator is trained (cheaper on this CPU; the
-  closing note of the issue says so). Both discriminators are trainer options for data without such answers.
+  a swap term. The Swapping Autoencoder makes swaps meaningful with adversarial and patch co-occurrence
+  discriminators; on the shapes world the renderer gives the swap's answer directly (the same geometry rendered
+  with the donor's colours), so the swap term is a reconstruction of that render and no discriminator is
+  trained (cheaper on this CPU; the closing note of the issue says so). Both discriminators are trainer options
+  for data without such answers.
 
 Pure interface: ``M = L2SAE(cfg)``, ``params = M.init(key)``, or ``M, params = jaxedit.load(path)``::
 
