@@ -46,8 +46,9 @@ with ``cooccurrence_weight`` too 0.665 s (x1.77; R1 steps x2.14). Under load (be
 image D's ratio was the same, x1.26.
 
 Adam with warm-up and cosine decay. After the last step the model's ``style_spread`` is set from 4,096 fresh
-renders (:func:`style_spread`: the shape of its style noise). Evaluation on held-out renders (key ``fold_in(key, 2)``): reconstruction PSNR
-and the probe's reading of it, mask mIoU, and the local edits' scores (:func:`evaluate`). Resumable run folder
+renders (:func:`style_spread`: the shape of its style noise). Evaluation on held-out renders (key
+``fold_in(key, 2)``): reconstruction PSNR and the probe's reading of it, mask mIoU, and the local edits' scores
+(:func:`evaluate`). Resumable run folder
 (:mod:`jaxedit.train.runs`, default ``DST.run``); the model is saved as a kind ``"l2sae"`` checkpoint.
 """
 
