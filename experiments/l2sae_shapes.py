@@ -407,7 +407,8 @@ def main():
         + ", ".join(f"{k} {v:.3f}" for k, v in iou.items()) + f" (mean {np.mean(list(iou.values())):.3f}).\n\n"
         f"The probe on the inputs vs the renderer's truth (its own reading error, for scale):\n\n"
         + table(probe_rows)
-        + f"\n\n## Region style noise\n\n`local_style.style_noise` (g + sigma L eta, L the model's style spread, projected to unit RMS; one draw per image, hard mask). "
+        + "\n\n## Region style noise\n\n`local_style.style_noise` (g + sigma L eta, L the model's style spread, "
+          "projected to unit RMS; one draw per image, hard mask). "
           f"edited hue change = circular change of the edited region's hue; share >= {BARS['moved']:g} = images "
           f"whose change reaches it; the other columns = the mean change of the rest (other hues, shape flips, "
           f"x, y, scale); pixels edited % = share of pixels that differ from the input. Sigma 0 = the region "
