@@ -12,8 +12,9 @@ with ``s, g = E(x)``, ``m_r`` region r's mask from the structure group r (:meth:
   ``L`` the model's ``style_spread`` (``L L^T`` = the covariance of the training images' styles: sigma 1 moves a
   style about as far as real styles differ, along the directions they vary in), scaled back to unit RMS (the
   sphere the encoder's styles lie on). A decoder fed styles off the real ones redraws geometry, not only colour:
-  ``shapes32-l2sae`` version 3, 256 renders, sigma 1, the probe's shape reading flips for 53 / 22 / 2 % of images
-  (background / body / spot) with isotropic noise, 2.0 / 3.1 / 0 % with the spread;
+  ``shapes32-l2sae`` version 3, 256 renders, sigma 1, the probe's shape reading flips for 53 / 21 / 2 % of images
+  (background / body / spot) with isotropic noise, 2.0 / 3.9 / 0 % with the spread
+  (``experiments/l2sae_recipe.py``);
 - :func:`swap`: the donor's style ``E(donor).g`` (region r takes the donor's look);
 - :func:`interpolate`: ``(1 - t) g + t g_donor``.
 

@@ -9,7 +9,8 @@ and spot hue). Per image (weights in :class:`L2SAETrainConfig`):
   shapes probe's embeddings, off by default: measured at 1,000 steps of the default model, 256 held-out renders,
   weight 0 / 0.0005 / 0.002 / 0.02 gave reconstruction PSNR 27.5 / 19.7 / 18.0 / 15.0 dB and spot-mask IoU
   0.79 / 0.36 / 0.28 / 0.10: the probe's embedding distance starts in the thousands and its gradient swamps
-  the pixel term's under Adam; version 2 trained with 0.02 for 10,000 steps and ended at 21.5 dB);
+  the pixel term's under Adam; version 2 trained with 0.02 for 10,000 steps and ended at 21.5 dB;
+  ``experiments/l2sae_recipe.py``);
 - swap ``D(s_a, g_b)`` vs ``x_ab``, the same two terms: the renderer's answer to "a's structure in b's style"
   (the Swapping Autoencoder learns it adversarially; the model's docstring says why not here);
 - ``mask_weight`` x cross-entropy of the region masks (from the structure groups) against ``x_a``'s label map:
@@ -103,7 +104,8 @@ class CooccurrenceConfig(JSONConfig):
 
 # Version 3: the small widths (16/32/48, 48/32/16) at a 16x16 structure. At 1,000 steps of the pixel-only recipe
 # it reconstructs at 26.6 dB where widths 32/48/64, 64/48/32 reach 27.5 dB, and trains 1.75x faster per step
-# (a one-pass edit costs about as much less): more steps in the same hours, and edits closer to the speed bar.
+# (a one-pass edit costs about as much less): more steps in the same hours, and edits closer to the speed bar
+# (experiments/l2sae_recipe.py).
 DEFAULT_MODEL = L2SAEConfig(structure_stride=2)
 # The image D of the adversarial term: the shapes32 GAN's D (resnet, mbstd 4) at half its widths.
 DEFAULT_DISC = DiscriminatorConfig(img_resolution=32, channels=(32, 32, 16, 16), architecture="resnet",
