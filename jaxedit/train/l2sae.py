@@ -103,7 +103,7 @@ class CooccurrenceConfig(JSONConfig):
 
 
 # Version 3: the small widths (16/32/48, 48/32/16) at a 16x16 structure. At 1,000 steps of the pixel-only recipe
-# it reconstructs at 26.6 dB where widths 32/48/64, 64/48/32 reach 27.5 dB, and trains 1.75x faster per step
+# it reconstructs at 26.6 dB where widths 32/48/64, 64/48/32 reach 27.5 dB, and trains 1.6x faster per step
 # (a one-pass edit costs about as much less): more steps in the same hours, and edits closer to the speed bar
 # (experiments/l2sae_recipe.py).
 DEFAULT_MODEL = L2SAEConfig(structure_stride=2)
