@@ -4,7 +4,8 @@ pass, style swaps, and speed next to the optimization-based editors. Scored by t
 Data: ``--n`` held-out renders ``shapes.sample(key(4242), n)`` (a key training never uses; training draws from
 ``fold_in(key(seed), 1)`` and evaluates on ``fold_in(key(seed), 2)``). Model: ``--model`` (a kind ``"l2sae"``
 checkpoint; default the embedded ``shapes32-l2sae``). Every edit is ``jaxedit.edits.local_style`` with its
-default hard masks (pixels outside the region are the input's own, exactly).
+default hard masks (pixels outside the region are the input's own, exactly), or with ``--soft`` its soft masks
+(alpha compositing with the softmax masks: an edge pixel takes a share of the edit).
 
 Hues: the probe reads each hue as a (cos, sin) column pair in [0, 1]; the angle is
 ``atan2(2 s - 1, 2 c - 1) / 2 pi`` turns, and a hue error / change is the circular distance in turns
@@ -41,6 +42,7 @@ few pixels is unreliable, so every row is given over all images and over the ima
 Writes ``experiments/results/l2sae_shapes.{md,json,png}``.
 
     python experiments/l2sae_shapes.py [--model /work/runs/l2sae-ckpt]
+    python experiments/l2sae_shapes.py --soft --out experiments/results/l2sae_shapes_soft
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def main():
     ap.add_argument("--prompt", default="with a red spot", help="StyleCLIP prompt (shapes-clip)")
     ap.add_argument("--picture-rows", type=int, default=5)
     ap.add_argument("--picture-sigma", type=float, default=2.0)
+    ap.add_argument("--soft", action="store_true", help="soft-mask compositing for the noise and swap rows")
     ap.add_argument("--out", default="experiments/results/l2sae_shapes")
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -167,7 +170,7 @@ def main():
                 sel].mean()) for k in HUE_COLS}})
 
     # ------------------------------------------------------------------ 2. region noise
-    noise_fn = jax.jit(lambda ed, im, r, s, k: local_style.style_noise(ed, im, r, s, k))
+    noise_fn = jax.jit(lambda ed, im, r, s, k: local_style.style_noise(ed, im, r, s, k, soft=args.soft))
     keys = jax.random.split(jax.random.key(11), n)
     sigmas = [0.0] + [float(s) for s in args.sigmas.split(",")]
 
@@ -205,7 +208,7 @@ def main():
                 log("noise", json.dumps(row))
 
     # ------------------------------------------------------------------ 3. swap
-    swap_fn = jax.jit(lambda ed, im, d, r: local_style.swap(ed, im, d, r))
+    swap_fn = jax.jit(lambda ed, im, d, r: local_style.swap(ed, im, d, r, soft=args.soft))
     rd = reading(donors)
     donor_truth = {k: np.roll(v, 1) for k, v in truth.items()}
     swap_rows = []
@@ -389,7 +392,8 @@ def main():
     n_met = sum(v == "met" for v in verdicts)
     md = (
         f"# l2sae_shapes ({n} held-out renders, model {args.model}"
-        f"{f' = {model_path}' if str(model_path) != args.model else ''}, trained {trained} steps)\n\n"
+        f"{f' = {model_path}' if str(model_path) != args.model else ''}, trained {trained} steps"
+        f"{', soft masks' if args.soft else ''})\n\n"
         f"{platform.processor() or platform.machine()}, {jax.devices()[0].platform}, jax {jax.__version__}; shared "
         f"2-core CPU (other jobs may be running; 1-min load average {load0:.2f} at the start); whole script {total / 60:.1f} min. Written by "
         f"experiments/l2sae_shapes.py (its docstring has the method).\n\n"

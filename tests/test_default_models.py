@@ -20,7 +20,7 @@ def test_probe_reads_fresh_renders():
     mae = np.abs(np.asarray(pred["factors"]) - np.asarray(batch["vector"])).mean(0)
     names = shapes.FACTOR_NAMES
     for name, err in zip(names, mae):
-        limit = 0.08 if name.startswith("spot") else 0.03  # spots: see the model card
+        limit = 0.06 if name.startswith("spot") else 0.03  # held-out 0.027-0.040 and <= 0.012 (model card)
         assert err <= limit, (name, err)
     labels, plabels = np.asarray(batch["labels"]), np.asarray(pred["labels"])
     iou = [np.sum((labels == c) & (plabels == c)) / np.sum((labels == c) | (plabels == c)) for c in range(3)]

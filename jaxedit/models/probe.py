@@ -6,6 +6,12 @@ distances in its feature space. A U-Net: an encoder to 4x4, a pooled embedding
 (``features``, the Frechet space) feeding the shape and factor heads, and a decoder with skip
 connections for the per-pixel labels {0 background, 1 body, 2 spot}.
 
+Region pooling (``ProbeConfig.region_pooling``, version 2): the factor head also reads, per
+label class, the class's soft area (mean of its softmax probability over pixels) and the
+probability-weighted mean of the image colour and of the full-resolution decoder features.
+A spot is a median 8 pixels at 32 px; the 4x4 bottleneck blurs it into its neighbours, while
+its area and colour are exact sums over the label map (the renderer's coverage is analytic).
+
 Pure interface, like the generator: ``P = Probe(cfg)``, ``params = P.init(key)``,
 ``out = P(params, images)`` with images ``[B, H, W, 3]`` in [-1, 1]::
 
@@ -25,7 +31,7 @@ from flax import nnx
 
 from jaxedit.config import JSONConfig
 from jaxedit.data.shapes import FACTOR_NAMES
-from jaxedit.errors import InputError
+from jaxedit.errors import ConfigError, InputError
 from jaxedit.io import checkpoint
 from jaxedit.nn.handle import ModelHandle
 
@@ -39,6 +45,11 @@ class ProbeConfig(JSONConfig):
     num_factors: int = len(FACTOR_NAMES)
     num_shapes: int = 3
     num_labels: int = 3
+    region_pooling: bool = True  # factor head also reads per-class areas, colours and features (module doc)
+    # what of the label branch the factor loss may train through the pooling: "none" stops nothing, "labels" the
+    # label logits, "branch" the logits and the decoder features (the label map is then trained by its own loss)
+    region_stop_gradient: str = "none"
+    factor_hidden: int = 128  # hidden width of the factor head's MLP (0: one linear layer, version 1)
 
 
 def _conv(cin, cout, rngs, k=3):
@@ -76,7 +87,19 @@ class ProbeNet(nnx.Module):
         bottom = cfg.resolution // 2 ** self.n
         self.embed = nnx.Linear(bottom * bottom * w[-1], cfg.feature_dim, rngs=rngs)
         self.shape_head = nnx.Linear(cfg.feature_dim, cfg.num_shapes, rngs=rngs)
-        self.factor_head = nnx.Linear(cfg.feature_dim, cfg.num_factors, rngs=rngs)
+        self.region_pooling = cfg.region_pooling
+        if cfg.region_stop_gradient not in ("none", "labels", "branch"):
+            raise ConfigError(f"ProbeConfig.region_stop_gradient {cfg.region_stop_gradient!r}: one of none, labels, "
+                             "branch")
+        self.region_stop_gradient = cfg.region_stop_gradient
+        region_dim = cfg.num_labels * (2 + 3 + dw[0]) if cfg.region_pooling else 0
+        head_in = cfg.feature_dim + region_dim
+        if cfg.factor_hidden:
+            self.factor_hidden = nnx.Linear(head_in, cfg.factor_hidden, rngs=rngs)
+            head_in = cfg.factor_hidden
+        else:
+            self.factor_hidden = None
+        self.factor_head = nnx.Linear(head_in, cfg.num_factors, rngs=rngs)
         for i in reversed(range(self.n)):
             cin = (dw[i + 1] if i + 1 < self.n else w[-1]) + w[i]
             setattr(self, f"dec{i}", _Stage(cin, dw[i], rngs))
@@ -95,8 +118,32 @@ class ProbeNet(nnx.Module):
         feats = jax.nn.gelu(self.embed(x.reshape(b, -1)))
         for i in reversed(range(self.n)):
             x = getattr(self, f"dec{i}")(jnp.concatenate([_up(x), skips[i]], axis=-1))
-        return {"shape_logits": self.shape_head(feats), "factors": jax.nn.sigmoid(self.factor_head(feats)),
-                "label_logits": self.label_head(x), "features": feats}
+        label_logits = self.label_head(x)
+        head_in = feats
+        if self.region_pooling:
+            logits, dec = label_logits, x
+            if self.region_stop_gradient != "none":
+                logits = jax.lax.stop_gradient(logits)
+            if self.region_stop_gradient == "branch":
+                dec = jax.lax.stop_gradient(dec)
+            head_in = jnp.concatenate([feats, _region_stats(logits, jnp.concatenate([img, dec], -1))], -1)
+        if self.factor_hidden is not None:
+            head_in = jax.nn.gelu(self.factor_hidden(head_in))
+        return {"shape_logits": self.shape_head(feats), "factors": jax.nn.sigmoid(self.factor_head(head_in)),
+                "label_logits": label_logits, "features": feats}
+
+
+def _region_stats(label_logits, values):
+    """Per class: soft area (scaled by 10 and as a log: a spot's radius ratio is linear in log areas) and the
+    probability-weighted mean of ``values`` -> ``[B, L * (2 + C)]``.
+
+    label_logits ``[B, H, W, L]``, values ``[B, H, W, C]``.
+    """
+    p = jax.nn.softmax(label_logits, -1)
+    area = p.mean(axis=(1, 2))  # [B, L]
+    means = jnp.einsum("bhwl,bhwc->blc", p, values) / (p.sum(axis=(1, 2))[..., None] + 1e-3)
+    sizes = jnp.stack([area * 10.0, jnp.log(area + 1e-4)], -1)
+    return jnp.concatenate([sizes, means], -1).reshape(p.shape[0], -1)
 
 
 @dataclasses.dataclass(frozen=True)
