@@ -32,6 +32,50 @@ from jaxedit.models import probe as probe_lib
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def quality(G, gp, P, pp, *, n: int, batch: int = 500, psi: float = 1.0, key=None) -> dict:
+    """Frechet distance in probe features (and the render-vs-render floor), shape shares, per-factor W1."""
+    data = shapes.ShapesConfig(resolution=G.cfg.img_resolution)
+    key = jax.random.key(2024) if key is None else key
+    t0 = time.perf_counter()
+
+    def generated(k):
+        z = jax.random.normal(k, (batch, G.cfg.z_dim))
+        return jnp.clip(G(gp, z, psi=psi), -1, 1)
+
+    def rendered(k):
+        return shapes.sample(k, batch, data)["image"]
+
+    feats = lambda images_of: (lambda k: P(pp, images_of(k))["features"])
+    kg, kr1, kr2 = jax.random.split(key, 3)
+    mu_g, cov_g = feature_stats(feats(generated), kg, n, batch)
+    mu_r, cov_r = feature_stats(feats(rendered), kr1, n, batch)
+    mu_r2, cov_r2 = feature_stats(feats(rendered), kr2, n, batch)
+    fd, floor = frechet_distance(mu_g, cov_g, mu_r, cov_r), frechet_distance(mu_r2, cov_r2, mu_r, cov_r)
+
+    @jax.jit
+    def predict(images):
+        out = P.predict(pp, images)
+        return out["shape"], out["factors"]
+
+    def predictions(images_of, k):
+        shp, fac = [], []
+        for i in range(-(-n // batch)):
+            s, f = predict(images_of(jax.random.fold_in(k, i)))
+            shp.append(np.asarray(s))
+            fac.append(np.asarray(f))
+        return np.concatenate(shp), np.concatenate(fac)
+
+    sg, fg = predictions(generated, kg)
+    sr, fr = predictions(rendered, kr1)
+    w1 = {name: wasserstein_1d(fg[:, i], fr[:, i]) for i, name in enumerate(shapes.FACTOR_NAMES)}
+    return {"n": n, "psi": psi, "frechet_probe": fd, "frechet_floor_render_vs_render": floor,
+            "frechet_ratio_to_floor": fd / floor,
+            "shape_proportions_generated": [float(np.mean(sg == c)) for c in range(3)],
+            "shape_proportions_rendered": [float(np.mean(sr == c)) for c in range(3)],
+            "wasserstein_per_factor": w1, "wasserstein_max": max(w1.values()),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--generator", default="checkpoints/shapes32-stylegan2")
@@ -44,48 +88,10 @@ def main():
 
     G, gp = stylegan2.load(args.generator)
     P, pp = probe_lib.load(args.probe)
-    data = shapes.ShapesConfig(resolution=G.cfg.img_resolution)
-    key = jax.random.key(2024)
-    t0 = time.perf_counter()
-
-    def generated(k):
-        z = jax.random.normal(k, (args.batch, G.cfg.z_dim))
-        return jnp.clip(G(gp, z, psi=args.psi), -1, 1)
-
-    def rendered(k):
-        return shapes.sample(k, args.batch, data)["image"]
-
-    feats = lambda images_of: (lambda k: P(pp, images_of(k))["features"])
-    kg, kr1, kr2 = jax.random.split(key, 3)
-    mu_g, cov_g = feature_stats(feats(generated), kg, args.n, args.batch)
-    mu_r, cov_r = feature_stats(feats(rendered), kr1, args.n, args.batch)
-    mu_r2, cov_r2 = feature_stats(feats(rendered), kr2, args.n, args.batch)
-    fd, floor = frechet_distance(mu_g, cov_g, mu_r, cov_r), frechet_distance(mu_r2, cov_r2, mu_r, cov_r)
-
-    @jax.jit
-    def predict(images):
-        out = P.predict(pp, images)
-        return out["shape"], out["factors"]
-
-    def predictions(images_of, k):
-        shp, fac = [], []
-        for i in range(-(-args.n // args.batch)):
-            s, f = predict(images_of(jax.random.fold_in(k, i)))
-            shp.append(np.asarray(s))
-            fac.append(np.asarray(f))
-        return np.concatenate(shp), np.concatenate(fac)
-
-    sg, fg = predictions(generated, kg)
-    sr, fr = predictions(rendered, kr1)
-    w1 = {name: wasserstein_1d(fg[:, i], fr[:, i]) for i, name in enumerate(shapes.FACTOR_NAMES)}
-    report = {
-        "generator": str(args.generator), "probe": str(args.probe), "n": args.n, "psi": args.psi,
-        "frechet_probe": fd, "frechet_floor_render_vs_render": floor, "frechet_ratio_to_floor": fd / floor,
-        "shape_proportions_generated": [float(np.mean(sg == c)) for c in range(3)],
-        "shape_proportions_rendered": [float(np.mean(sr == c)) for c in range(3)],
-        "wasserstein_per_factor": w1, "wasserstein_max": max(w1.values()),
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
+    report = {"generator": str(args.generator), "probe": str(args.probe),
+              **quality(G, gp, P, pp, n=args.n, batch=args.batch, psi=args.psi)}
+    w1 = report["wasserstein_per_factor"]
+    fd, floor = report["frechet_probe"], report["frechet_floor_render_vs_render"]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# {args.name}", "", f"N = {args.n} generated (psi {args.psi}) vs rendered images, probe `{args.probe}`", "",
@@ -99,8 +105,10 @@ def main():
              f"| max per-factor Wasserstein-1 | {report['wasserstein_max']:.4f} |", "",
              "| factor | W1 |", "|---|---:|", *[f"| {k} | {v:.4f} |" for k, v in w1.items()]]
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    gen = np.asarray(generated(jax.random.key(7)))[:32]
-    ren = np.asarray(rendered(jax.random.key(7)))[:32]
+    z = jax.random.normal(jax.random.key(7), (args.batch, G.cfg.z_dim))[:32]
+    gen = np.asarray(jnp.clip(G(gp, z, psi=args.psi), -1, 1))
+    data = shapes.ShapesConfig(resolution=G.cfg.img_resolution)
+    ren = np.asarray(shapes.sample(jax.random.key(7), args.batch, data)["image"])[:32]
     imio.save_grid(np.concatenate([gen, ren]), RESULTS / f"{args.name}.png", cols=8)
     print("\n".join(lines))
     print(f"grid: {RESULTS / (args.name + '.png')} (top 4 rows generated, bottom 4 rendered)")

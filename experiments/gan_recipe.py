@@ -1,0 +1,98 @@
+"""Why ``shapes32-stylegan2`` stops short of its quality bar: the recipe's knobs measured at equal kimg.
+
+Each variant is the shipped config (:func:`jaxedit.train.gan.shapes32_config`) with one change, trained from
+scratch for ``--kimg`` in its own resumable scratch run (``--runs``, not committed), then scored by
+``eval_shapes_generator.quality`` (Frechet distance in ``shapes32-probe`` features and its ratio to the
+render-vs-render floor, shape shares, the largest per-factor W1; ``--n`` samples, psi 1) on G_ema. Wall time
+and kimg/s are recorded (the machine is shared: read them with the load column).
+
+    python experiments/gan_recipe.py [--kimg 200] [--variants "NAME;..."] [--runs runs/gan_recipe]
+
+A finished variant's row is kept in ``experiments/results/gan_recipe.json`` and skipped next time (two
+processes may run different ``--variants``). Writes ``experiments/results/gan_recipe.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+
+import jaxedit
+from eval_shapes_generator import quality
+from jaxedit.train import gan
+
+BASE = gan.shapes32_config()
+VARIANTS = {  # name -> the shipped config with one change
+    "shipped (c64)": BASE,
+    "wider 16/32 px layers (c64w)": gan.shapes32_config("c64w"),
+    "R1 gamma 0.5": BASE.replace(r1_gamma=0.5),
+    "R1 gamma 0.02": BASE.replace(r1_gamma=0.02),
+    "lr 0.001": BASE.replace(lr_G=0.001, lr_D=0.001),
+    "mapping 4 layers": BASE.replace(G=dataclasses.replace(BASE.G, mapping_layers=4)),
+    "no style mixing": BASE.replace(style_mixing_prob=0.0),
+    "batch 64": BASE.replace(batch=64),
+}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run(name: str, runs: Path, kimg: float, n: int) -> dict:
+    cfg = VARIANTS[name].replace(kimg=kimg, sample_kimg=None, ckpt_kimg=10.0)
+    slug = "".join(c if c.isalnum() else "_" for c in name)
+    load0 = os.getloadavg()[0]
+    t = time.perf_counter()
+    summary = gan.train(cfg, runs / slug, progress=False)
+    seconds = time.perf_counter() - t
+    G, gp = jaxedit.load(runs / slug / gan.EXPORT_DIR)
+    P, pp = jaxedit.load("shapes32-probe")
+    q = quality(G, gp, P, pp, n=n)
+    return {"variant": name, "kimg": kimg, "frechet_ratio_to_floor": q["frechet_ratio_to_floor"],
+            "frechet_probe": q["frechet_probe"], "shape_proportions": q["shape_proportions_generated"],
+            "wasserstein_max": q["wasserstein_max"], "wasserstein_per_factor": q["wasserstein_per_factor"],
+            "kimg_per_s": summary.get("kimg_per_s"), "seconds": seconds, "load_at_start": load0, "n": n}
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| variant | kimg | Frechet (x floor) | shapes circle / square / triangle | worst factor W1 | kimg/s |",
+           "|---|---:|---:|---|---:|---:|"]
+    for r in rows:
+        worst = max(r["wasserstein_per_factor"], key=r["wasserstein_per_factor"].get)
+        out.append(f"| {r['variant']} | {r['kimg']:g} | {r['frechet_probe']:.2f} ({r['frechet_ratio_to_floor']:.0f}x) | "
+                   + " / ".join(f"{v:.2f}" for v in r["shape_proportions"])
+                   + f" | {r['wasserstein_max']:.3f} ({worst}) | {r['kimg_per_s'] or 0:.3f} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=Path, default=Path("runs/gan_recipe"))
+    ap.add_argument("--kimg", type=float, default=200.0)
+    ap.add_argument("--n", type=int, default=5000, help="samples for the metrics")
+    ap.add_argument("--variants", default=";".join(VARIANTS), help="names separated by ;")
+    ap.add_argument("--out", type=Path, default=RESULTS / "gan_recipe", help="results stem (.json, .md)")
+    args = ap.parse_args()
+    path = args.out.with_suffix(".json")
+    for name in args.variants.split(";"):
+        done = json.loads(path.read_text())["rows"] if path.exists() else []
+        if any(r["variant"] == name and r["kimg"] == args.kimg for r in done):
+            continue
+        row = run(name, args.runs, args.kimg, args.n)
+        print(json.dumps(row), flush=True)
+        done = json.loads(path.read_text())["rows"] if path.exists() else []  # another process may have written
+        rows = [r for r in done if not (r["variant"] == name and r["kimg"] == args.kimg)] + [row]
+        rows.sort(key=lambda r: (r["kimg"], list(VARIANTS).index(r["variant"])))
+        path.write_text(json.dumps({"devices": str(jax.devices()), "rows": rows}, indent=1))
+        args.out.with_suffix(".md").write_text(
+            "# gan_recipe\n\nEach variant: the shipped `shapes32-stylegan2` config with one change, trained from "
+            "scratch for the same kimg, scored on G_ema by the shipped probe (`eval_shapes_generator.quality`).\n\n"
+            + table(rows) + "\n")
+    print(table(json.loads(path.read_text())["rows"]))
+
+
+if __name__ == "__main__":
+    main()
