@@ -19,7 +19,8 @@ whose probe shape (argmax) differs.
 2. Region noise (``style_noise``, one draw per image, keys ``split(key(11), n)``) at each ``--sigmas`` (and
    sigma 0, the control: the region re-decoded with its own style): the probe reads input and edit; edited
    hue change (mean and the share of images >= 0.1), the other two hues, shape, x, y, scale. Bars: edited hue
-   change >= 0.1 on average, every other <= 0.03.
+   change >= 0.1 on average, every other <= 0.03. The probe's floor: the same hue moves made by the renderer
+   (each image re-rendered with the region's true hue turned by the change the probe read from the edit).
 3. Swap (``swap``; donor = the held-out list rolled by one): the edited region's hue vs the donor's (probe on
    the donor; also vs the donor's true hue), the rest vs the input. Bars: error to the donor <= 0.08, the rest
    <= 0.03. "before" = the same error of the unedited input (how far the donors' hues are to begin with).
@@ -185,13 +186,13 @@ def main():
             row[k] = float(np.abs(r0[k] - r1[k])[sel].mean())
         return row
 
-    noise_rows, edited_px = [], {}
+    noise_rows, edited_px, noise_readings = [], {}, {}
     for sigma in sigmas:
         for region in regions:
             ri = regions.index(region)
             out = np.asarray(noise_fn(editor, x, ri, sigma, keys))
             edited_px[sigma, region] = np.mean(np.any(out != np.asarray(x), axis=-1), axis=(1, 2))  # [n]
-            r1 = reading(out)
+            r1 = noise_readings[sigma, region] = reading(out)
             for sname, sel in subsets.items():
                 ch = changes(r1, region, sel)
                 target = ch.pop(f"{region} hue change")
@@ -206,6 +207,28 @@ def main():
                 row["worst other"] = f"{row['worst other']} {others[row['worst other']]:.3f}"
                 noise_rows.append(row)
                 log("noise", json.dumps(row))
+
+    # ------------------------------------------------------------------ 2b. the probe's floor for these rows
+    # The same hue moves made exactly by the renderer: each image re-rendered with the edited region's true hue
+    # turned by the signed change the probe read from the L2SAE edit, geometry untouched. What the probe reads
+    # as "other" change here is its own error, the least any editor can be scored at.
+    rerender = jax.jit(lambda f: shapes.render(f)[0])
+    floor_rows = []
+    for sigma in sigmas[1:]:
+        for region in regions:
+            turn = np.mod(noise_readings[sigma, region][region] - r0[region] + 0.5, 1.0) - 0.5
+            moved = dict(data["factors"], **{RAW_HUE[region]: jnp.mod(truth[RAW_HUE[region]] + turn, 1.0)})
+            r1 = reading(rerender(moved))
+            for sname, sel in subsets.items():
+                ch = changes(r1, region, sel)
+                target = ch.pop(f"{region} hue change")
+                ch.pop(f">= {BARS['moved']:g}")
+                worst = max((v, k) for k, v in ch.items())[1]
+                row = {"sigma": sigma, "region": region, "images": sname, "n": int(sel.sum()),
+                       "edited hue change": target, **{f"{k} hue": ch.get(f"{k} hue", "-") for k in HUE_COLS},
+                       "shape": ch["shape"], **{k: ch[k] for k in GEOMETRY}, "worst other": f"{worst} {ch[worst]:.3f}"}
+                floor_rows.append(row)
+                log("floor", json.dumps(row))
 
     # ------------------------------------------------------------------ 3. swap
     swap_fn = jax.jit(lambda ed, im, d, r: local_style.swap(ed, im, d, r, soft=args.soft))
@@ -419,6 +442,10 @@ def main():
           f"re-decoded with its own style (the control: what the composite alone changes). Bars: edited hue "
           f"change >= {BARS['moved']:g}, every other <= {BARS['stays']:g}.\n\n"
         + table(noise_rows)
+        + "\n\nThe probe's floor for these rows: each image re-rendered by the renderer with the edited region's "
+          "true hue turned by the signed change the probe read from the edit above (geometry untouched), read "
+          "by the same probe. Its \"other\" columns are the probe's own error under a pure hue change.\n\n"
+        + table(floor_rows)
         + f"\n\n## Style swap\n\n`local_style.swap` from the donor (the list rolled by one). err to donor = circular "
           f"distance of the edited region's hue (probe) to the donor's (probe; truth = the donor's rendered hue); "
           f"before = that distance for the unedited input; share <= {BARS['swap']:g} = images within the bar; "
@@ -447,7 +474,7 @@ def main():
         "args": vars(args), "model_path": str(model_path), "trained_steps": trained, "seconds": total,
         "spot_pixels": {"median": float(np.median(spot_px)), "under": int((spot_px < T).sum()),
                         "big": int(big.sum()), "big_pairs": int(big_pair.sum())},
-        "reconstruction": recon_rows, "mask_iou": iou, "probe_on_inputs": probe_rows, "noise": noise_rows,
+        "reconstruction": recon_rows, "mask_iou": iou, "probe_on_inputs": probe_rows, "noise": noise_rows, "noise_floor_renderer": floor_rows,
         "swap": swap_rows, "speed": speed_rows, "bars": bars, "picture_rows": rows_idx}, indent=1))
     print(md)
 

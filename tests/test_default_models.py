@@ -73,8 +73,9 @@ def test_segmenter_agrees_with_the_probe_on_generator_samples():
     img, feats = G.synthesis(gp, ws, return_features=True)
     seg = np.asarray(np.argmax(clf.segment(cp, feats, 32, ensemble_mean=True), axis=-1))
     s = scores(seg, np.asarray(P.predict(pp, img)["labels"]))
-    # the model card's last row on 64 other samples: mIoU 0.865, spot 0.705; measured here: mIoU 0.852, spot 0.674
-    assert s["miou"] > 0.80 and s["iou"]["background"] > 0.98 and s["iou"]["spot"] > 0.55
+    # the model card's last row (probe version 1) on 64 other samples: mIoU 0.865, spot 0.705; measured here with
+    # probe version 2 (spot labels IoU 0.83 vs 0.93 for version 1): mIoU 0.824, spot 0.599
+    assert s["miou"] > 0.78 and s["iou"]["background"] > 0.98 and s["iou"]["spot"] > 0.5
 
 
 def test_l2sae_reconstructs_renders_as_its_model_card_says():
