@@ -7,9 +7,9 @@ distances in its feature space. A U-Net: an encoder to 4x4, a pooled embedding
 connections for the per-pixel labels {0 background, 1 body, 2 spot}.
 
 Region pooling (``ProbeConfig.region_pooling``, version 2): the factor head also reads, per
-label class, the class's soft area (mean of its softmax probability over pixels) and the
-probability-weighted mean of the image colour and of the full-resolution decoder features.
-A spot is a median 8 pixels at 32 px; the 4x4 bottleneck blurs it into its neighbours, while
+label class, the class's soft area (mean of its softmax probability over pixels, and its log) and
+the probability-weighted mean of the image colour and of the full-resolution decoder features,
+through a hidden layer (``factor_hidden``). A spot is a median 8 pixels at 32 px; the 4x4 bottleneck blurs it into its neighbours, while
 its area and colour are exact sums over the label map (the renderer's coverage is analytic).
 
 Pure interface, like the generator: ``P = Probe(cfg)``, ``params = P.init(key)``,
