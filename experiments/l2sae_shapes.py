@@ -19,8 +19,9 @@ whose probe shape (argmax) differs.
 2. Region noise (``style_noise``, one draw per image, keys ``split(key(11), n)``) at each ``--sigmas`` (and
    sigma 0, the control: the region re-decoded with its own style): the probe reads input and edit; edited
    hue change (mean and the share of images >= 0.1), the other two hues, shape, x, y, scale. Bars: edited hue
-   change >= 0.1 on average, every other <= 0.03. The probe's floor: the same hue moves made by the renderer
-   (each image re-rendered with the region's true hue turned by the change the probe read from the edit).
+   change >= 0.1 on average, every other <= 0.03. The probe's floor: the same edits made by the renderer,
+   geometry untouched: the region's true hue turned by the change the probe read from the edit, and the region
+   recoloured with the very colour the edit gave it (which may leave the world's fixed saturation and value).
 3. Swap (``swap``; donor = the held-out list rolled by one): the edited region's hue vs the donor's (probe on
    the donor; also vs the donor's true hue), the rest vs the input. Bars: error to the donor <= 0.08, the rest
    <= 0.03. "before" = the same error of the unedited input (how far the donors' hues are to begin with).
@@ -71,8 +72,33 @@ HUE_COLS = {"background": (FN.index("bg_cos"), FN.index("bg_sin")),
             "body": (FN.index("hue_cos"), FN.index("hue_sin")),
             "spot": (FN.index("spot_hue_cos"), FN.index("spot_hue_sin"))}
 RAW_HUE = {"background": "bg_hue", "body": "hue", "spot": "spot_hue"}
+PART = {"background": "background", "body": "object", "spot": "spot"}  # the renderer's name of each region
 GEOMETRY = ("x", "y", "scale")
 BARS = {"psnr": 28.0, "shape": 0.95, "hue": 0.05, "moved": 0.1, "stays": 0.03, "swap": 0.08, "speed": 1000.0}
+
+
+def region_colour(images, labels: np.ndarray, label: int, fallback: np.ndarray) -> np.ndarray:
+    """Median RGB in [0, 1] ``[n, 3]`` of each image's pixels labelled ``label`` that are not on its edge (all of
+    its pixels if none are; ``fallback`` if it has none)."""
+    m = labels == label
+    inner = m.copy()
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    inner[:, :, 1:] &= m[:, :, :-1]
+    inner[:, :, :-1] &= m[:, :, 1:]
+    rgb = (np.clip(np.asarray(images), -1, 1) + 1) / 2
+    out = np.array(fallback, dtype=np.float32, copy=True)
+    for i in range(len(rgb)):
+        px = rgb[i][inner[i]] if inner[i].any() else rgb[i][m[i]]
+        if len(px):
+            out[i] = np.median(px, axis=0)
+    return out
+
+
+def sat_val(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HSV saturation and value of RGB ``[n, 3]`` in [0, 1]."""
+    v = rgb.max(-1)
+    return (v - rgb.min(-1)) / np.maximum(v, 1e-6), v
 
 
 def hue(factors: np.ndarray, region: str) -> np.ndarray:
@@ -186,13 +212,15 @@ def main():
             row[k] = float(np.abs(r0[k] - r1[k])[sel].mean())
         return row
 
-    noise_rows, edited_px, noise_readings = [], {}, {}
+    noise_rows, edited_px, noise_readings, edit_rgb = [], {}, {}, {}
+    true_rgb = {k: np.asarray(v) for k, v in shapes.colors(data["factors"]).items()}
     for sigma in sigmas:
         for region in regions:
             ri = regions.index(region)
             out = np.asarray(noise_fn(editor, x, ri, sigma, keys))
             edited_px[sigma, region] = np.mean(np.any(out != np.asarray(x), axis=-1), axis=(1, 2))  # [n]
             r1 = noise_readings[sigma, region] = reading(out)
+            edit_rgb[sigma, region] = region_colour(out, labels, ri, true_rgb[PART[region]])
             for sname, sel in subsets.items():
                 ch = changes(r1, region, sel)
                 target = ch.pop(f"{region} hue change")
@@ -209,26 +237,41 @@ def main():
                 log("noise", json.dumps(row))
 
     # ------------------------------------------------------------------ 2b. the probe's floor for these rows
-    # The same hue moves made exactly by the renderer: each image re-rendered with the edited region's true hue
-    # turned by the signed change the probe read from the L2SAE edit, geometry untouched. What the probe reads
-    # as "other" change here is its own error, the least any editor can be scored at.
-    rerender = jax.jit(lambda f: shapes.render(f)[0])
+    # The same edits made exactly by the renderer, geometry untouched: (a) the edited region's true hue turned by
+    # the signed change the probe read from the L2SAE edit (the world's own saturation and value); (b) the region
+    # recoloured with the colour the edit gave it (its median RGB away from the edge), which may leave the world's
+    # saturation and value. What the probe reads as "other" change here is its own error, the least any editor
+    # making those colours can be scored at.
+    rerender = jax.jit(lambda f, rgb: shapes.render(f, rgb=rgb)[0])
+    in_sv = {region: sat_val(region_colour(x, labels, regions.index(region), true_rgb[PART[region]]))
+             for region in regions}
     floor_rows = []
     for sigma in sigmas[1:]:
         for region in regions:
             turn = np.mod(noise_readings[sigma, region][region] - r0[region] + 0.5, 1.0) - 0.5
-            moved = dict(data["factors"], **{RAW_HUE[region]: jnp.mod(truth[RAW_HUE[region]] + turn, 1.0)})
-            r1 = reading(rerender(moved))
-            for sname, sel in subsets.items():
-                ch = changes(r1, region, sel)
-                target = ch.pop(f"{region} hue change")
-                ch.pop(f">= {BARS['moved']:g}")
-                worst = max((v, k) for k, v in ch.items())[1]
-                row = {"sigma": sigma, "region": region, "images": sname, "n": int(sel.sum()),
-                       "edited hue change": target, **{f"{k} hue": ch.get(f"{k} hue", "-") for k in HUE_COLS},
-                       "shape": ch["shape"], **{k: ch[k] for k in GEOMETRY}, "worst other": f"{worst} {ch[worst]:.3f}"}
-                floor_rows.append(row)
-                log("floor", json.dumps(row))
+            turned = dict(data["factors"], **{RAW_HUE[region]: jnp.mod(truth[RAW_HUE[region]] + turn, 1.0)})
+            sat, val = sat_val(edit_rgb[sigma, region])
+            made = {"hue turn": (rerender(turned, {}), 0.0, 0.0),
+                    "edit's colour": (rerender(data["factors"], {PART[region]: edit_rgb[sigma, region]}),
+                                      np.abs(sat - in_sv[region][0]), np.abs(val - in_sv[region][1]))}
+            for how, (img, dsat, dval) in made.items():
+                r1 = reading(img)
+                for sname, sel in subsets.items():
+                    ch = changes(r1, region, sel)
+                    target = ch.pop(f"{region} hue change")
+                    ch.pop(f">= {BARS['moved']:g}")
+                    worst = max((v, k) for k, v in ch.items())[1]
+                    edit = next(r for r in noise_rows if (r["sigma"], r["region"], r["images"]) == (sigma, region, sname))
+                    col = edit["worst other"].rsplit(" ", 1)[0]  # the edit's worst column
+                    row = {"sigma": sigma, "region": region, "made by": how, "images": sname, "n": int(sel.sum()),
+                           "|dS|": float(np.mean(np.broadcast_to(dsat, (n,))[sel])),
+                           "|dV|": float(np.mean(np.broadcast_to(dval, (n,))[sel])),
+                           "edited hue change": target, **{f"{k} hue": ch.get(f"{k} hue", "-") for k in HUE_COLS},
+                           "shape": ch["shape"], **{k: ch[k] for k in GEOMETRY},
+                           "worst other": f"{worst} {ch[worst]:.3f}",
+                           "edit's worst other above this": f"{col} {edit[col] - ch[col]:+.3f}"}
+                    floor_rows.append(row)
+                    log("floor", json.dumps(row))
 
     # ------------------------------------------------------------------ 3. swap
     swap_fn = jax.jit(lambda ed, im, d, r: local_style.swap(ed, im, d, r, soft=args.soft))
@@ -442,9 +485,13 @@ def main():
           f"re-decoded with its own style (the control: what the composite alone changes). Bars: edited hue "
           f"change >= {BARS['moved']:g}, every other <= {BARS['stays']:g}.\n\n"
         + table(noise_rows)
-        + "\n\nThe probe's floor for these rows: each image re-rendered by the renderer with the edited region's "
-          "true hue turned by the signed change the probe read from the edit above (geometry untouched), read "
-          "by the same probe. Its \"other\" columns are the probe's own error under a pure hue change.\n\n"
+        + "\n\nThe probe's floor for these rows: each image re-rendered by the renderer (geometry untouched) with "
+          "the edited region (made by) *hue turn*: its true hue turned by the signed change the probe read from the "
+          "edit above, at the world's own saturation and value; *edit's colour*: recoloured with the colour the edit "
+          "gave it (median RGB of the edited image over the region's label pixels off its edge); |dS|, |dV| = how far "
+          "that colour's HSV saturation and value are from the input's (the world fixes both per region). Read by "
+          "the same probe: its \"other\" columns are the probe's own error under those colour changes; the last "
+          "column = the edit's worst other column (table above) minus the same column here.\n\n"
         + table(floor_rows)
         + f"\n\n## Style swap\n\n`local_style.swap` from the donor (the list rolled by one). err to donor = circular "
           f"distance of the edited region's hue (probe) to the donor's (probe; truth = the donor's rendered hue); "

@@ -270,3 +270,23 @@ def test_antialiasing_is_pixel_area_coverage():
     g = _factors(shape=1, rot=0.5, x=0.5, y=0.5, scale=0.5)
     cov = jax.device_get(S._coverage(g, CFG))[0][0]
     np.testing.assert_allclose(cov.mean(), 2 * 0.25**2, rtol=2e-3)
+
+
+def test_rgb_override_recolours_one_part_on_the_same_geometry():
+    f = S.sample_factors(jax.random.key(12), 200, CFG)
+    img, labels = jax.device_get(S.render(f, CFG))
+    np.testing.assert_array_equal(jax.device_get(S.render(f, CFG, rgb=S.colors(f, CFG)))[0], img)
+    cb, cs = jax.device_get(S._coverage(f, CFG))
+    cs = np.minimum(cs, cb)
+    share = {"background": 1 - cb, "object": cb - cs, "spot": cs}
+    grey = jnp.full((200, 3), 0.5)
+    for part, cover in share.items():  # chunked too: the override is cut into the same chunks
+        new, new_labels = jax.device_get(S.render(f, S.ShapesConfig(chunk_pixels=64 * 32 * 32), rgb={part: grey}))
+        np.testing.assert_array_equal(new_labels, labels)
+        np.testing.assert_allclose(new[cover == 1], 0.0, atol=1e-5)  # grey 0.5 -> 0 in [-1, 1]
+        np.testing.assert_allclose(new[cover == 0], img[cover == 0], atol=2e-5)
+        edge = (cover > 0) & (cover < 1)  # a pixel's colour is the coverage-weighted mix
+        want = img + 2 * cover[..., None] * (0.5 - np.asarray(S.colors(f, CFG)[part])[:, None, None, :])
+        np.testing.assert_allclose(new[edge], want[edge], atol=1e-4)
+    with pytest.raises(S.InputError, match="rgb: parts must be"):
+        S.render(f, CFG, rgb={"body": grey})

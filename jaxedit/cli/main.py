@@ -456,7 +456,7 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train-l2sae", help="train a Latents2Semantics structure/style autoencoder on shapes renders; "
                                            "resumable")
     p.add_argument("dst", help="l2sae checkpoint directory to write")
-    p.add_argument("--steps", type=count, help="total training steps (default 10000; a larger value extends a run)")
+    p.add_argument("--steps", type=count, help="total training steps (default 16000; a larger value extends a run)")
     p.add_argument("--batch-size", type=count, help="render pairs per step (default 16)")
     _run_args(p)
     _command(p, "train:run_train_l2sae")

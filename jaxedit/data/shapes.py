@@ -269,10 +269,10 @@ def object_area(factors: Mapping[str, jax.Array]) -> jax.Array:
     return k * jnp.square(0.5 * jnp.asarray(factors["scale"], jnp.float32))
 
 
-def _render(factors: Mapping[str, jax.Array], cfg: ShapesConfig) -> tuple[jax.Array, jax.Array]:
+def _render(factors: Mapping[str, jax.Array], col: Mapping[str, jax.Array], cfg: ShapesConfig
+            ) -> tuple[jax.Array, jax.Array]:
     cb, cs = _coverage(factors, cfg)
     cs = jnp.minimum(cs, cb)
-    col = colors(factors, cfg)
     body = cb - cs
     rgb = ((1.0 - cb)[..., None] * col["background"][:, None, None, :]
            + body[..., None] * col["object"][:, None, None, :]
@@ -289,18 +289,25 @@ def _chunk_size(cfg: ShapesConfig) -> int | None:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def render(factors: Mapping[str, jax.Array], cfg: ShapesConfig = ShapesConfig()) -> tuple[jax.Array, jax.Array]:
+def render(factors: Mapping[str, jax.Array], cfg: ShapesConfig = ShapesConfig(),
+           rgb: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
     """Render raw factors (each ``[B]``) -> ``(image [B, H, W, 3] float32 in [-1, 1],
     labels [B, H, W] int32 {0 background, 1 body, 2 spot})``; H = W = ``cfg.resolution``.
+
+    ``rgb``: parts whose colour replaces the factors' (``{'object' | 'background' | 'spot': [B, 3]}`` in [0, 1],
+    any colour, also off the world's saturation and value): the same geometry and anti-aliasing, recoloured.
 
     Batches larger than ``cfg.chunk_pixels`` pixels are rendered chunk by chunk (``lax.map``)
     so the working set stays in cache (the result depends on it only up to float32 rounding).
     """
     factors = {k: jnp.asarray(factors[k]) for k in RAW_FACTOR_NAMES}
+    col = {**colors(factors, cfg), **{k: jnp.asarray(v, jnp.float32) for k, v in (rgb or {}).items()}}
+    if set(col) != {"object", "background", "spot"}:
+        raise InputError(f"rgb: parts must be object, background, spot; got {sorted(rgb)}")
     chunk = _chunk_size(cfg)
     if chunk is None or factors["shape"].shape[0] <= chunk:
-        return _render(factors, cfg)
-    return parallel.chunked_map(lambda f: _render(f, cfg), factors, chunk)
+        return _render(factors, col, cfg)
+    return parallel.chunked_map(lambda fc: _render(*fc, cfg), (factors, col), chunk)
 
 
 def factor_vector(factors: Mapping[str, jax.Array], cfg: ShapesConfig = ShapesConfig()) -> jax.Array:
