@@ -10,6 +10,16 @@ and kimg/s are recorded (the machine is shared: read them with the load column).
 
 A finished variant's row is kept in ``experiments/results/gan_recipe.json`` and skipped next time (two
 processes may run different ``--variants``). Writes ``experiments/results/gan_recipe.{md,json}``.
+
+**From the plateau** (``--continue-from RUN``): each variant continues a finished run's training state (the
+shipped model's: ``checkpoints/shapes32-stylegan2-train``, 2,000 kimg) for ``--kimg`` more with its one change,
+instead of starting from scratch: which knob moves a trained model, not an early one. Only the variants that
+leave the state's shapes and the step-to-kimg count alone can continue (:data:`CONTINUABLE`: learning rate, R1
+weight, style mixing, and the control); the copy's stored config is replaced by the variant's (a scratch copy in
+``--runs``; Adam's moments carry no learning rate, R1 and mixing no state).
+
+    python experiments/gan_recipe.py --continue-from checkpoints/shapes32-stylegan2-train --kimg 200 \
+        --variants "shipped (c64);lr 0.001;R1 gamma 0.5;no style mixing" --out experiments/results/gan_plateau
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -38,12 +49,28 @@ VARIANTS = {  # name -> the shipped config with one change
     "no style mixing": BASE.replace(style_mixing_prob=0.0),
     "batch 64": BASE.replace(batch=64),
 }
+CONTINUABLE = ("shipped (c64)", "R1 gamma 0.5", "R1 gamma 0.02", "lr 0.001", "no style mixing")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(name: str, runs: Path, kimg: float, n: int) -> dict:
-    cfg = VARIANTS[name].replace(kimg=kimg, sample_kimg=None, ckpt_kimg=10.0)
+def run(name: str, runs: Path, kimg: float, n: int, start: Path | None = None) -> dict:
+    """Train variant ``name`` for ``kimg`` (from scratch, or continuing the run folder ``start``) and score it."""
     slug = "".join(c if c.isalnum() else "_" for c in name)
+    cfg = VARIANTS[name].replace(kimg=kimg, sample_kimg=None, ckpt_kimg=10.0)
+    start_kimg = 0.0
+    if start is not None:
+        if name not in CONTINUABLE:
+            raise SystemExit(f"--continue-from: {name!r} changes the state or the kimg per step; "
+                             f"continuable: {', '.join(CONTINUABLE)}")
+        stored = gan.GANConfig.from_dict(json.loads((start / "config.json").read_text()))
+        if dataclasses.replace(stored, kimg=cfg.kimg, name=cfg.name, sample_kimg=None, ckpt_kimg=10.0) != \
+                BASE.replace(kimg=cfg.kimg, sample_kimg=None, ckpt_kimg=10.0):
+            raise SystemExit(f"--continue-from {start}: its config is not the shipped one")
+        start_kimg = stored.kimg
+        cfg = cfg.replace(kimg=start_kimg + kimg)
+        if not (runs / slug).exists():
+            shutil.copytree(start, runs / slug)
+            (runs / slug / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     load0 = os.getloadavg()[0]
     t = time.perf_counter()
     summary = gan.train(cfg, runs / slug, progress=False)
@@ -51,7 +78,8 @@ def run(name: str, runs: Path, kimg: float, n: int) -> dict:
     G, gp = jaxedit.load(runs / slug / gan.EXPORT_DIR)
     P, pp = jaxedit.load("shapes32-probe")
     q = quality(G, gp, P, pp, n=n)
-    return {"variant": name, "kimg": kimg, "frechet_ratio_to_floor": q["frechet_ratio_to_floor"],
+    return {"variant": name, "kimg": kimg, "start_kimg": start_kimg,
+            "frechet_ratio_to_floor": q["frechet_ratio_to_floor"],
             "frechet_probe": q["frechet_probe"], "shape_proportions": q["shape_proportions_generated"],
             "wasserstein_max": q["wasserstein_max"], "wasserstein_per_factor": q["wasserstein_per_factor"],
             "kimg_per_s": summary.get("kimg_per_s"), "seconds": seconds, "load_at_start": load0, "n": n}
@@ -62,7 +90,8 @@ def table(rows: list[dict]) -> str:
            "|---|---:|---:|---|---:|---:|"]
     for r in rows:
         worst = max(r["wasserstein_per_factor"], key=r["wasserstein_per_factor"].get)
-        out.append(f"| {r['variant']} | {r['kimg']:g} | {r['frechet_probe']:.2f} ({r['frechet_ratio_to_floor']:.0f}x) | "
+        kimg = f"{r['start_kimg']:g} + {r['kimg']:g}" if r.get("start_kimg") else f"{r['kimg']:g}"
+        out.append(f"| {r['variant']} | {kimg} | {r['frechet_probe']:.2f} ({r['frechet_ratio_to_floor']:.0f}x) | "
                    + " / ".join(f"{v:.2f}" for v in r["shape_proportions"])
                    + f" | {r['wasserstein_max']:.3f} ({worst}) | {r['kimg_per_s'] or 0:.3f} |")
     return "\n".join(out)
@@ -75,21 +104,24 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5000, help="samples for the metrics")
     ap.add_argument("--variants", default=";".join(VARIANTS), help="names separated by ;")
     ap.add_argument("--out", type=Path, default=RESULTS / "gan_recipe", help="results stem (.json, .md)")
+    ap.add_argument("--continue-from", type=Path, help="a finished shipped-config run folder to continue (doc)")
     args = ap.parse_args()
     path = args.out.with_suffix(".json")
     for name in args.variants.split(";"):
         done = json.loads(path.read_text())["rows"] if path.exists() else []
         if any(r["variant"] == name and r["kimg"] == args.kimg for r in done):
             continue
-        row = run(name, args.runs, args.kimg, args.n)
+        row = run(name, args.runs, args.kimg, args.n, args.continue_from)
         print(json.dumps(row), flush=True)
         done = json.loads(path.read_text())["rows"] if path.exists() else []  # another process may have written
         rows = [r for r in done if not (r["variant"] == name and r["kimg"] == args.kimg)] + [row]
         rows.sort(key=lambda r: (r["kimg"], list(VARIANTS).index(r["variant"])))
         path.write_text(json.dumps({"devices": str(jax.devices()), "rows": rows}, indent=1))
+        how = (f"continuing `{args.continue_from}` (its kimg + the variant's)" if args.continue_from
+               else "trained from scratch for the same kimg")
         args.out.with_suffix(".md").write_text(
-            "# gan_recipe\n\nEach variant: the shipped `shapes32-stylegan2` config with one change, trained from "
-            "scratch for the same kimg, scored on G_ema by the shipped probe (`eval_shapes_generator.quality`).\n\n"
+            f"# {args.out.name}\n\nEach variant: the shipped `shapes32-stylegan2` config with one change, {how}, "
+            f"scored on G_ema by the shipped probe (`eval_shapes_generator.quality`, {args.n} samples).\n\n"
             + table(rows) + "\n")
     print(table(json.loads(path.read_text())["rows"]))
 

@@ -231,6 +231,8 @@ def l2sae(results):
 
     reconstruction = next(r for r in results["reconstruction"] if r["images"] == "all")
     noise = [r for r in results["noise"] if r["sigma"] == L2SAE_SIGMA]
+    colour_floor = [r for r in results["noise_floor_renderer"]
+                    if r["sigma"] == L2SAE_SIGMA and r["made by"] == "edit's colour"]
     speed = {r["method"].split(" (")[0]: r for r in results["speed"]}
     regions = " / ".join(L2SAE_REGIONS)
     sigma = f"style noise (sigma {L2SAE_SIGMA:g})"
@@ -248,6 +250,11 @@ def l2sae(results):
             "<= 3 %",
         ],
         [f"{sigma}: worst other change, {regions}", per_region(noise, "worst other", str), "<= 0.03"],
+        [
+            f"the same colours on the same geometry, made by the renderer: worst other, {regions}",
+            per_region(colour_floor, "worst other", str),
+            "(the probe's floor)",
+        ],
         [
             f"swap: distance to the donor's hue, {regions}",
             per_region(results["swap"], "err to donor (probe)", lambda x: f"{x:.3f}" if x < 0.1 else f"{x:.2f}"),
