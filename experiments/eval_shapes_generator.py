@@ -4,7 +4,10 @@
   between two independent render sets of N (the floor);
 - probe-predicted factor distributions of generated vs rendered images: 1-D Wasserstein per
   factor column (factors normalized to [0, 1]) and the shape proportions;
-- a PNG with generated samples next to renders.
+- the share of images whose shape the probe reads with probability < ``CONFIDENT`` (renders: 0): a
+  sample that is no clear circle, square or triangle;
+- a PNG with generated samples next to renders, and one with samples grouped by the probe's shape reading
+  (rows: confident circles, squares, triangles, then unsure samples).
 
     python experiments/eval_shapes_generator.py --generator checkpoints/shapes32-stylegan2 \
         --probe checkpoints/shapes32-probe --n 10000
@@ -21,15 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit.io import checkpoint
-
-from jaxedit.models import stylegan2
-from jaxedit.io import images as imio
 from jaxedit.data import shapes
+from jaxedit.io import images as imio
 from jaxedit.metrics.distributions import feature_stats, frechet_distance, wasserstein_1d
 from jaxedit.models import probe as probe_lib
+from jaxedit.models import stylegan2
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CONFIDENT = 0.9  # the probe's shape probability above which a reading counts as sure
 
 
 def quality(G, gp, P, pp, *, n: int, batch: int = 500, psi: float = 1.0, key=None) -> dict:
@@ -54,8 +56,8 @@ def quality(G, gp, P, pp, *, n: int, batch: int = 500, psi: float = 1.0, key=Non
 
     @jax.jit
     def predict(images):
-        out = P.predict(pp, images)
-        return out["shape"], out["factors"]
+        out = P(pp, images)
+        return jax.nn.softmax(out["shape_logits"], -1), out["factors"]
 
     def predictions(images_of, k):
         shp, fac = [], []
@@ -65,13 +67,16 @@ def quality(G, gp, P, pp, *, n: int, batch: int = 500, psi: float = 1.0, key=Non
             fac.append(np.asarray(f))
         return np.concatenate(shp), np.concatenate(fac)
 
-    sg, fg = predictions(generated, kg)
-    sr, fr = predictions(rendered, kr1)
+    pg, fg = predictions(generated, kg)
+    pr, fr = predictions(rendered, kr1)
+    sg, sr = pg.argmax(-1), pr.argmax(-1)
     w1 = {name: wasserstein_1d(fg[:, i], fr[:, i]) for i, name in enumerate(shapes.FACTOR_NAMES)}
     return {"n": n, "psi": psi, "frechet_probe": fd, "frechet_floor_render_vs_render": floor,
             "frechet_ratio_to_floor": fd / floor,
             "shape_proportions_generated": [float(np.mean(sg == c)) for c in range(3)],
             "shape_proportions_rendered": [float(np.mean(sr == c)) for c in range(3)],
+            "shape_unsure_generated": float(np.mean(pg.max(-1) < CONFIDENT)),
+            "shape_unsure_rendered": float(np.mean(pr.max(-1) < CONFIDENT)),
             "wasserstein_per_factor": w1, "wasserstein_max": max(w1.values()),
             "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -102,6 +107,8 @@ def main():
              "| shape proportions generated (circle, square, triangle) | "
              + ", ".join(f"{v:.3f}" for v in report["shape_proportions_generated"]) + " |",
              "| shape proportions rendered | " + ", ".join(f"{v:.3f}" for v in report["shape_proportions_rendered"]) + " |",
+             f"| shape read with probability < {CONFIDENT}: generated / rendered | "
+             f"{report['shape_unsure_generated']:.3f} / {report['shape_unsure_rendered']:.3f} |",
              f"| max per-factor Wasserstein-1 | {report['wasserstein_max']:.4f} |", "",
              "| factor | W1 |", "|---|---:|", *[f"| {k} | {v:.4f} |" for k, v in w1.items()]]
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
@@ -110,8 +117,18 @@ def main():
     data = shapes.ShapesConfig(resolution=G.cfg.img_resolution)
     ren = np.asarray(shapes.sample(jax.random.key(7), args.batch, data)["image"])[:32]
     imio.save_grid(np.concatenate([gen, ren]), RESULTS / f"{args.name}.png", cols=8)
+    z = jax.random.normal(jax.random.key(8), (4 * args.batch, G.cfg.z_dim))
+    many = np.concatenate([np.asarray(jnp.clip(G(gp, z[i:i + args.batch], psi=args.psi), -1, 1))
+                           for i in range(0, len(z), args.batch)])
+    prob = np.asarray(jax.nn.softmax(P(pp, many)["shape_logits"], -1))
+    sure = prob.max(-1) >= CONFIDENT
+    groups = [np.flatnonzero(sure & (prob.argmax(-1) == c))[:12] for c in range(3)] + [np.flatnonzero(~sure)[:12]]
+    labels = ["circle", "square", "triangle", f"unsure (p < {CONFIDENT})"]
+    imio.save_grid(np.concatenate([np.concatenate([many[g], np.zeros((12 - len(g), *many.shape[1:]))]) for g in groups]),
+                   RESULTS / f"{args.name}_by_shape.png", cols=12, row_labels=labels)
     print("\n".join(lines))
-    print(f"grid: {RESULTS / (args.name + '.png')} (top 4 rows generated, bottom 4 rendered)")
+    print(f"grid: {RESULTS / (args.name + '.png')} (top 4 rows generated, bottom 4 rendered); "
+          f"{RESULTS / (args.name + '_by_shape.png')} (generated samples by the probe's shape reading)")
 
 
 if __name__ == "__main__":

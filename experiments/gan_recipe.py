@@ -3,7 +3,8 @@
 Each variant is the shipped config (:func:`jaxedit.train.gan.shapes32_config`) with one change, trained from
 scratch for ``--kimg`` in its own resumable scratch run (``--runs``, not committed), then scored by
 ``eval_shapes_generator.quality`` (Frechet distance in ``shapes32-probe`` features and its ratio to the
-render-vs-render floor, shape shares, the largest per-factor W1; ``--n`` samples, psi 1) on G_ema. Wall time
+render-vs-render floor, shape shares, the share of samples whose shape the probe is unsure of, the largest
+per-factor W1; ``--n`` samples, psi 1) on G_ema. Wall time
 and kimg/s are recorded (the machine is shared: read them with the load column).
 
     python experiments/gan_recipe.py [--kimg 200] [--variants "NAME;..."] [--runs runs/gan_recipe]
@@ -15,7 +16,7 @@ processes may run different ``--variants``). Writes ``experiments/results/gan_re
 shipped model's: ``checkpoints/shapes32-stylegan2-train``, 2,000 kimg) for ``--kimg`` more with its one change,
 instead of starting from scratch: which knob moves a trained model, not an early one. Only the variants that
 leave the state's shapes and the step-to-kimg count alone can continue (:data:`CONTINUABLE`: learning rate, R1
-weight, style mixing, and the control); the copy's stored config is replaced by the variant's (a scratch copy in
+weight, style mixing, G_ema's half-life, and the control); the copy's stored config is replaced by the variant's (a scratch copy in
 ``--runs``; Adam's moments carry no learning rate, R1 and mixing no state).
 
     python experiments/gan_recipe.py --continue-from checkpoints/shapes32-stylegan2-train --kimg 200 \
@@ -48,8 +49,11 @@ VARIANTS = {  # name -> the shipped config with one change
     "mapping 4 layers": BASE.replace(G=dataclasses.replace(BASE.G, mapping_layers=4)),
     "no style mixing": BASE.replace(style_mixing_prob=0.0),
     "batch 64": BASE.replace(batch=64),
+    "EMA 40 kimg": BASE.replace(ema_kimg=40.0),
+    "shipped (c64), seed 1": BASE.replace(seed=1),  # the seed's own spread, for the rows above
+    "wider 16/32 px layers (c64w), seed 1": gan.shapes32_config("c64w").replace(seed=1),
 }
-CONTINUABLE = ("shipped (c64)", "R1 gamma 0.5", "R1 gamma 0.02", "lr 0.001", "no style mixing")
+CONTINUABLE = ("shipped (c64)", "R1 gamma 0.5", "R1 gamma 0.02", "lr 0.001", "no style mixing", "EMA 40 kimg")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -81,19 +85,21 @@ def run(name: str, runs: Path, kimg: float, n: int, start: Path | None = None) -
     return {"variant": name, "kimg": kimg, "start_kimg": start_kimg,
             "frechet_ratio_to_floor": q["frechet_ratio_to_floor"],
             "frechet_probe": q["frechet_probe"], "shape_proportions": q["shape_proportions_generated"],
+            "shape_unsure": q["shape_unsure_generated"],
             "wasserstein_max": q["wasserstein_max"], "wasserstein_per_factor": q["wasserstein_per_factor"],
             "kimg_per_s": summary.get("kimg_per_s"), "seconds": seconds, "load_at_start": load0, "n": n}
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| variant | kimg | Frechet (x floor) | shapes circle / square / triangle | worst factor W1 | kimg/s |",
-           "|---|---:|---:|---|---:|---:|"]
+    out = ["| variant | kimg | Frechet (x floor) | shapes circle / square / triangle | shape unsure | worst factor W1 "
+           "| kimg/s |", "|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         worst = max(r["wasserstein_per_factor"], key=r["wasserstein_per_factor"].get)
         kimg = f"{r['start_kimg']:g} + {r['kimg']:g}" if r.get("start_kimg") else f"{r['kimg']:g}"
+        unsure = f"{r['shape_unsure']:.2f}" if "shape_unsure" in r else "-"  # rows from before the column
         out.append(f"| {r['variant']} | {kimg} | {r['frechet_probe']:.2f} ({r['frechet_ratio_to_floor']:.0f}x) | "
                    + " / ".join(f"{v:.2f}" for v in r["shape_proportions"])
-                   + f" | {r['wasserstein_max']:.3f} ({worst}) | {r['kimg_per_s'] or 0:.3f} |")
+                   + f" | {unsure} | {r['wasserstein_max']:.3f} ({worst}) | {r['kimg_per_s'] or 0:.3f} |")
     return "\n".join(out)
 
 
@@ -120,7 +126,8 @@ def main() -> None:
         how = (f"continuing `{args.continue_from}` (its kimg + the variant's)" if args.continue_from
                else "trained from scratch for the same kimg")
         args.out.with_suffix(".md").write_text(
-            f"# {args.out.name}\n\nEach variant: the shipped `shapes32-stylegan2` config with one change, {how}, "
+            f"# {args.out.name}\n\nEach variant: the shipped `shapes32-stylegan2` config with one change (a `seed 1` row: "
+            f"the same config from another seed, for the spread between seeds), {how}, "
             f"scored on G_ema by the shipped probe (`eval_shapes_generator.quality`, {args.n} samples).\n\n"
             + table(rows) + "\n")
     print(table(json.loads(path.read_text())["rows"]))
