@@ -34,6 +34,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CONFIDENT = 0.9  # the probe's shape probability above which a reading counts as sure
 
 
+def shape_probabilities(P, pp, images: jax.Array) -> jax.Array:
+    """The probe's shape probabilities ``[B, 3]`` (circle, square, triangle) of images ``[B, H, W, 3]``."""
+    return jax.nn.softmax(P(pp, images)["shape_logits"], -1)
+
+
 def quality(G, gp, P, pp, *, n: int, batch: int = 500, psi: float = 1.0, key=None) -> dict:
     """Frechet distance in probe features (and the render-vs-render floor), shape shares, per-factor W1."""
     data = shapes.ShapesConfig(resolution=G.cfg.img_resolution)
@@ -56,8 +61,7 @@ def quality(G, gp, P, pp, *, n: int, batch: int = 500, psi: float = 1.0, key=Non
 
     @jax.jit
     def predict(images):
-        out = P(pp, images)
-        return jax.nn.softmax(out["shape_logits"], -1), out["factors"]
+        return shape_probabilities(P, pp, images), P.predict(pp, images)["factors"]
 
     def predictions(images_of, k):
         shp, fac = [], []
@@ -120,7 +124,7 @@ def main():
     z = jax.random.normal(jax.random.key(8), (4 * args.batch, G.cfg.z_dim))
     many = np.concatenate([np.asarray(jnp.clip(G(gp, z[i:i + args.batch], psi=args.psi), -1, 1))
                            for i in range(0, len(z), args.batch)])
-    prob = np.asarray(jax.nn.softmax(P(pp, many)["shape_logits"], -1))
+    prob = np.asarray(shape_probabilities(P, pp, many))
     sure = prob.max(-1) >= CONFIDENT
     groups = [np.flatnonzero(sure & (prob.argmax(-1) == c))[:12] for c in range(3)] + [np.flatnonzero(~sure)[:12]]
     labels = ["circle", "square", "triangle", f"unsure (p < {CONFIDENT})"]
