@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxedit.converters.stylegan2 import sha256
+from jaxedit.io.files import sha256
 from jaxedit.errors import CheckpointError, FormatError
 from jaxedit.io import checkpoint, torchfile
 from jaxedit.models import clip as clip_model

@@ -38,7 +38,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from jaxedit.converters.stylegan2 import sha256
+from jaxedit.io.files import sha256
 from jaxedit.errors import FormatError, InputError
 from jaxedit.io import torchfile
 from jaxedit.models.e4e import E4EConfig, Encoder

@@ -30,6 +30,7 @@ from safetensors.numpy import save_file as st_save_file
 from jaxedit.converters import stylegan2 as sg2_converter
 from jaxedit.errors import InputError
 from jaxedit.io.checkpoint import check_tree
+from jaxedit.io import files
 from jaxedit.io.files import atomic_path
 from jaxedit.models import stylegan2
 from jaxedit.models.stylegan2 import Discriminator, DiscriminatorConfig, StyleGAN2, StyleGAN2Config
@@ -256,6 +257,9 @@ def export(model: StyleGAN2 | Discriminator, params: dict, out: str | Path, fmt:
         raise ExportError(f"{out} is a folder; give a file name")
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
+    if out.exists() and not files.wrote(out):
+        raise ExportError(f"{out} exists and jaxedit did not write it (or it changed since); --force replaces only "
+                          "files jaxedit wrote: move it away first")
     params = jax.tree.map(np.asarray, params)
     generator = isinstance(model, StyleGAN2)
     if fmt == "safetensors":
@@ -275,16 +279,27 @@ def export(model: StyleGAN2 | Discriminator, params: dict, out: str | Path, fmt:
     return out
 
 
+SAFETENSORS_MAX_HEADER = 100 << 20  # the safetensors format's own limit
+
+
 def load_safetensors(path: str | Path) -> tuple[StyleGAN2 | Discriminator, dict]:
     """A file written by :func:`export` as safetensors -> ``(model, params)`` (config from its metadata)."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
-            meta = json.loads(f.read(n)).get("__metadata__") or {}
+            if n > SAFETENSORS_MAX_HEADER:
+                raise ExportError(f"{path}: a safetensors header of {n} bytes (at most {SAFETENSORS_MAX_HEADER})")
+            header = json.loads(f.read(n))
+        meta = header.get("__metadata__") if isinstance(header, dict) else None
+        meta = meta if isinstance(meta, dict) else {}
         kind, model_cfg = meta.get("jaxedit.kind"), json.loads(meta.get("jaxedit.model", "null"))
-    except (OSError, struct.error, ValueError) as e:
-        raise ExportError(f"{path}: not a readable safetensors file ({e})") from None
+    except (OSError, struct.error, ValueError, RecursionError, TypeError) as e:  # TypeError: a non-string model
+        if isinstance(e, ExportError):
+            raise
+        raise ExportError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    if kind in (stylegan2.KIND, d_lib.KIND) and not isinstance(model_cfg, dict):
+        raise ExportError(f"{path}: metadata jaxedit.model is not a model config")
     if kind == stylegan2.KIND:
         model = StyleGAN2(StyleGAN2Config.from_dict(model_cfg))
     elif kind == d_lib.KIND:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxedit.converters.stylegan2 import sha256
+from jaxedit.io.files import sha256
 from jaxedit.errors import FormatError
 from jaxedit.io import checkpoint, torchfile
 from jaxedit.models.inception import (

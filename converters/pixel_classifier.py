@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from jaxedit.converters.lpips import float32_tensor
-from jaxedit.converters.stylegan2 import sha256
+from jaxedit.io.files import sha256
 from jaxedit.errors import FormatError, InputError
 from jaxedit.io import checkpoint, torchfile
 from jaxedit.models.segmenter import (

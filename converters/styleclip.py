@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxedit.edits.text.global_directions import fs3_layers, style_dims
 from jaxedit.errors import InputError
-from jaxedit.io import torchfile
+from jaxedit.io import arrays, torchfile
 from jaxedit.models.mapper import MAPPER_GROUPS, Mapper, MapperConfig
 from jaxedit.models.stylegan2 import StyleGAN2
 
@@ -32,13 +32,9 @@ def load_fs3(path: str | Path, G: StyleGAN2 | None = None, embed_dim: int | None
     with ``embed_dim``: D must match the CLIP in use. Errors name the file.
     """
     path = Path(path)
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable .npy fs3 file ({e})") from e
-    if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or a.ndim != 2:
-        raise InputError(f"{path}: expected a float array of shape (C, D), got "
-                                f"{getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
+    a = arrays.load_one(path, "fs3", kinds="f")
+    if a.ndim != 2:
+        raise InputError(f"{path}: expected a float array of shape (C, D), got {a.dtype} {a.shape}")
     if embed_dim is not None and a.shape[1] != embed_dim:
         raise InputError(f"{path}: fs3 has shape {a.shape}, expected (C, {embed_dim}) for this CLIP")
     if not np.all(np.isfinite(a)):

@@ -15,7 +15,6 @@ reference parity).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from pathlib import Path
@@ -35,14 +34,6 @@ CONVERTER_VERSION = "stylegan2-1"
 
 class ConversionError(FormatError):
     """The source cannot be converted; the message names the file and the key."""
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def convert(path: str | Path, key: str | None = None) -> tuple[StyleGAN2Config, dict, dict[str, Any]]:

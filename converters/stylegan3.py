@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxedit.converters.stylegan2 import ConversionError, sha256
+from jaxedit.converters.stylegan2 import ConversionError
 from jaxedit.errors import InputError
 from jaxedit.io import torchfile
 from jaxedit.io.checkpoint import CheckpointError, check_tree
@@ -22,7 +22,7 @@ from jaxedit.models.stylegan2 import params as layout
 from jaxedit.models.stylegan3 import StyleGAN3, StyleGAN3Config
 
 CONVERTER_VERSION = "stylegan3-1"
-__all__ = ["CONVERTER_VERSION", "ConversionError", "convert", "sha256"]
+__all__ = ["CONVERTER_VERSION", "ConversionError", "convert"]
 
 # reference kwarg -> StyleGAN3Config field (synthesis kwargs are flat in the Generator's kwargs)
 _FIELDS = {k: k for k in ("z_dim", "w_dim", "c_dim", "img_resolution", "img_channels", "channel_base", "channel_max",

@@ -52,7 +52,6 @@ import bench_generator as bg  # stdlib only at module level
 
 FFHQ1024 = {"z_dim": 512, "w_dim": 512, "img_resolution": 1024, "mapping_layers": 8, "channel_base": 32768,
             "channel_max": 512}
-GIB = 2 ** 30
 
 
 def _mem_available_mb() -> float:

@@ -3,10 +3,8 @@
 program vs the reference's structure (one pair / prompt / channel per call, in a Python loop,
 each call jitted).
 
-Generator: the default ``checkpoints/shapes32-stylegan2``. CLIP: the default
-``checkpoints/shapes-clip`` through ``jaxedit.models.clip`` when importable and present,
-else a random-weight stand-in (a fixed random linear map of 4x4-pooled pixels, random text
-embeddings), which the output says. Prompts are shapes-world captions.
+Generator: the default ``checkpoints/shapes32-stylegan2``. CLIP: the default ``checkpoints/shapes-clip``.
+Prompts are shapes-world captions.
 
 Cases (N latents at psi 0.7, M prompts):
 
@@ -47,35 +45,23 @@ LAYER = "b16.conv1"
 MAX_OTHER = 0.25
 
 
-def load_clip(embed_dim_fallback: int = 64):
-    """-> (description, image_embed, text_emb [M, D])."""
-    import jax
+def load_clip():
+    """-> (description, image_embed, text_emb [M, D]) of the default ``shapes-clip``."""
     import jax.numpy as jnp
 
-    try:
-        from jaxedit.io import checkpoint
-        from jaxedit.models import stylegan2
-        from jaxedit.models import clip
-        from jaxedit.models.clip.tokenizer import Tokenizer
+    import jaxedit
+    from jaxedit.io import checkpoint
+    from jaxedit.models import clip
+    from jaxedit.models.clip.tokenizer import Tokenizer
 
-        path = checkpoint.default_path("shapes-clip")
-        model, params = clip.load(path)
-        with open(path / checkpoint.META_FILE) as f:
-            mode = json.load(f).get("source", {}).get("preprocess", "clip")
-        tokens = Tokenizer.from_file(path)(PROMPTS, context_length=model.cfg.context_length)
-        text = model.encode_text(params, jnp.asarray(tokens))
-        res = model.cfg.image_resolution
-        embed = lambda x: model.encode_image(params, clip.preprocess(x, res, mode))  # noqa: E731
-        return f"shapes-clip (jaxedit.models.clip, preprocess {mode!r})", embed, text
-    except Exception as e:  # noqa: BLE001 - any failure -> the stand-in, reported
-        A = jax.random.normal(jax.random.key(7), (4 * 4 * 3, embed_dim_fallback)) / 48 ** 0.5
-        text = jax.random.normal(jax.random.key(8), (len(PROMPTS), embed_dim_fallback))
-
-        def embed(x):
-            b, h, w, c = x.shape
-            return jnp.tanh(x.reshape(b, 4, h // 4, 4, w // 4, c).mean(axis=(2, 4)).reshape(b, -1) @ A)
-
-        return f"RANDOM STAND-IN (real CLIP unavailable: {type(e).__name__}: {e})", embed, text
+    path = checkpoint.default_path("shapes-clip")
+    model, params = jaxedit.load(path)
+    mode = checkpoint.read_meta(path).get("source", {}).get("preprocess", "clip")
+    tokens = Tokenizer.from_file(path)(PROMPTS, context_length=model.cfg.context_length)
+    text = model.encode_text(params, jnp.asarray(tokens))
+    res = model.cfg.image_resolution
+    embed = lambda x: model.encode_image(params, clip.preprocess(x, res, mode))  # noqa: E731
+    return f"shapes-clip (jaxedit.models.clip, preprocess {mode!r})", embed, text
 
 
 def per_image_gflop(G, gp, embed=None) -> float:
@@ -94,12 +80,12 @@ def main():
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxedit.io import checkpoint
+    import jaxedit
     from jaxedit.edits import text as T
     from jaxedit.models import mapper as mapper_lib
 
     t_start = time.perf_counter()
-    G, gp = stylegan2.load(checkpoint.default_path("shapes32-stylegan2"))
+    G, gp = jaxedit.load("shapes32-stylegan2")
     clip_desc, embed, text = load_clip()
     bg.log(f"CLIP: {clip_desc}")
     M = text.shape[0]

@@ -522,18 +522,20 @@ def worker_phases(src: str, dst: str) -> dict:
         marks.append(dict(t=time.monotonic(), name=name, ev=ev, rss_kib=s["VmRSS"], hwm_kib=s["VmHWM"]))
 
     mark("imports", "start")
+    from jaxedit.cli import convert as cli_convert
+    from jaxedit.cli import main as cli_main
     from jaxedit.converters import stylegan2 as conv
-    from jaxedit.io import checkpoint, cli, torchfile
+    from jaxedit.io import checkpoint, files, torchfile
     mark("imports", "end")
 
     for owner, attr, label in (
             (conv, "convert", "converters.stylegan2.convert"), (torchfile, "load", "torchfile.load"),
             (conv, "from_nvidia", "from_nvidia (state dict -> params tree)"),
-            (conv, "_check_params", "_check_params (StyleGAN2 shapes)"), (conv, "sha256", "sha256 of the source"),
+            (conv, "_check_params", "_check_params (StyleGAN2 shapes)"), (files, "sha256", "sha256 of the source"),
             (checkpoint, "save", "checkpoint.save (orbax)"),
-            (cli, "_release_free_memory", "_release_free_memory (malloc_trim)"),
-            (cli, "_verify_roundtrip", "_verify_roundtrip"),
-            (checkpoint, "load_stylegan2", "reload: checkpoint.load_stylegan2")):
+            (cli_convert, "_release_free_memory", "_release_free_memory (malloc_trim)"),
+            (cli_convert, "_verify_roundtrip", "_verify_roundtrip"),
+            (checkpoint, "load", "reload: checkpoint.load")):
         if not callable(fn := getattr(owner, attr, None)):
             missing.append(f"{owner.__name__}.{attr}")
             continue
@@ -546,7 +548,7 @@ def worker_phases(src: str, dst: str) -> dict:
                 mark(_label, "end")
         setattr(owner, attr, functools.wraps(fn)(wrapped))
     mark("cli.main convert", "start")
-    rc = cli.main(["convert", "stylegan2", src, dst, "--force"])
+    rc = cli_main.main(["convert", "stylegan2", src, dst, "--force"])
     mark("cli.main convert", "end")
     return dict(rc=rc, marks=marks, missing=missing)
 

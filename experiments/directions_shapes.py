@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit.io import checkpoint
 
 from jaxedit.models import stylegan2
 from jaxedit.data import shapes

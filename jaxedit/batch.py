@@ -311,13 +311,7 @@ def read_job(path: str | Path) -> Job:
     path = Path(path)
     if not path.is_file():
         raise JobError(f"{path}: no such job file")
-    if path.stat().st_size > 1_000_000:
-        raise JobError(f"{path}: a job file is at most 1 MB")
-    try:
-        obj = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise JobError(f"{path}: not JSON ({e})") from None
-    return parse_job(obj, path.parent)
+    return parse_job(files.read_json(path, JobError, max_bytes=1 << 20), path.parent)
 
 
 # ----------------------------------------------------------------------------- the work
@@ -661,7 +655,7 @@ def run_job(p: Plan, out: Path, *, process_index: int = 0, process_count: int = 
             f.result()
         _sync(out)
         files.write_json(out / "manifest" / f"shard-{s:06d}.json",
-                         {"shard": s, "items": [lo, hi], "variants": V, "process": process_index})
+                         {"shard": s, "items": [lo, hi], "variants": V, "process": process_index}, note=False)
         done_items += hi - lo
         if progress is not None:
             progress(done_items, s)

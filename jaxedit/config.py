@@ -4,6 +4,8 @@ run directories): tuples become lists and back, unknown keys are refused by name
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 from jaxedit.errors import InputError
@@ -36,10 +38,7 @@ class JSONConfig:
 
 def enable_compilation_cache() -> None:
     """Persist compiled XLA programs in ``$JAXEDIT_CACHE`` (default ``~/.cache/jaxedit/xla``; empty disables)."""
-    import os
-    from pathlib import Path
-
-    import jax
+    import jax  # here, not at the top: the CLI's --help and flag errors stay fast
 
     cache = os.environ.get("JAXEDIT_CACHE", str(Path.home() / ".cache" / "jaxedit" / "xla"))
     if cache:

@@ -103,7 +103,7 @@ def test_atomic_path_keeps_the_old_file_on_error(tmp_path):
         with files.atomic_path(path) as tmp:
             tmp.write_text("half")
             raise KeyboardInterrupt
-    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [files.LEDGER, "a.json"]
 
 
 WRITER = """

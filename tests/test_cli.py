@@ -224,3 +224,21 @@ def test_convert_stylegan3_and_load(tmp_path):
     one_line_error(run("convert", "stylegan3", fixture("nvidia_tiny32.pkl"), tmp_path / "x", ok=False),
                    "nvidia_tiny32.pkl", code=1)
     assert not (tmp_path / "x").exists()
+
+
+def test_outputs_are_never_a_users_file(tmp_path):
+    """An existing output needs --force, and --force replaces only a file jaxedit wrote and nobody changed since."""
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"the user's picture")
+    one_line_error(run("sample", "--seeds", "0", "--out", mine, ok=False), "--out", "exists", "add --force")
+    one_line_error(run("sample", "--seeds", "0", "--out", mine, "--force", ok=False), "jaxedit did not write it")
+    assert mine.read_bytes() == b"the user's picture"
+    ours = tmp_path / "ours.png"
+    run("sample", "--seeds", "0", "--out", ours)
+    one_line_error(run("sample", "--seeds", "1", "--out", ours, ok=False), "add --force")
+    before = ours.read_bytes()
+    run("sample", "--seeds", "1", "--out", ours, "--force")
+    assert ours.read_bytes() != before  # replaced: jaxedit wrote it
+    ours.write_bytes(ours.read_bytes() + b"\0")  # ... then the user changed it: it is theirs now
+    one_line_error(run("sample", "--seeds", "1", "--out", ours, "--force", ok=False), "jaxedit did not write it")
+    one_line_error(run("demo", "--out", mine, ok=False), "not a directory")

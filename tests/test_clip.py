@@ -12,6 +12,7 @@ from conftest import fixture, max_abs, ref
 from jaxedit.converters import clip as conv
 from jaxedit.io import torchfile
 from jaxedit.models.clip import CLIP, CLIP_MEAN, CLIP_STD, CLIPConfig, load, preprocess
+from jaxedit.models.clip import tokenizer
 from jaxedit.models.clip.tokenizer import Tokenizer, TokenizerError
 
 FILE_KINDS = ("state_dict", "torchscript")
@@ -177,6 +178,9 @@ def test_tokenizer_context_and_small_merges(tok, tmp_path):
     assert [small.decoder[i] for i in ids] == ["red</w>", "cat</w>", ",</w>", "red</w>", "!</w>"]
     path.write_bytes(gzip.compress(b"#version\na b c\n"))
     with pytest.raises(TokenizerError, match="merges.txt.gz: line 2"):
+        Tokenizer.from_file(path)
+    path.write_bytes(gzip.compress(bytes(tokenizer.MERGES_MAX_BYTES + 1)))  # a gzip bomb: 64 MiB in 64 KiB
+    with pytest.raises(TokenizerError, match="more than 64 MiB"):
         Tokenizer.from_file(path)
 
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from jaxedit.data import folders, shapes
+from jaxedit.errors import InputError
 from jaxedit.io.images import from_uint8, to_uint8
 
 N_PNG = 11
@@ -141,12 +142,12 @@ def test_image_folder_center_crops(tmp_path):
 
 def test_image_folder_errors(tmp_path, tree):
     missing = tmp_path / "does_not_exist"
-    with pytest.raises(FileNotFoundError, match="does_not_exist"):
+    with pytest.raises(InputError, match="does_not_exist"):
         folders.image_folder(missing, 32, batch=2)
     empty = tmp_path / "empty_folder"
     (empty / "sub").mkdir(parents=True)
     (empty / "sub" / "readme.txt").write_text("no images here")
-    with pytest.raises(FileNotFoundError, match="empty_folder.*no image files"):
+    with pytest.raises(InputError, match="empty_folder.*no image files"):
         folders.image_folder(empty, 32, batch=2)
     root, *_ = tree
     with pytest.raises(ValueError, match="12 images, fewer than one batch of 13"):
@@ -287,11 +288,11 @@ def test_tfds_directory_shuffle_resize_and_data_source(prepared, monkeypatch):
 
 def test_tfds_directory_errors(prepared, tmp_path):
     tfds_shapes, data_dir, cfg = prepared
-    with pytest.raises(FileNotFoundError, match="no_such_dataset"):
+    with pytest.raises(InputError, match="no_such_dataset"):
         folders.tfds_directory("no_such_dataset", data_dir, "train", 32, batch=4)
-    with pytest.raises(FileNotFoundError, match="not prepared.*empty_dir"):
+    with pytest.raises(InputError, match="not prepared.*empty_dir"):
         folders.tfds_directory("jaxedit_shapes32/tiny", tmp_path / "empty_dir", "train", 32, batch=4)
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(InputError, match="nope"):
         folders.tfds_directory("jaxedit_shapes32/unittest", data_dir, "train", 32, batch=4, keys=("nope",))
     with pytest.raises(ValueError, match="not an Image"):
         folders.tfds_directory("jaxedit_shapes32/unittest", data_dir, "train", 32, batch=4, image_key="vector")

@@ -16,7 +16,7 @@ from jaxedit.cli.main import main
 from jaxedit.converters import e4e as e4e_conv
 from jaxedit.converters import lpips as lpips_conv
 from jaxedit.data import shapes
-from jaxedit.io import checkpoint
+from jaxedit.io import checkpoint, files
 from jaxedit.io import images as imio
 from jaxedit.metrics import paired
 from jaxedit.models import irse, lpips
@@ -91,7 +91,7 @@ def test_edit_report_end_to_end(tmp_path, capsys):
     argv = ["edits", "--directions", scale, x, "--out", out, "--num", 16, "--t", -2, 2, "--batch-size", 64]
     code, res = _eval(argv, capsys)
     assert code == 0, res.err
-    assert {p.name for p in out.iterdir()} == {"report.md", "report.json", "grid.png"}
+    assert {p.name for p in out.iterdir()} == {"report.md", "report.json", "grid.png", files.LEDGER}
     rep = json.loads((out / "report.json").read_text())
     rows = {d["name"]: d for d in rep["directions"]}
     assert rows["scale"]["target"] == "scale" and rows["x"]["target"] == "x"

@@ -16,7 +16,7 @@ import jaxedit
 from jaxedit.cli.main import main
 from jaxedit.converters import export as exporter
 from jaxedit.converters import stylegan2 as conv
-from jaxedit.io import torchfile
+from jaxedit.io import files, torchfile
 from jaxedit.models.stylegan2 import StyleGAN2
 
 ALLOWED_GLOBALS = {"torch._utils _rebuild_tensor_v2", "torch FloatStorage", "collections OrderedDict"}
@@ -92,7 +92,7 @@ def test_default_generator_exports(tmp_path, capsys):
     assert main(["export", "shapes32-stylegan2", str(pt), "--format", "rosinality"]) == 1
     assert "--force" in capsys.readouterr().err and pt.read_bytes() == before
     assert main(["export", "shapes32-stylegan2", str(pt), "--format", "rosinality", "--force"]) == 0
-    assert sorted(os.listdir(pt.parent)) == ["shapes32.pt"]
+    assert sorted(os.listdir(pt.parent)) == [files.LEDGER, "shapes32.pt"]
     assert main(["export", "shapes-clip", str(tmp_path / "c.pt"), "--format", "rosinality"]) == 2
 
 

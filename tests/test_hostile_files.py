@@ -19,6 +19,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import copyreg
+import io
 import json
 import os
 import pickle
@@ -52,7 +53,8 @@ from test_torchfile import (
 from jaxedit.converters import clip as clip_converter
 from jaxedit.converters import stylegan2 as sg2
 from jaxedit.edits import formats
-from jaxedit.errors import JaxeditError
+from jaxedit.errors import InputError, JaxeditError
+from jaxedit.io import arrays
 from jaxedit.io import torchfile as tf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -514,3 +516,34 @@ def test_edit_formats_and_clip_refuse_malformed_tensors():
         bad = dict(sd, **{k: v})
         with pytest.raises(clip_converter.ConversionError, match=expect):
             clip_converter.to_params(bad, clip_converter.infer_config(bad, "f.pt"), "f.pt")
+
+
+# ------------------------------------------------------------------------------ .npy / .npz (jaxedit.io.arrays)
+def _npy_header(shape, descr="<f4") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def test_array_files_are_checked_before_numpy_allocates(tmp_path):
+    ok = tmp_path / "ok.npz"
+    np.savez(ok, a=np.arange(6, dtype=np.float32).reshape(2, 3), names=np.array(["x", "y"]))
+    loaded = arrays.load(ok, "--x")
+    assert loaded["a"].shape == (2, 3) and list(loaded["names"]) == ["x", "y"]
+    (tmp_path / "huge.npy").write_bytes(_npy_header((10 ** 12, 4)) + bytes(48))
+    (tmp_path / "object.npy").write_bytes(_npy_header((2,), "|O") + bytes(16))
+    with zipfile.ZipFile(tmp_path / "notnpy.npz", "w") as z:
+        z.writestr("a.npy", _npy_header((1,)) + bytes(4))
+        z.writestr("run.py", b"print(1)")
+    with zipfile.ZipFile(tmp_path / "liar.npz", "w") as z:  # a member that declares more than it holds
+        z.writestr("a.npy", _npy_header((1000,)) + bytes(4))
+    np.savez_compressed(tmp_path / "bomb.npz", a=np.zeros(1 << 18, np.float32))  # 1 MiB of zeros in ~1 KiB
+    np.savez(tmp_path / "plain.npz", a=np.zeros(1 << 18, np.float32))  # as large, but on disk as such
+    assert arrays.load(tmp_path / "plain.npz", "--x", max_bytes=1 << 16)["a"].shape == (1 << 18,)
+    for name, expect, kw in [("huge.npy", r"declares \[1000000000000, 4\] float32", {}),
+                             ("object.npy", "holds object data", {}), ("notnpy.npz", "'run.py' is not an .npy", {}),
+                             ("liar.npz", r"declares \[1000\]", {}), ("bomb.npz", "inflates to", {"max_bytes": 1 << 16}),
+                             ("absent.npy", "no such file", {})]:
+        with pytest.raises(InputError, match=expect) as e:
+            arrays.load(tmp_path / name, "--x", **kw)
+        assert str(e.value).startswith(f"--x {tmp_path / name}") and "\n" not in str(e.value)

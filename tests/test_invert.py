@@ -148,7 +148,7 @@ def test_cli_invert_then_edit_the_inverted_latents(method, tmp_path, capsys):
     psnr = {r["name"]: r["psnr"] for r in report["images"]}
     # renders: measured 25.2 / 20.9 dB (encoder), 25.4 / 20.8 dB (30 hybrid steps)
     assert psnr["img0"] > 17 and psnr["img1"] > 17
-    assert sorted(p.name for p in (out / "recon").iterdir())[:2] == ["alpha.png", "dot.png"]
+    assert sorted(p.name for p in (out / "recon").iterdir())[:3] == [files.LEDGER, "alpha.png", "dot.png"]
     assert main(["fit", "ganspace", "--num", "4096", "--batch-size", "4096", "--components", "2",
                  "--out", str(tmp_path / "pcs")]) == 0
     assert main(["edit", "--directions", str(tmp_path / "pcs"), "--latents", str(out / "latents.npz"),

@@ -13,7 +13,7 @@ from jaxedit.cli.main import main
 from jaxedit.data import shapes
 from jaxedit.edits import local_style
 from jaxedit.errors import ConfigError, InputError
-from jaxedit.io import checkpoint
+from jaxedit.io import checkpoint, files
 from jaxedit.models.l2sae import KIND, L2SAE, L2SAEConfig
 from jaxedit.train import l2sae as train_l2sae
 
@@ -135,7 +135,7 @@ def test_local_style_cli_grid_and_errors(model, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["local-style", "--renders", "2", "--model", str(ck), "--region", "spot", "--noise", "1",
                  "--samples", "3", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir())[:2] == ["grid.png", "render0-0.png"] and len(list(out.iterdir())) == 7
+    assert sorted(p.name for p in out.iterdir())[:3] == [files.LEDGER, "grid.png", "render0-0.png"] and len(list(out.iterdir())) == 8
     assert main(["local-style", "--renders", "2", "--model", str(ck), "--region", "spot", "--noise", "1",
                  "--out", str(out)]) == 2
     assert "add --force" in capsys.readouterr().err

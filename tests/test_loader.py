@@ -1,5 +1,8 @@
 """``jaxedit.load`` for every checkpoint kind: hashable models with pure methods, editors as pytrees."""
 
+import json
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -41,3 +44,41 @@ def test_not_a_checkpoint(tmp_path):
         jaxedit.load(tmp_path)
     with pytest.raises(CheckpointError, match="default model 'nope' not found"):
         jaxedit.load("nope")
+
+
+def _crafted(tmp_path, name, change):
+    """A copy of the default generator with one metadata file replaced by ``change(its JSON)``."""
+    dst = tmp_path / "ck"
+    shutil.copytree(checkpoint.default_path("shapes32-stylegan2"), dst)
+    path = dst / name
+    path.write_text(change(json.loads(path.read_text())))
+    return dst
+
+
+@pytest.mark.parametrize("name, change, expect", [
+    ("jaxedit.json", lambda m: "[1, 2]", "expected a JSON object, found list"),
+    ("jaxedit.json", lambda m: '{"a": ' * 100_000, "invalid JSON|nested too deeply"),
+    ("jaxedit.json", lambda m: json.dumps({**m, "version": "2"}), "'version' is '2', not an integer"),
+    ("jaxedit.json", lambda m: json.dumps({**m, "model": [1]}), "'model' is \\[1\\], not a dict"),
+    ("params/_METADATA", lambda m: "{}", "'tree_metadata' must map 1 to"),
+    ("params/_METADATA", lambda m: json.dumps(
+        {**m, "tree_metadata": {k: {**v, "key_metadata": "abc"} for k, v in m["tree_metadata"].items()}}),
+     "is not a parameter description"),
+    ("params/_METADATA", lambda m: json.dumps(
+        {**m, "tree_metadata": {k: {**v, "value_metadata": {"value_type": "foo", "skip_deserialize": False}}
+                                for k, v in m["tree_metadata"].items()}}), "cannot restore parameters"),
+])
+def test_crafted_metadata_is_a_one_line_error(tmp_path, name, change, expect):
+    """Metadata a crafted checkpoint may hold: a CheckpointError naming the file, never a crash inside orbax."""
+    with pytest.raises(CheckpointError, match=expect) as e:
+        jaxedit.load(_crafted(tmp_path, name, change))
+    assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_stored_shapes_reads_no_array_and_refuses_crafted_metadata(tmp_path):
+    shapes = checkpoint.stored_shapes(checkpoint.default_path("shapes32-stylegan2"))
+    G, params = jaxedit.load("shapes32-stylegan2")
+    assert shapes == {jax.tree_util.keystr(k, simple=True, separator="."): np.shape(v)
+                      for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    with pytest.raises(CheckpointError, match="'tree_metadata' must map"):
+        checkpoint.stored_shapes(_crafted(tmp_path, "params/_METADATA", lambda m: '{"tree_metadata": []}'))

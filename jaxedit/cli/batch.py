@@ -12,7 +12,6 @@ every host finishes the job. Ctrl-C on ``--num-processes`` reaches every process
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -54,8 +53,8 @@ def run_batch(args) -> None:
     stored = out / "job.json"
     if stored.exists():
         try:
-            old = json.loads(stored.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):  # not ours to read: another job
+            old = files.read_json(stored)
+        except InputError:  # not ours to read: another job
             old = None
         if not batch.record_matches(old, job, args.dtype):
             was = next((d for d in batch.DTYPES if batch.record_matches(old, job, d)), None)
@@ -68,7 +67,7 @@ def run_batch(args) -> None:
     enable_compilation_cache()
     p = batch.plan(job, args.dtype)
     if not stored.exists():
-        files.write_json(stored, record)
+        files.write_json(stored, record, note=False)  # the folder's owner record: job.json identifies the job
     V = len(job.variants)
     bar = Progress(total=p.num_items, unit="item", desc=f"batch (process {args.process_index}/{args.process_count})")
     counts = batch.run_job(p, out, process_index=args.process_index, process_count=args.process_count,

@@ -11,7 +11,7 @@ import numpy as np
 from jaxedit import models
 from jaxedit.config import enable_compilation_cache
 from jaxedit.errors import UsageError
-from jaxedit.io import checkpoint
+from jaxedit.io import arrays, checkpoint, files
 from jaxedit.models import stylegan2
 
 DEFAULT_GENERATOR = "shapes32-stylegan2"
@@ -61,23 +61,19 @@ def check_positive(flag: str, value: float | int | None) -> None:
         raise UsageError(f"{flag} {value}: must be positive")
 
 
-def check_finite(flag: str, value: float | None) -> None:
-    if value is not None and not math.isfinite(value):
-        raise UsageError(f"{flag} {value}: must be a finite number")
+def check_outputs(flag: str, paths, force: bool, folder: str | Path | None = None) -> None:
+    """Before any work: ``folder`` (``flag``'s value, when it names one) is a folder or absent, and each existing
+    file of ``paths`` may be replaced (``--force`` and jaxedit wrote it: :func:`jaxedit.io.files.check_replaceable`)."""
+    if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+        raise UsageError(f"{flag} {folder}: exists and is not a directory")
+    files.check_replaceable([p for p in paths if p], force, flag)
 
 
 def load_arrays(path: str, what: str) -> dict[str, np.ndarray]:
-    """A ``.npy`` (as ``{'': array}``) or ``.npz`` file, no pickles; the one place a user's array file is read."""
+    """A ``.npy`` (as ``{'': array}``) or ``.npz`` file from a flag, headers checked first (:mod:`jaxedit.io.arrays`)."""
     if not Path(path).is_file():
         raise UsageError(f"{what} {path}: no such file")
-    try:  # numpy reports a file that is not .npy/.npz (or holds pickles) as ValueError / OSError
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            return {"": loaded}
-        with loaded as z:
-            return {k: np.asarray(z[k]) for k in z.files}
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{what} {path}: cannot read as .npy/.npz ({str(e)[:200]})") from None
+    return arrays.load(path, what, UsageError)
 
 
 def load_npy(path: str, what: str, shape: tuple[int | None, ...]) -> np.ndarray:

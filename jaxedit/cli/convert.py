@@ -23,7 +23,7 @@ from jaxedit.converters import pixel_classifier, styleclip, stylegan2_tf
 from jaxedit.converters import stylegan2 as sg2_converter
 from jaxedit.converters import stylegan3 as sg3_converter
 from jaxedit.errors import CheckpointError, UsageError
-from jaxedit.io import checkpoint
+from jaxedit.io import checkpoint, files
 from jaxedit.models import e4e, inception, irse, lpips, segmenter, stylegan2, stylegan3
 from jaxedit.models import mapper as mapper_lib
 from jaxedit.models.stylegan2 import StyleGAN2
@@ -63,7 +63,7 @@ def run_convert(args) -> None:
 
     tf = stylegan2_tf.looks_like_tf_pickle(src)  # legacy TensorFlow (G, D, Gs) pickle
     cfg, params, info = (stylegan2_tf if tf else sg2_converter).convert(src, key=args.key)
-    source = {"file": src.name, "sha256": sg2_converter.sha256(src), "converter": sg2_converter.CONVERTER_VERSION, **info}
+    source = {"file": src.name, "sha256": files.sha256(src), "converter": sg2_converter.CONVERTER_VERSION, **info}
     dst = checkpoint.save(args.dst, kind="stylegan2", model=cfg.to_dict(), params=params, source=source,
                           force=args.force, replace_kind=args.replace_kind)
     _release_free_memory()
@@ -81,7 +81,7 @@ def run_convert(args) -> None:
 def _convert_stylegan3(src: Path, args) -> None:
     t0 = time.perf_counter()
     cfg, params, info = sg3_converter.convert(src, key=args.key or "G_ema")
-    source = {"file": src.name, "sha256": sg3_converter.sha256(src), "converter": sg3_converter.CONVERTER_VERSION,
+    source = {"file": src.name, "sha256": files.sha256(src), "converter": sg3_converter.CONVERTER_VERSION,
               **info}
     dst = checkpoint.save(args.dst, kind=stylegan3.KIND, model=cfg.to_dict(), params=params, source=source,
                           force=args.force, replace_kind=args.replace_kind)
@@ -156,7 +156,7 @@ def _convert_mapper(src: Path, args) -> None:
     prompt = args.prompt or description
     stacked = jax.tree.map(lambda a: np.asarray(a)[None], params)
     dst = mapper_lib.save_mappers(args.dst, M, stacked, [prompt], force=args.force, replace_kind=args.replace_kind,
-                            source={"file": src.name, "sha256": sg2_converter.sha256(src), "format": "styleclip-mapper-pt"})
+                            source={"file": src.name, "sha256": files.sha256(src), "format": "styleclip-mapper-pt"})
     M2, reloaded, prompts = mapper_lib.load_mappers(dst)
     same = jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, np.asarray(b)), stacked, reloaded))
     if M2.cfg != M.cfg or prompts != [prompt] or not same:

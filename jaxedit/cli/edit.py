@@ -18,6 +18,7 @@ import numpy as np
 from jaxedit import edits, parallel
 from jaxedit.cli.common import (
     DEFAULT_GENERATOR,
+    check_outputs,
     inverted_latents,
     load_generator,
     model_path,
@@ -88,6 +89,7 @@ def run_edit(args) -> None:
     G, gp, ed, rows, z, strengths, prepared = _setup(args)
     if not 0 <= args.direction < ed.num_directions:
         raise UsageError(f"--direction {args.direction} out of range: {args.directions} has {ed.num_directions}")
+    check_outputs("--out", [args.out], args.force)
     t0 = time.perf_counter()
     imgs = _frames(G, gp, ed, z, [args.direction], strengths, args.psi, args.batch_size, prepared)[0]  # [S, B, ...]
     dt = time.perf_counter() - t0
@@ -98,17 +100,23 @@ def run_edit(args) -> None:
           f"{np.round(strengths, 3).tolist()} in {dt:.2f} s -> {args.out} (rows = seeds, columns = strengths)")
 
 
+def _row_file(row: str) -> str:
+    """traverse's file of one row latent: ``seed 3`` -> ``seed3.png``."""
+    return f"{row.replace(' ', '')}.png"
+
+
 def run_traverse(args) -> None:
     G, gp, ed, rows, z, strengths, prepared = _setup(args)
     ks = np.arange(ed.num_directions) if args.limit is None else np.arange(min(args.limit, ed.num_directions))
+    out = Path(args.out)
+    check_outputs("--out", [out / _row_file(row) for row in rows], args.force, folder=out)
     t0 = time.perf_counter()
     imgs = _frames(G, gp, ed, z, ks, strengths, args.psi, args.batch_size, prepared)  # [K, S, B, ...]
     dt = time.perf_counter() - t0
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for b, row in enumerate(rows):
         args.signals.check()
-        imio.save_grid(imgs[:, :, b].reshape(-1, *imgs.shape[3:]), out / f"{row.replace(' ', '')}.png",
+        imio.save_grid(imgs[:, :, b].reshape(-1, *imgs.shape[3:]), out / _row_file(row),
                        cols=len(strengths),
                        row_labels=[f"k={k}" for k in ks], col_labels=strength_labels(strengths))
     n = imgs.shape[0] * imgs.shape[1] * imgs.shape[2]

@@ -20,6 +20,7 @@ import numpy as np
 from jaxedit import edits, models, parallel
 from jaxedit.cli.common import (
     DEFAULT_GENERATOR,
+    check_outputs,
     load_arrays,
     load_generator,
     model_path,
@@ -83,6 +84,8 @@ def run_eval_fid(args) -> None:
     enable_compilation_cache()
     if args.kid and args.kid_subset_size < 2:
         raise UsageError(f"--kid-subset-size {args.kid_subset_size}: must be >= 2")
+    check_outputs("--save-stats", [args.save_stats], args.force)
+    check_outputs("--json", [args.json], args.force)
     net, params = models.load(model_path(args.inception, args.inception))
     if not isinstance(net, inception.FIDInception):
         raise UsageError(f"--inception {args.inception}: not a fid-inception checkpoint "
@@ -175,6 +178,7 @@ def _side(a, b) -> int:
 
 def _run_paired(args, metric: str, make_score, what: str) -> None:
     """Sets and flags are checked first, then ``make_score()`` loads the network."""
+    check_outputs("--json", [args.json], args.force)
     a, b = _paired_set(args.a, "A"), _paired_set(args.b, "B")
     names = _pair_names(a, b, args.a, args.b)
     side = _side(a, b)
@@ -244,14 +248,6 @@ def _parse_k(text: str | None, num: int, path: str) -> list[int]:
     return have
 
 
-def _check_report_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a directory")
-    taken = [n for n in REPORT_FILES if (out / n).exists()]
-    if taken and not force:
-        raise UsageError(f"--out {out}: holds {', '.join(taken)} (add --force to replace them)")
-
-
 def _target(prov: dict, ed) -> str | None:
     """The attribute a fitted direction was made to move (``jaxedit fit interfacegan --attribute``), if recorded."""
     how = prov.get("method")  # a dict from `jaxedit fit`, a string from `jaxedit discover`
@@ -272,7 +268,7 @@ def run_eval_edits(args) -> None:
     if args.num < 2:
         raise UsageError(f"--num {args.num}: the Frechet distance needs at least 2 samples")
     out = Path(args.out)
-    _check_report_out(out, args.force)
+    check_outputs("--out", [out / n for n in REPORT_FILES], args.force, folder=out)
     for d in args.directions:
         if not Path(d).exists():
             raise UsageError(f"--directions {d}: no such file or directory")

@@ -15,7 +15,7 @@ from jaxedit.converters import export as exporter
 from jaxedit.converters import stylegan2 as sg2_converter
 from jaxedit.converters import stylegan2_tf
 from jaxedit.errors import CheckpointError, UsageError
-from jaxedit.io import checkpoint
+from jaxedit.io import checkpoint, files
 from jaxedit.models.stylegan2 import Discriminator, StyleGAN2
 from jaxedit.models.stylegan2 import discriminator as d_lib
 
@@ -41,7 +41,7 @@ def run_convert_discriminator(args) -> None:
     checkpoint.check_writable(args.dst, args.force, d_lib.KIND, replace_kind=args.replace_kind)
     tf = stylegan2_tf.looks_like_tf_pickle(src)  # --key D / d: the format's own (TF D, NVIDIA D, rosinality d)
     cfg, params, info = (stylegan2_tf if tf else sg2_converter).convert_discriminator(src)
-    source = {"file": src.name, "sha256": sg2_converter.sha256(src), "converter": sg2_converter.CONVERTER_VERSION,
+    source = {"file": src.name, "sha256": files.sha256(src), "converter": sg2_converter.CONVERTER_VERSION,
               **info}
     dst = checkpoint.save(args.dst, kind=d_lib.KIND, model=cfg.to_dict(), params=params, source=source,
                           force=args.force, replace_kind=args.replace_kind)

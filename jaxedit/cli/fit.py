@@ -17,7 +17,6 @@ psi, ratio, SVM C, accuracies, ...).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import jax
@@ -29,7 +28,7 @@ from jaxedit.cli.common import DEFAULT_GENERATOR, load_generator, model_path, pa
 from jaxedit.data.shapes import FACTOR_NAMES
 from jaxedit.edits import fit, registry
 from jaxedit.errors import InputError, UsageError
-from jaxedit.io import checkpoint
+from jaxedit.io import arrays, checkpoint, files
 from jaxedit.models import probe as probe_lib
 
 DEFAULT_PROBE = "shapes32-probe"
@@ -66,27 +65,22 @@ def _seeds(args) -> tuple[list[int], str]:
 def _read_scores(path: str, names: list[str], n: int) -> tuple[np.ndarray, str]:
     """``[N, len(names)]`` float32 scores from ``--scores`` (``.npy [N]``: the attribute only; ``.npz``:
     one ``[N]`` array per name) and the file's sha256."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-        arrays = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise InputError(f"--scores {path}: cannot read as .npy / .npz ({e})") from None
-    if isinstance(arrays, np.ndarray):
+    loaded = arrays.load(path, "--scores")
+    if "" in loaded:
         if len(names) > 1:
             raise UsageError(f"--condition needs named scores: --scores {path} is one array; use an .npz with one "
                              "[N] array per attribute")
-        cols = [arrays]
+        cols = [loaded[""]]
     else:
-        missing = [k for k in names if k not in arrays.files]
+        missing = [k for k in names if k not in loaded]
         if missing:
-            raise InputError(f"--scores {path}: no array {missing[0]!r} (it holds {', '.join(arrays.files)})")
-        cols = [arrays[k] for k in names]
+            raise InputError(f"--scores {path}: no array {missing[0]!r} (it holds {', '.join(loaded)})")
+        cols = [loaded[k] for k in names]
     for k, a in zip(names, cols):
         if a.shape != (n,) or not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)):
             raise InputError(f"--scores {path}: {k!r} must be {n} finite numbers (one per sample of --seeds/--num, "
                              f"in order), got shape {list(a.shape)} {a.dtype}")
-    return np.stack(cols, 1).astype(np.float32), hashlib.sha256(data).hexdigest()
+    return np.stack(cols, 1).astype(np.float32), files.sha256(path)
 
 
 def run_fit_interfacegan(args) -> None:

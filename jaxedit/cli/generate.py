@@ -9,26 +9,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from jaxedit import parallel
-from jaxedit.cli.common import load_generator, load_npy, parse_seeds, seed_latents
+from jaxedit.cli.common import check_outputs, load_generator, load_npy, parse_seeds, seed_latents
 from jaxedit.converters import source_info
 from jaxedit.data import shapes
-from jaxedit.errors import CheckpointError, UsageError
+from jaxedit.errors import UsageError
 from jaxedit.io import checkpoint, files
 from jaxedit.io import images as imio
 from jaxedit.models.stylegan2 import StyleGAN2Config
-
-
-def _stored_shapes(ckpt: str) -> dict[str, tuple[int, ...]]:
-    """Shape of every stored parameter array, from the orbax metadata (no array is read)."""
-    try:
-        tree = ocp.StandardCheckpointHandler().metadata(Path(ckpt, "params").absolute())
-    except FileNotFoundError:
-        raise CheckpointError(f"{ckpt}: its parameter tree params/ is missing or incomplete") from None
-    return {jax.tree_util.keystr(k, simple=True, separator="."): tuple(getattr(a, "shape", ()))
-            for k, a in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _model_facts(kind: str, model: dict, meta: dict) -> list[str]:
@@ -91,7 +80,7 @@ def run_info(args) -> None:
         print(json.dumps(meta, indent=2, sort_keys=True))
         return
     kind, model = meta["kind"], meta.get("model", {})
-    arrays = _stored_shapes(args.ckpt)
+    arrays = checkpoint.stored_shapes(args.ckpt)
     print(f"{args.ckpt}: {kind} checkpoint (jaxedit format v{meta['version']})")
     for line in _model_facts(kind, model, meta):
         print(f"  {line}")
@@ -129,6 +118,8 @@ def run_sample(args) -> None:
 
     if not (args.out or args.save_images or args.save_w):
         raise UsageError("sample: nothing to write; give --out grid.png and/or --save-images / --save-w")
+    for flag, path in (("--out", args.out), ("--save-images", args.save_images), ("--save-w", args.save_w)):
+        check_outputs(flag, [path], args.force)
     G, params = load_generator(args.ckpt)
     cfg = G.cfg
     if args.z:
@@ -182,8 +173,13 @@ def run_sample(args) -> None:
           f"on {mesh.size} {jax.devices()[0].platform} device(s) -> {written}")
 
 
+DEMO_FILES = ("samples.png", "truncation.png", "style_mixing.png", "renders.png")
+
+
 def run_demo(args) -> None:
     """A look at the default model: samples, a truncation sweep, style mixing, renders for comparison."""
+    out = Path(args.out)
+    check_outputs("--out", [out / n for n in DEMO_FILES], args.force, folder=out)
     G, params = load_generator(args.ckpt)
     n = 8
     z = jax.random.normal(jax.random.key(args.seed), (n, G.cfg.z_dim))
@@ -201,7 +197,6 @@ def run_demo(args) -> None:
     if G.cfg.img_resolution in (32, 64, 128):
         real = shapes.sample(jax.random.key(args.seed), 16, shapes.ShapesConfig(resolution=G.cfg.img_resolution))
         grids["renders.png"] = (real["image"], n)
-    out = Path(args.out)
     written = []
     for name, (images, cols) in grids.items():
         args.signals.check()

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxedit import invert, models, parallel
-from jaxedit.cli.common import DEFAULT_GENERATOR, load_generator, model_path
+from jaxedit.cli.common import DEFAULT_GENERATOR, check_outputs, load_generator, model_path
 from jaxedit.errors import InputError, UsageError
 from jaxedit.io import files
 from jaxedit.io import images as imio
@@ -29,14 +29,6 @@ from jaxedit.models import e4e, lpips, probe
 DEFAULT_PROBE = "shapes32-probe"
 OUTPUTS = ("latents.npz", "report.json", "recon")
 PARTIAL = ".invert-partial"  # per-batch results of an unfinished run
-
-
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a directory")
-    taken = [n for n in OUTPUTS if (out / n).exists()]
-    if taken and not force:
-        raise UsageError(f"--out {out}: holds {', '.join(taken)} (add --force to replace them)")
 
 
 def _distance(args, G):
@@ -96,7 +88,7 @@ def _read(paths: list[Path], size: int) -> tuple[list[Path], np.ndarray, list[st
 
 def run_invert(args) -> None:
     out = Path(args.out)
-    _check_out(out, args.force)
+    check_outputs("--out", [out / n for n in OUTPUTS], args.force, folder=out)
     if args.method == "encoder" and args.steps is not None:
         raise UsageError("--steps: the encoder method does not optimize; use --method hybrid or project")
     if args.method != "project" and not args.encoder:
@@ -158,7 +150,7 @@ def run_invert(args) -> None:
         batch = {"img": targets[start:start + bs], "key": keys[start:start + bs]}
         o = next(parallel.map_batches(run, batch, bs))
         noise = {f"noise/{k}": v for k, v in o.pop("noise").items()}
-        files.save_npz(partial / f"batch-{i:05d}.npz", seconds=np.float64(time.perf_counter() - t0), **o, **noise)
+        files.save_npz(partial / f"batch-{i:05d}.npz", note=False, seconds=np.float64(time.perf_counter() - t0), **o, **noise)
         bar.update(start + len(batch["img"]))
         if not compiled:  # the rate is measured from the end of the compiling batch
             bar.restart_rate(bar.done)
@@ -234,13 +226,13 @@ def _partial_dir(out: Path, job: dict, force: bool) -> Path:
     meta = partial / "job.json"
     if partial.exists():
         try:
-            same = meta.is_file() and json.loads(meta.read_text()) == json.loads(json.dumps(job))
-        except (json.JSONDecodeError, UnicodeDecodeError):  # not ours to read: another job
+            same = meta.is_file() and files.read_json(meta) == json.loads(json.dumps(job))
+        except InputError:  # not ours to read: another job
             same = False
         if not same and not force:
             raise UsageError(f"--out {out}: holds an unfinished invert of other inputs or flags ({PARTIAL}/; "
                              f"rerun that command to resume it, or add --force to discard it)")
         if not same:
             _discard_partial(partial)
-    files.write_json(meta, job)
+    files.write_json(meta, job, note=False)
     return partial

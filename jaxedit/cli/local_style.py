@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxedit import models
-from jaxedit.cli.common import model_path
+from jaxedit.cli.common import check_outputs, model_path
 from jaxedit.cli.invert import expand_images
 from jaxedit.data import shapes
 from jaxedit.edits import local_style
@@ -55,9 +55,8 @@ def run_local_style(args) -> None:
         if adjusted:
             print(f"{adjusted} of {len(paths)} images centre-cropped/resized to {res}x{res}")
     donor = imio.load_image(args.swap_from, res)[0][None] if args.swap_from else None
-    taken = [n for n in ["grid.png", *(f"{nm}-{j}.png" for nm in names for j in range(k))] if (out / n).exists()]
-    if taken and not args.force:
-        raise UsageError(f"--out {out}: holds {', '.join(taken[:3])} ... (add --force to replace them)")
+    check_outputs("--out", [out / n for n in ["grid.png", *(f"{nm}-{j}.png" for nm in names for j in range(k))]],
+                  args.force, folder=out)
     editor = local_style.LocalStyle(params, M)
     region = M.region_index(args.region)
 

@@ -148,12 +148,14 @@ def _add_generate(sub) -> None:
     s.add_argument("--out", help="PNG grid to write")
     s.add_argument("--save-images", help="write raw float32 NHWC images (unclipped) to this .npy")
     s.add_argument("--save-w", help="write ws [N, num_ws, w_dim] to this .npy")
+    _force_arg(s, "--out / --save-images / --save-w")
     _command(s, "generate:run_sample")
 
     d = sub.add_parser("demo", help="write a look at the default model (samples, truncation, style mixing) as PNGs")
     _generator_arg(d)
     d.add_argument("--out", default="jaxedit-demo", help="output folder")
     d.add_argument("--seed", type=index, default=0)
+    _force_arg(d, "the PNGs in --out")
     _command(d, "generate:run_demo")
 
 
@@ -175,7 +177,8 @@ def _edit_args(p) -> None:
     p.add_argument("--eps", type=positive, help="warped: unit step length (default: the file's, else 0.2)")
     p.add_argument("--psi", type=finite, default=1.0, help="truncation psi")
     p.add_argument("--batch-size", type=count, default=64, help="frames rendered per chunk")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="edit: the PNG grid; traverse: a folder (one PNG per seed)")
+    _force_arg(p, "the PNGs at --out")
 
 
 def _add_edit(sub) -> None:
@@ -312,6 +315,7 @@ def _add_eval(sub) -> None:
     f.add_argument("--kid-subsets", type=count, default=100)
     f.add_argument("--kid-subset-size", type=count, default=1000)
     f.add_argument("--save-stats", help="write set A's statistics (mu, sigma) to this .npz")
+    _force_arg(f, "--save-stats / --json")
     f.add_argument("--json", help="write the result as JSON")
     _command(f, "evaluate:run_eval_fid")
     for name, flag, helptext in (("lpips", "--lpips", "lpips checkpoint (jaxedit convert lpips VGG LIN CKPT)"),
@@ -328,6 +332,7 @@ def _add_eval(sub) -> None:
                                 "the whole image")
         m.add_argument("--batch-size", type=count, default=16, help="pairs per compiled batch")
         m.add_argument("--json", help="write mean, std and every pair's value as JSON")
+        _force_arg(m, "--json")
         _command(m, f"evaluate:run_eval_{name}")
     e = esub.add_parser("edits", help="the edit report: per direction and strength, the change of every attribute, "
                                       "preservation, Frechet distance to unedited samples, commutativity; "
@@ -399,8 +404,8 @@ def _add_text_edit(sub) -> None:
                                     "mapper`) instead of training; its prompts replace --prompt")
     p.add_argument("--save-mapper", help="mapper: write the trained mappers as a checkpoint directory")
     p.add_argument("--save", help=".npz with the result (optimize, mapper: ws; global: fs3, dt; shift: the shifts x)")
-    _force_arg(p, "--save / --save-mapper")
     p.add_argument("--out", required=True, help="PNG grid")
+    _force_arg(p, "--out / --save / --save-mapper")
     _command(p, "text_edit:run_text_edit")
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from jaxedit import edits, models, parallel
 from jaxedit.cli.common import (
     DEFAULT_GENERATOR,
+    check_outputs,
     inverted_latents,
     load_generator,
     model_path,
@@ -42,15 +43,6 @@ UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 def _file_name(name: str) -> str:
     return UNSAFE.sub("_", name).strip("._") or "image"
-
-
-def _check_out(out: Path, force: bool, names: list[str]) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a directory")
-    taken = [n for n in names if (out / n).exists()]
-    if taken and not force:
-        raise UsageError(f"--out {out}: holds {', '.join(taken[:4])}{' ...' if len(taken) > 4 else ''} "
-                         "(add --force to replace them)")
 
 
 def _segmenter(path: str | None, G) -> tuple[PixelClassifier, dict]:
@@ -81,7 +73,7 @@ def run_segment(args) -> None:
     clf, cp = _segmenter(args.segmenter, G)
     ws, names = _start(args, G, gp)
     stems = [_file_name(n) for n in names]
-    _check_out(out, args.force, [f"{s}{x}" for s in stems for x in (".png", ".labels.png")])
+    check_outputs("--out", [out / f"{s}{x}" for s in stems for x in (".png", ".labels.png")], args.force, folder=out)
     res = G.cfg.img_resolution
 
     @jax.jit
@@ -136,7 +128,7 @@ def run_seg_edit(args) -> None:
         raise UsageError(f"--latents {args.latents}: names collide as file names ({len(stems) - len(set(stems))})")
     owned = [f"{s}{x}" for s in stems for x in (".before.png", ".after.png", ".labels-before.png",
                                                   ".labels-after.png")]
-    _check_out(out, args.force, owned + ["latents.npz", "vectors", "report.json"])
+    check_outputs("--out", [out / n for n in owned + ["latents.npz", "report.json"]], args.force, folder=out)
     res = G.cfg.img_resolution
     target_fn, what = _targets(args, clf, names, stems, res)
     cfg = editgan.SegEditConfig(steps=args.steps, lr=args.lr, keep_weight=args.keep_weight)

@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxedit.cli.common import (
     DEFAULT_CLIP,
+    check_outputs,
     inverted_latents,
     load_generator,
     model_path,
@@ -252,8 +253,8 @@ def run_text_edit(args) -> None:
         raise UsageError("text-edit: give at least one non-empty --prompt")
     if args.id_lambda and (args.method not in ("optimize", "mapper") or args.mapper or args.id_lambda < 0):
         raise UsageError(f"--id-lambda {args.id_lambda}: a weight >= 0 for --method optimize or mapper (training)")
-    if args.save and Path(args.save).exists() and not args.force:
-        raise UsageError(f"--save {args.save}: file exists (add --force to overwrite)")
+    check_outputs("--out", [out], args.force)
+    check_outputs("--save", [args.save], args.force)
     if args.save_mapper:
         if args.method != "mapper" or args.mapper:
             raise UsageError("--save-mapper is for --method mapper when training (without --mapper)")

@@ -161,7 +161,7 @@ def list_images(path: str | os.PathLike) -> list[Path]:
     folder when it is missing or holds no image."""
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a directory")
+        raise InputError(f"image folder {str(root)!r} does not exist or is not a directory")
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -169,7 +169,7 @@ def list_images(path: str | os.PathLike) -> list[Path]:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
                 found.append(Path(dirpath, name))
     if not found:
-        raise FileNotFoundError(
+        raise InputError(
             f"image folder {str(root)!r} contains no image files ({', '.join(IMAGE_SUFFIXES)}, searched recursively)")
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
@@ -207,7 +207,7 @@ def _import_tfds():
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
-        raise ImportError("tfds_directory needs tensorflow-datasets and array-record: pip install 'jaxedit[data]'") from e
+        raise InputError("tfds_directory needs tensorflow-datasets and array-record: pip install 'jaxedit[data]'") from e
     return tfds
 
 
@@ -227,9 +227,9 @@ def _tfds_builder(tfds, name: str, data_dir):
     try:
         builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(Path(data_dir).expanduser()))
     except tfds.core.registered.DatasetNotFoundError as e:  # its message lists the whole catalog
-        raise FileNotFoundError(f"no TFDS dataset {name!r} in {where}: {str(e).splitlines()[0]}") from None
+        raise InputError(f"no TFDS dataset {name!r} in {where}: {str(e).splitlines()[0]}") from None
     if not builder.is_prepared():
-        raise FileNotFoundError(
+        raise InputError(
             f"TFDS dataset {name!r} is not prepared in {where} (expected {str(builder.data_path)!r}); prepare it "
             "offline with builder.download_and_prepare(file_format='array_record', download_config="
             "tfds.download.DownloadConfig(manual_dir=...)) or `tfds build --file_format=array_record`")
@@ -259,7 +259,7 @@ def tfds_directory(name: str, data_dir: str | os.PathLike | None, split: str, re
     keys = [k for k in keys if k != image_key]
     for k in (image_key, *keys):
         if k not in features:
-            raise KeyError(f"TFDS dataset {name!r} has no feature {k!r}; features: {sorted(features)}")
+            raise InputError(f"TFDS dataset {name!r} has no feature {k!r}; features: {sorted(features)}")
     if not isinstance(features[image_key], tfds.features.Image):
         raise InputError(f"feature {image_key!r} of TFDS dataset {name!r} is {type(features[image_key]).__name__}, "
                          "not an Image; pass image_key=")

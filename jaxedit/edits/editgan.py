@@ -121,15 +121,6 @@ SHAPES_EDITS: dict[str, tuple[Callable[[Array], Array], str, int]] = {
 }
 
 
-def check_target(labels: Array, num_classes: int, shape: tuple[int, ...], what: str = "target labels") -> None:
-    """A target label map must be int ``[B, H, W]`` of the generator's size with known classes."""
-    if labels.ndim != 3 or tuple(labels.shape) != tuple(shape) or not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise InputError(f"{what}: expected int label maps {list(shape)}, got {labels.dtype} {list(labels.shape)}")
-    lo, hi = int(jnp.min(labels)), int(jnp.max(labels))
-    if lo < 0 or hi >= num_classes:
-        raise InputError(f"{what}: classes must be 0..{num_classes - 1}, found {lo}..{hi}")
-
-
 # ----------------------------------------------------------------------------- the optimization
 def segment(G, gparams, clf, cparams, ws: Array) -> tuple[Array, Array]:
     """-> (images ``[B, H, W, 3]``, ensemble-mean logits ``[B, H, W, C]``, nearest resampling)."""

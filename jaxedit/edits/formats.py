@@ -20,16 +20,14 @@ file and the key.
 
 from __future__ import annotations
 
-import json
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jaxedit.errors import FormatError
-from jaxedit.io import torchfile
+from jaxedit.io import arrays, files, torchfile
 from jaxedit.models.flows import CNFConfig
 
 CNF_PREFIX = "chain.0.odefunc.diffeq.layers."
@@ -100,14 +98,8 @@ def npy_shape(path: str | Path) -> tuple[int, ...]:
 
 
 def _numeric_npy(path: Path, what: str) -> np.ndarray:
-    """A ``.npy`` file holding a plain numeric array (no pickles), else an error naming the file."""
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise _err(path, f"not a readable .npy {what} ({e})") from e
-    if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu":
-        raise _err(path, f"expected a numeric array, got {getattr(a, 'dtype', type(a))}")
-    return a
+    """A ``.npy`` file holding a plain numeric array (headers checked first), else an error naming the file."""
+    return arrays.load_one(path, what, EditFileError)
 
 
 def load_interfacegan(path: str | Path, normalize: bool = True) -> np.ndarray:
@@ -154,20 +146,15 @@ def load_ganspace(path: str | Path) -> dict[str, np.ndarray]:
     ``lat_comp (C, 1, d)`` and ``lat_mean (1, d)`` are flattened to ``[C, d]`` / ``[d]``.
     """
     path = Path(path)
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise _err(path, f"not a readable .npz component file ({e})") from e
-    if not hasattr(z, "files"):
+    z = arrays.load(path, "GANSpace components", EditFileError)
+    if "" in z:
         raise _err(path, "expected an .npz archive with lat_comp, lat_mean, lat_stdev")
-    with z:
-        for key in ("lat_comp", "lat_mean", "lat_stdev"):
-            if key not in z.files:
-                raise _err(path, f"missing key {key!r} (has {sorted(z.files)})")
-        comp = np.asarray(z["lat_comp"])
-        mean = np.asarray(z["lat_mean"])
-        stdev = np.asarray(z["lat_stdev"])
-        var_ratio = np.asarray(z["var_ratio"]) if "var_ratio" in z.files else None
+    for key in ("lat_comp", "lat_mean", "lat_stdev"):
+        if key not in z:
+            raise _err(path, f"missing key {key!r} (has {sorted(z)})")
+        if z[key].dtype.kind not in "fiu":
+            raise _err(path, f"{key!r} holds {z[key].dtype}, expected numbers")
+    comp, mean, stdev, var_ratio = z["lat_comp"], z["lat_mean"], z["lat_stdev"], z.get("var_ratio")
     if comp.ndim < 2:
         raise _err(path, f"'lat_comp' must be (C, *latent_shape), got {comp.shape}")
     C = comp.shape[0]
@@ -239,7 +226,7 @@ def deformator_from_state(obj: Any, path: str | Path, kind: str | None = None) -
                          f"(has {sorted(map(str, obj))}); 'fc', 'id' and 'random' deformators are not supported")
     if kind is None:
         args = next((p for p in (path.parent / "args.json", path.parent.parent / "args.json") if p.is_file()), None)
-        kind = json.loads(args.read_text()).get("deformator") if args else None
+        kind = files.read_json(args, EditFileError).get("deformator") if args else None
         if kind is None:
             raise _err(path, "a linear.weight deformator is 'linear' or 'proj': pass kind= (no args.json found)")
     if kind not in ("linear", "proj"):

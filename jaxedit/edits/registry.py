@@ -403,8 +403,8 @@ def save(editor: Editor, path: str | Path, *, provenance: dict[str, Any] | None 
 
     ``provenance``: free-form JSON stored in ``jaxedit.json``; documented keys ``generator``
     ``{'name', 'sha256'}``, ``space``, ``layers``, ``method`` (how the directions were made) and
-    ``strength_range`` ``[lo, hi]``. An existing ``path`` is replaced only with ``force`` (and only
-    if it is a jaxedit checkpoint). Returns the path.
+    ``strength_range`` ``[lo, hi]``. An existing ``path`` needs ``force``, and then only the files
+    jaxedit wrote there are replaced (:func:`jaxedit.io.checkpoint.check_writable`). Returns the path.
     """
     provenance = dict(provenance or {})
     try:

@@ -28,11 +28,13 @@ import jax
 import numpy as np
 
 from jaxedit.errors import CheckpointError
-from jaxedit.io.files import dir_mode, file_mode, fsync_dir
+from jaxedit.io.files import dir_mode, file_mode, fsync_dir, read_json
 
 FORMAT = "jaxedit-checkpoint"
 VERSION = 1
 META_FILE = "jaxedit.json"
+ORBAX_TREE_FILE = "_METADATA"  # orbax's description of the params tree, inside params/
+MAX_PARAMS = 100_000  # arrays in one checkpoint (a 1024-px StyleGAN2 G + D has about 600)
 
 
 @dataclasses.dataclass
@@ -164,15 +166,24 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     if not meta_path.is_file():
         what = "does not exist" if not path.exists() else f"has no {META_FILE}"
         raise CheckpointError(f"{path} is not a jaxedit checkpoint: it {what}")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{meta_path}: invalid JSON ({e})") from None
+    meta = read_json(meta_path, CheckpointError)
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_path}: not a jaxedit checkpoint (format {meta.get('format')!r})")
-    if meta.get("version", 0) > VERSION:
-        raise CheckpointError(f"{meta_path}: written by a newer jaxedit (version {meta['version']})")
+        raise CheckpointError(f"{meta_path}: not a jaxedit checkpoint (format {_describe(meta.get('format'))})")
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{meta_path}: 'version' is {_describe(version)}, not an integer")
+    if version > VERSION:
+        raise CheckpointError(f"{meta_path}: written by a newer jaxedit (version {version})")
+    for key, typ in (("kind", str), ("model", dict)):
+        if not isinstance(meta.get(key), typ):
+            raise CheckpointError(f"{meta_path}: {key!r} is {_describe(meta.get(key))}, not a {typ.__name__}")
     return meta
+
+
+def _describe(value: Any) -> str:
+    """A value from a metadata file for a one-line message: its type, and the value when it is short."""
+    text = repr(value)
+    return text if len(text) <= 40 and "\n" not in text else f"a {type(value).__name__}"
 
 
 def load(path: str | os.PathLike, expected_kind: str | None = None) -> Checkpoint:
@@ -185,12 +196,53 @@ def load(path: str | os.PathLike, expected_kind: str | None = None) -> Checkpoin
     params_dir = path / "params"
     if not params_dir.is_dir():
         raise CheckpointError(f"{path}: missing params/ directory")
+    _check_tree_metadata(params_dir)
     try:
         with _orbax().StandardCheckpointer() as ckptr:
             params = ckptr.restore(params_dir)
-    except Exception as e:  # orbax raises many types; name the file instead of a deep traceback
+    except (ValueError, OSError) as e:  # what damaged array data raises through tensorstore (measured)
         raise CheckpointError(f"{params_dir}: cannot restore parameters ({type(e).__name__}: {e})") from None
     return Checkpoint(kind=kind, model=meta["model"], params=params, meta=meta, path=path)
+
+
+def stored_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Shape of every stored parameter array (``'mapping.fc0.weight' -> (64, 64)``), from orbax's metadata
+    alone: no array is read (``jaxedit info``)."""
+    params_dir = Path(path, "params").absolute()
+    _check_tree_metadata(params_dir)
+    try:
+        tree = _orbax().StandardCheckpointHandler().metadata(params_dir)
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{params_dir}: cannot read the parameter tree ({type(e).__name__}: {e})") from None
+    return {jax.tree_util.keystr(k, simple=True, separator="."): tuple(getattr(a, "shape", ()))
+            for k, a in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _check_tree_metadata(params_dir: Path) -> None:
+    """Orbax's tree description (``params/_METADATA``) as orbax reads it, checked first: orbax indexes it
+    unchecked, so a crafted file would end in an ``AttributeError`` / ``KeyError`` / ``TypeError`` inside it."""
+    path = params_dir / ORBAX_TREE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{params_dir}: missing {ORBAX_TREE_FILE}")
+    tree = read_json(path, CheckpointError).get("tree_metadata")
+    if not isinstance(tree, dict) or not 0 < len(tree) <= MAX_PARAMS:
+        raise CheckpointError(f"{path}: 'tree_metadata' must map 1 to {MAX_PARAMS} parameters")
+    for name, entry in tree.items():
+        if not (isinstance(entry, dict) and _is_key_path(entry.get("key_metadata"))
+                and _is_value_description(entry.get("value_metadata"))):
+            raise CheckpointError(f"{path}: entry {_describe(name)} is not a parameter description")
+
+
+def _is_key_path(keys: Any) -> bool:
+    return isinstance(keys, list) and 0 < len(keys) <= 64 and all(
+        isinstance(k, dict) and isinstance(k.get("key"), str) and k.get("key_type") in (1, 2) for k in keys)
+
+
+def _is_value_description(value: Any) -> bool:
+    shape = value.get("write_shape") if isinstance(value, dict) else None
+    return (isinstance(value, dict) and isinstance(value.get("value_type"), str)
+            and isinstance(value.get("skip_deserialize"), bool)
+            and (shape is None or isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)))
 
 
 def load_handle(path: str | os.PathLike, kind: str, make: Callable[[dict[str, Any]], Any]):

@@ -1,4 +1,9 @@
-"""Writing files so that nothing is torn: every file jaxedit writes goes through :func:`atomic_path`.
+"""Writing files so that nothing is torn and nothing the user owns is replaced; reading small JSON files with bounds.
+
+Every file jaxedit writes goes through :func:`atomic_path`, which also notes it in its folder's ledger
+(``.jaxedit-written``: name -> size, modification time and inode). ``--force`` replaces only files the ledger
+lists unchanged (:func:`check_replaceable`): a file the user wrote, or changed after jaxedit wrote it, is
+never replaced.
 
 A file is written to a temporary sibling (``.NAME.tmp-XXXX`` in the same folder), flushed to disk
 and renamed over ``NAME`` in one step, so a process killed at any point leaves the old file or the
@@ -9,13 +14,20 @@ create them private).
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
+
+from jaxedit.errors import InputError, UsageError
+
+JSON_MAX_BYTES = 16 << 20  # metadata, configs and manifests; far above any jaxedit writes
+LEDGER = ".jaxedit-written"  # per folder: {name: [size, mtime_ns, inode]} of the files jaxedit wrote there
 
 
 def _umask() -> int:
@@ -44,8 +56,9 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+def atomic_path(path: str | os.PathLike, *, note: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically (and, with ``note``,
+    is recorded in the folder's ledger; ``note=False`` for jaxedit's own bookkeeping folders).
 
     On an exception (or Ctrl-C) the temporary file is removed and ``path`` is untouched.
     """
@@ -61,24 +74,93 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
         fsync_dir(path.parent)
+        if note:
+            note_written(path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
+# ------------------------------------------------------------------------------ what jaxedit wrote
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (flock on its descriptor): one ledger update at a time, across processes."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _ledger(folder: Path) -> dict[str, list[int]]:
+    """The folder's ledger; a missing or unreadable one is empty (jaxedit then replaces nothing there)."""
+    try:
+        entries = read_json(folder / LEDGER)
+    except InputError:
+        return {}
+    return {k: v for k, v in entries.items() if isinstance(v, list) and len(v) == 3}
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def note_written(*paths: str | os.PathLike) -> None:
+    """Record ``paths`` (files jaxedit just wrote) in their folders' ledgers.
+
+    An entry outlives its file harmlessly: a new file of that name has another stamp, so it is not jaxedit's."""
+    by_folder: dict[Path, list[Path]] = {}
+    for p in map(Path, paths):
+        by_folder.setdefault(p.parent, []).append(p)
+    for folder, written in by_folder.items():
+        with _folder_lock(folder):
+            entries = _ledger(folder)
+            entries.update({p.name: _stamp(p) for p in written})
+            fd, tmp = tempfile.mkstemp(prefix=f"{LEDGER}.tmp-", dir=folder)
+            with os.fdopen(fd, "w") as f:
+                json.dump(entries, f, separators=(",", ":"))
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, folder / LEDGER)
+
+
+def wrote(path: str | os.PathLike) -> bool:
+    """Whether jaxedit wrote the file at ``path`` and nothing changed it since (its ledger entry still matches)."""
+    path = Path(path)
+    return path.is_file() and _ledger(path.parent).get(path.name) == _stamp(path)
+
+
+def check_replaceable(paths: Iterable[str | os.PathLike], force: bool, flag: str) -> None:
+    """Refuse, before any work, to write over an existing file unless ``force`` and jaxedit wrote it.
+
+    ``paths`` are the files a command will write (a folder among them stands for every file inside it);
+    ``flag`` names the option they come from in the one-line :class:`~jaxedit.errors.UsageError`.
+    """
+    for path in map(Path, paths):
+        found = sorted(p for p in path.rglob("*") if p.is_file() and p.name != LEDGER) if path.is_dir() else \
+            [path] if path.exists() else []
+        for p in found:
+            if not force:
+                raise UsageError(f"{flag} {p}: exists (add --force to replace it)")
+            if not wrote(p):
+                raise UsageError(f"{flag} {p}: exists and jaxedit did not write it (or it changed since); "
+                                 "--force replaces only files jaxedit wrote: move it away first")
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, note: bool = True) -> Path:
+    with atomic_path(path, note=note) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    with atomic_path(path) as tmp:
+def write_text(path: str | os.PathLike, text: str, *, note: bool = True) -> Path:
+    with atomic_path(path, note=note) as tmp:
         tmp.write_text(text)
     return Path(path)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def write_json(path: str | os.PathLike, obj: Any, *, note: bool = True) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", note=note)
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
@@ -88,8 +170,43 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return Path(path)
 
 
-def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+def save_npz(path: str | os.PathLike, *, note: bool = True, **arrays: np.ndarray) -> Path:
     """``np.savez`` to exactly ``path``, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, note=note) as tmp, open(tmp, "wb") as f:
         np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
     return Path(path)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes (read in 4 MiB chunks): the provenance jaxedit records."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_json(path: str | os.PathLike, error: type[InputError] = InputError, *,
+              max_bytes: int = JSON_MAX_BYTES) -> dict[str, Any]:
+    """A JSON object from ``path``, at most ``max_bytes`` long; anything else raises ``error`` naming the file.
+
+    For metadata, configs and manifests that may come from elsewhere (a downloaded checkpoint's
+    ``jaxedit.json``, a released deformator's ``args.json``): never reads an unbounded file, never
+    returns a list or a string where the caller expects keys.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    if len(data) > max_bytes:
+        raise error(f"{path}: larger than {max_bytes >> 20} MiB, not a metadata file")
+    try:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        what = "nested too deeply" if isinstance(e, RecursionError) else f"invalid JSON ({e})"
+        raise error(f"{path}: {what}") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxedit.data.shapes import FACTOR_NAMES, ShapesConfig, describe
 
@@ -71,8 +72,6 @@ def words(probe_out: dict[str, jax.Array], cfg: ShapesConfig = ShapesConfig()) -
     """Probe output for B images -> per image the caption words of :func:`jaxedit.data.shapes.describe`
     (shape, size, color, spot_size, spot_color, position, background), read off the probe's
     factors (host side). What a person would say the image shows, as far as the probe sees it."""
-    import numpy as np
-
     attrs, probs = (np.asarray(a) for a in read(probe_out))
     shape = np.argmax(probs, -1)
     lin = lambda v, r: r[0] + float(v) * (r[1] - r[0])  # noqa: E731

@@ -15,8 +15,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image, ImageDraw
 
 from jaxedit import parallel
+from jaxedit.io import images as imio
 from jaxedit.metrics import attributes as attr_lib
 
 Edit = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -97,9 +99,7 @@ def commutativity(score: Score, edit: Edit, latents: jax.Array, a: tuple[int, fl
 
 
 def heatmap_png(matrix: np.ndarray, rows: list[str], cols: list[str], path, title: str = "", cell: int = 28) -> None:
-    """Write ``matrix [R, C]`` (>= 0) as a PNG heatmap with row/column labels (PIL only)."""
-    from PIL import Image, ImageDraw
-
+    """Write ``matrix [R, C]`` (>= 0) as a PNG heatmap with row/column labels (PIL only), atomically."""
     R, C = matrix.shape
     left, top = 8 + 7 * max(len(r) for r in rows), 24 + 7 * max(len(c) for c in cols)
     img = Image.new("RGB", (left + C * cell + 10, top + R * cell + 10), "white")
@@ -119,4 +119,4 @@ def heatmap_png(matrix: np.ndarray, rows: list[str], cols: list[str], path, titl
             x0, y0 = left + j * cell, top + i * cell
             draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=shade, outline=(220, 220, 220))
             draw.text((x0 + 3, y0 + cell // 2 - 5), f"{matrix[i, j]:.2f}"[:4], fill="black" if v < 0.6 else "white")
-    img.save(path)
+    imio.save_png(np.asarray(img), path)

@@ -112,11 +112,6 @@ def sweep(render: Render, edit, latents: Array, ks: Array, strengths: Array, rea
             "grid": grid.reshape(K, S, *grid.shape[1:]), "grid_original": render(latents[:1])[0]}
 
 
-def _mean_std(x: np.ndarray, axis=-1) -> dict[str, Any]:
-    x = np.asarray(x, np.float64)
-    return {"mean": np.mean(x, axis).tolist(), "std": np.std(x, axis).tolist()}
-
-
 def _frechet(a: np.ndarray, b: np.ndarray) -> float:
     sa, sb = FeatureStats().update(a), FeatureStats().update(b)
     return frechet_distance(*sa.result(), *sb.result())

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from jaxedit.errors import InputError
-from jaxedit.io import files
+from jaxedit.io import arrays, files
 from jaxedit.metrics.distributions import FeatureStats, frechet_distance, kid
 from jaxedit.models.inception import FEATURES, FIDInception
 from jaxedit.parallel import pad_batch
@@ -68,18 +68,14 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """``(mu [D], sigma [D, D])`` (D = 2048 for pool3) from an ``.npz`` with keys ``mu`` and ``sigma``
     (:func:`save_stats`, pytorch-fid's ``--save-stats``); no pickles are loaded."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ("mu", "sigma") if k not in z.files]
-            if missing:
-                raise InputError(f"{path}: FID statistics need keys 'mu' and 'sigma', missing {missing} "
-                                 f"(has {sorted(z.files)[:8]})")
-            mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
-    except InputError:
-        raise
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not readable FID statistics (.npz with mu and sigma): "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    z = arrays.load(path, "FID statistics")
+    missing = [k for k in ("mu", "sigma") if k not in z]
+    if missing:
+        raise InputError(f"{path}: FID statistics need keys 'mu' and 'sigma', missing {missing} "
+                         f"(has {sorted(z)[:8]})")
+    if z["mu"].dtype.kind not in "fiu" or z["sigma"].dtype.kind not in "fiu":
+        raise InputError(f"{path}: mu and sigma must be numbers, got {z['mu'].dtype} and {z['sigma'].dtype}")
+    mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
         raise InputError(f"{path}: mu {list(mu.shape)} and sigma {list(sigma.shape)} must be [D] and [D, D] "
                          f"(pool3 statistics: D = {FEATURES})")

@@ -23,7 +23,6 @@ resume; ``eval.json`` holds the final accuracy. ``jaxedit discover RUN --method 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +36,8 @@ import optax
 from jaxedit import edits, models
 from jaxedit.config import JSONConfig
 from jaxedit.edits import curvilinear, fit, linear, warped
-from jaxedit.errors import ConfigError
-from jaxedit.io import checkpoint
+from jaxedit.errors import CheckpointError, ConfigError
+from jaxedit.io import checkpoint, files
 from jaxedit.models.flows import CNF, CNFConfig
 from jaxedit.models.reconstructor import Reconstructor, ReconstructorConfig
 from jaxedit.train import runs
@@ -258,7 +257,7 @@ def train(cfg: DiscoveryConfig | None, run_dir: str | Path, *, stop_at: int | No
     out = {"step": summary["step"], "seconds": summary["seconds"]}
     if out["step"] >= cfg.steps:
         out.update(tr.evaluate(state["params"], jax.random.fold_in(tr.key, EVAL_SALT)))
-        (run_dir / "eval.json").write_text(json.dumps(out, indent=1) + "\n")
+        files.write_json(run_dir / "eval.json", out)
     return out
 
 
@@ -316,7 +315,7 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
     """RCA of a finished run (``eval.json`` written at the end of training, else computed now)."""
     path = Path(run_dir) / "eval.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        return files.read_json(path, CheckpointError)
     cfg, params, step = load_run(run_dir)
     tr = Trainer(cfg)
     return dict(step=step, **tr.evaluate(params, jax.random.fold_in(tr.key, EVAL_SALT)))

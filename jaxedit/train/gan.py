@@ -75,7 +75,7 @@ from jaxedit import parallel
 from jaxedit.config import JSONConfig
 from jaxedit.data import shapes
 from jaxedit.errors import CheckpointError, ConfigError
-from jaxedit.io import checkpoint
+from jaxedit.io import checkpoint, files
 from jaxedit.io import images as imio
 from jaxedit.models.stylegan2 import StyleGAN2, StyleGAN2Config
 from jaxedit.models.stylegan2.discriminator import (
@@ -260,7 +260,7 @@ def load_config(spec: str | os.PathLike | GANConfig | dict) -> GANConfig:
     if not path.is_file():
         raise ConfigError(f"--config {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
     if path.suffix == ".json":
-        return GANConfig.from_dict(json.loads(path.read_text()))
+        return GANConfig.from_dict(files.read_json(path, ConfigError))
     mod_spec = importlib.util.spec_from_file_location(f"_jaxedit_config_{path.stem}", path)
     module = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(module)

@@ -37,6 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxedit.errors import CheckpointError, ConfigError
+from jaxedit.io import files
 from jaxedit.io.progress import Progress
 from jaxedit.io.signals import DeferredSignals
 
@@ -55,10 +56,7 @@ def read_config(run_dir: str | Path, load: Callable[[dict], C]) -> C | None:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         return None
-    try:
-        return load(json.loads(path.read_text()))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    return load(files.read_json(path, ConfigError))
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -43,6 +43,7 @@ from jaxedit.errors import InputError
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 MAX_MERGES = 49152 - 256 - 2  # the reference reads lines 1..48894 of its merges file
+MERGES_MAX_BYTES = 64 << 20  # what a merges file may hold (inflated): OpenAI's is a few MiB
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 
 # Unicode White_Space (what the regex package's \s matches)
@@ -172,8 +173,13 @@ def read_merges(path: str | Path, max_merges: int = MAX_MERGES) -> list[tuple[st
     """The merges of an OpenAI-format file (gzip or plain; first line is a header; blank lines ignored)."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
-        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+            f.seek(0)
+            raw = (gzip.GzipFile(fileobj=f) if gzipped else f).read(MERGES_MAX_BYTES + 1)  # bounded, even inflated
+        if len(raw) > MERGES_MAX_BYTES:
+            raise TokenizerError(f"{path}: more than {MERGES_MAX_BYTES >> 20} MiB of merges (not a BPE merges file)")
+        text = raw.decode("utf-8")
     except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as e:
         raise TokenizerError(f"{path}: not a readable BPE merges file ({type(e).__name__}: {e})") from None
     merges = []
