@@ -279,7 +279,7 @@ def export(model: StyleGAN2 | Discriminator, params: dict, out: str | Path, fmt:
     return out
 
 
-SAFETENSORS_MAX_HEADER = 100 << 20  # the safetensors format's own limit
+SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
 
 
 def load_safetensors(path: str | Path) -> tuple[StyleGAN2 | Discriminator, dict]:

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxedit.errors import CheckpointError
+from jaxedit.errors import CheckpointError, UsageError
 from jaxedit.io import checkpoint, files
 
 PARAMS_A = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
@@ -104,6 +104,35 @@ def test_atomic_path_keeps_the_old_file_on_error(tmp_path):
             tmp.write_text("half")
             raise KeyboardInterrupt
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [files.LEDGER, "a.json"]
+
+
+def test_the_ledger_knows_what_jaxedit_wrote(tmp_path, monkeypatch):
+    """--force replaces a file only while the ledger's stamp (size, mtime, inode) still matches; folders given for a
+    file flag, other users' files in an output folder and temporary files are handled before any work."""
+    ours = files.write_text(tmp_path / "ours.json", "{}")
+    (tmp_path / "mine.txt").write_text("the user's")
+    assert files.wrote(ours) and not files.wrote(tmp_path / "mine.txt")
+    files.check_replaceable([ours], True, "--out")
+    with pytest.raises(UsageError, match="--out .*ours.json: exists \\(add --force"):
+        files.check_replaceable([ours], False, "--out")
+    with pytest.raises(UsageError, match="mine.txt: exists and jaxedit did not write it"):
+        files.check_replaceable([], True, "--out", folders=[tmp_path])  # every file in an output folder counts
+    with pytest.raises(UsageError, match="is a folder, expected a file name"):
+        files.check_replaceable([tmp_path], True, "--out")
+    (tmp_path / "mine.txt").unlink()
+    (tmp_path / ".ours.json.tmp-abc").write_text("a killed write")
+    files.check_replaceable([], True, "--out", folders=[tmp_path])  # temporary files are not the user's
+    copy = tmp_path / "copy.json"
+    copy.write_bytes(ours.read_bytes())
+    os.replace(copy, ours)  # same name and size, another inode: not the file jaxedit wrote
+    assert not files.wrote(ours)
+    (tmp_path / files.LEDGER).write_text("[" * 100_000)  # an unreadable ledger: nothing is jaxedit's, no crash
+    assert not files.wrote(ours)
+    assert files.wrote(files.write_text(tmp_path / "new.json", "{}"))  # ... and the next write starts a new one
+    monkeypatch.setattr(files, "LEDGER", "no/such/folder/ledger")  # a ledger that cannot be written: a warning
+    with pytest.warns(UserWarning, match="cannot record the files jaxedit wrote"):
+        files.write_text(tmp_path / "more.json", "{}")
+    assert (tmp_path / "more.json").read_text() == "{}"
 
 
 WRITER = """

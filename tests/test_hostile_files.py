@@ -542,7 +542,7 @@ def test_array_files_are_checked_before_numpy_allocates(tmp_path):
     assert arrays.load(tmp_path / "plain.npz", "--x", max_bytes=1 << 16)["a"].shape == (1 << 18,)
     for name, expect, kw in [("huge.npy", r"declares \[1000000000000, 4\] float32", {}),
                              ("object.npy", "holds object data", {}), ("notnpy.npz", "'run.py' is not an .npy", {}),
-                             ("liar.npz", r"declares \[1000\]", {}), ("bomb.npz", "inflates to", {"max_bytes": 1 << 16}),
+                             ("liar.npz", r"declares \[1000\]", {}), ("bomb.npz", "inflating to", {"max_bytes": 1 << 16}),
                              ("absent.npy", "no such file", {})]:
         with pytest.raises(InputError, match=expect) as e:
             arrays.load(tmp_path / name, "--x", **kw)

@@ -61,12 +61,13 @@ def check_positive(flag: str, value: float | int | None) -> None:
         raise UsageError(f"{flag} {value}: must be positive")
 
 
-def check_outputs(flag: str, paths, force: bool, folder: str | Path | None = None) -> None:
+def check_outputs(flag: str, paths, force: bool, folder: str | Path | None = None, folders=()) -> None:
     """Before any work: ``folder`` (``flag``'s value, when it names one) is a folder or absent, and each existing
-    file of ``paths`` may be replaced (``--force`` and jaxedit wrote it: :func:`jaxedit.io.files.check_replaceable`)."""
+    file of ``paths`` (and in ``folders``) may be replaced: ``--force`` and jaxedit wrote it
+    (:func:`jaxedit.io.files.check_replaceable`)."""
     if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
         raise UsageError(f"{flag} {folder}: exists and is not a directory")
-    files.check_replaceable([p for p in paths if p], force, flag)
+    files.check_replaceable([p for p in paths if p], force, flag, folders)
 
 
 def load_arrays(path: str, what: str) -> dict[str, np.ndarray]:

@@ -27,7 +27,7 @@ from jaxedit.io.progress import Progress
 from jaxedit.models import e4e, lpips, probe
 
 DEFAULT_PROBE = "shapes32-probe"
-OUTPUTS = ("latents.npz", "report.json", "recon")
+OUTPUTS, RECON = ("latents.npz", "report.json"), "recon"
 PARTIAL = ".invert-partial"  # per-batch results of an unfinished run
 
 
@@ -88,7 +88,7 @@ def _read(paths: list[Path], size: int) -> tuple[list[Path], np.ndarray, list[st
 
 def run_invert(args) -> None:
     out = Path(args.out)
-    check_outputs("--out", [out / n for n in OUTPUTS], args.force, folder=out)
+    check_outputs("--out", [out / n for n in OUTPUTS], args.force, folder=out, folders=[out / RECON])
     if args.method == "encoder" and args.steps is not None:
         raise UsageError("--steps: the encoder method does not optimize; use --method hybrid or project")
     if args.method != "project" and not args.encoder:
@@ -163,10 +163,10 @@ def run_invert(args) -> None:
     ws, recon, dist, psnr = cat("ws"), cat("recon"), cat("dist"), cat("psnr")
     noise = {k: cat(k) for k in outs[0] if k.startswith("noise/")}
     names = _unique_names(good)
-    (out / "recon").mkdir(parents=True, exist_ok=True)
+    (out / RECON).mkdir(parents=True, exist_ok=True)
     files.save_npz(out / "latents.npz", names=np.asarray(names), ws=ws.astype(np.float32), **noise)
-    for name, im in zip(names, imio.to_uint8(recon)):
-        imio.save_png(im, out / "recon" / f"{name}.png")
+    files.note_written(*(imio.save_png(im, out / RECON / f"{name}.png", note=False)
+                         for name, im in zip(names, imio.to_uint8(recon))))
     method = {"encoder": "encoder", "project": f"projector ({args.space}, {steps} steps)",
               "hybrid": f"encoder + projector ({args.space}, {steps} steps)"}[args.method]
     files.write_json(out / "report.json", {

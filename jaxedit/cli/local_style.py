@@ -21,6 +21,7 @@ from jaxedit.cli.invert import expand_images
 from jaxedit.data import shapes
 from jaxedit.edits import local_style
 from jaxedit.errors import UsageError
+from jaxedit.io import files
 from jaxedit.io import images as imio
 from jaxedit.models.l2sae import L2SAE
 
@@ -73,9 +74,8 @@ def run_local_style(args) -> None:
     edited = np.asarray(jax.block_until_ready(run(editor, jnp.asarray(images), keys)))
     seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
-    for i, nm in enumerate(names):
-        for j in range(k):
-            imio.save_png(imio.to_uint8(edited[i, j]), out / f"{nm}-{j}.png")
+    files.note_written(*(imio.save_png(imio.to_uint8(edited[i, j]), out / f"{nm}-{j}.png", note=False)
+                         for i, nm in enumerate(names) for j in range(k)))
     cells = np.concatenate([np.asarray(images)[:, None], edited], axis=1).reshape(-1, res, res, 3)
     what = f"swap from {Path(args.swap_from).name}" if donor is not None else f"noise {args.noise:g}"
     cols = ["input", *([what] if donor is not None else [f"draw {j}" for j in range(k)])]

@@ -29,10 +29,10 @@ from jaxedit.cli.common import (
     require_stylegan2,
     seed_latents,
 )
-from jaxedit.edits import editgan
+from jaxedit.edits import editgan, registry
 from jaxedit.edits.fit import generator_identity
 from jaxedit.errors import InputError, UsageError
-from jaxedit.io import files
+from jaxedit.io import checkpoint, files
 from jaxedit.io import images as imio
 from jaxedit.models import e4e, lpips
 from jaxedit.models.segmenter import PixelClassifier
@@ -85,11 +85,13 @@ def run_segment(args) -> None:
     counts = np.zeros(clf.cfg.num_classes, np.int64)
     done = 0
     for o in parallel.map_batches(run, ws, args.batch_size):
+        written = []
         for img, lab in zip(imio.to_uint8(o["img"]), o["labels"]):
-            imio.save_png(img, out / f"{stems[done]}.png")
-            imio.save_labels(lab, out / f"{stems[done]}.labels.png")
+            written += [imio.save_png(img, out / f"{stems[done]}.png", note=False),
+                        imio.save_labels(lab, out / f"{stems[done]}.labels.png", note=False)]
             counts += np.bincount(lab.reshape(-1), minlength=clf.cfg.num_classes)
             done += 1
+        files.note_written(*written)
         args.signals.check()
     share = ", ".join(f"class {c}: {v / counts.sum():.1%}" for c, v in enumerate(counts))
     print(f"segmented {done} images ({res}x{res}) -> {out}/NAME.png and NAME.labels.png (palette PNG, pixel value = "
@@ -129,6 +131,7 @@ def run_seg_edit(args) -> None:
     owned = [f"{s}{x}" for s in stems for x in (".before.png", ".after.png", ".labels-before.png",
                                                   ".labels-after.png")]
     check_outputs("--out", [out / n for n in owned + ["latents.npz", "report.json"]], args.force, folder=out)
+    checkpoint.check_writable(out / "vectors", args.force, registry.KIND)
     res = G.cfg.img_resolution
     target_fn, what = _targets(args, clf, names, stems, res)
     cfg = editgan.SegEditConfig(steps=args.steps, lr=args.lr, keep_weight=args.keep_weight)
@@ -183,11 +186,13 @@ def run_seg_edit(args) -> None:
     cat = lambda k: np.concatenate([o[k] for o in outs])
     new_ws, imgs, after, img0 = cat("ws"), cat("img"), cat("labels"), cat("img0")
     out.mkdir(parents=True, exist_ok=True)
+    written = []
     for i, s in enumerate(stems):
-        imio.save_png(imio.to_uint8(img0[i]), out / f"{s}.before.png")
-        imio.save_png(imio.to_uint8(imgs[i]), out / f"{s}.after.png")
-        imio.save_labels(before[i], out / f"{s}.labels-before.png")
-        imio.save_labels(after[i], out / f"{s}.labels-after.png")
+        written += [imio.save_png(imio.to_uint8(img0[i]), out / f"{s}.before.png", note=False),
+                    imio.save_png(imio.to_uint8(imgs[i]), out / f"{s}.after.png", note=False),
+                    imio.save_labels(before[i], out / f"{s}.labels-before.png", note=False),
+                    imio.save_labels(after[i], out / f"{s}.labels-after.png", note=False)]
+    files.note_written(*written)
     files.save_npz(out / "latents.npz", names=np.asarray(names), ws=new_ws.astype(np.float32))
     gen = generator_identity(model_path(args.ckpt, DEFAULT_GENERATOR), gp)
     edits.save(edits.EditingVector(vectors=jnp.asarray(new_ws - ws)), out / "vectors", force=args.force, provenance={

@@ -157,7 +157,7 @@ class _Batch:
 
 def list_images(path: str | os.PathLike) -> list[Path]:
     """All ``IMAGE_SUFFIXES`` files under ``path`` (recursive, following symlinks, hidden files and
-    folders skipped), sorted by their relative POSIX path. Raises ``FileNotFoundError`` naming the
+    folders skipped), sorted by their relative POSIX path. Raises ``InputError`` naming the
     folder when it is missing or holds no image."""
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -182,7 +182,7 @@ def image_folder(path: str | os.PathLike, resolution: int, batch: int, seed: int
 
     ``epochs``: passes over the folder (``None`` = forever), each in a fresh ``seed``-determined
     order. ``drop_remainder=False`` yields a final smaller batch per epoch. The folder is listed and
-    checked when this is called (``FileNotFoundError`` when missing or empty, ``ValueError`` when it
+    checked when this is called (``InputError`` when missing or empty, or when it
     holds fewer than ``batch`` images with ``drop_remainder``); a file that fails to decode raises a
     ``ValueError`` naming the file and the folder when its batch is loaded.
     """

@@ -146,7 +146,8 @@ def load_ganspace(path: str | Path) -> dict[str, np.ndarray]:
     ``lat_comp (C, 1, d)`` and ``lat_mean (1, d)`` are flattened to ``[C, d]`` / ``[d]``.
     """
     path = Path(path)
-    z = arrays.load(path, "GANSpace components", EditFileError)
+    z = arrays.load(path, "GANSpace components", EditFileError,
+                    keys=("lat_comp", "lat_mean", "lat_stdev", "var_ratio"))
     if "" in z:
         raise _err(path, "expected an .npz archive with lat_comp, lat_mean, lat_stdev")
     for key in ("lat_comp", "lat_mean", "lat_stdev"):

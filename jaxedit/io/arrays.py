@@ -13,23 +13,24 @@ import math
 import os
 import zipfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Iterable
 
 import numpy as np
 
 from jaxedit.errors import InputError, JaxeditError
 
-MAX_BYTES = 2 << 30  # what a compressed .npz may inflate to
+MAX_BYTES = 4 << 30  # what a compressed .npz may inflate to (an uncompressed one: its own size)
 MAX_MEMBERS = 10_000
 MAX_HEADER = 10_000  # numpy's own default for max_header_size
-KINDS = "biufU"  # bool, integers, floats, text (names)
+KINDS = "biufUS"  # bool, integers, floats, text (names, as str or bytes)
 _NPY_MAGIC, _ZIP_MAGICS = b"\x93NUMPY", (b"PK\x03\x04", b"PK\x05\x06")
 
 
 def load(path: str | os.PathLike, what: str, error: type[JaxeditError] = InputError, *,
-         max_bytes: int = MAX_BYTES) -> dict[str, np.ndarray]:
-    """``{'': array}`` from an ``.npy`` file, ``{name: array}`` from an ``.npz``; anything else raises ``error``
-    with one line naming ``what`` (a flag or a role: ``--scores``, ``boundary``) and the file."""
+         keys: Iterable[str] | None = None, max_bytes: int = MAX_BYTES) -> dict[str, np.ndarray]:
+    """``{'': array}`` from an ``.npy`` file, ``{name: array}`` from an ``.npz`` (only ``keys``, those present, when
+    given: other members are neither checked nor read); anything else raises ``error`` with one line naming
+    ``what`` (a flag or a role: ``--scores``, ``boundary``) and the file."""
     path = Path(path)
     where = f"{what} {path}"
     if not path.is_file():
@@ -44,10 +45,11 @@ def load(path: str | os.PathLike, what: str, error: type[JaxeditError] = InputEr
                 f.seek(0)
                 return {"": np.load(f, allow_pickle=False)}
             if magic[:4] in _ZIP_MAGICS:
-                _check_npz(f, size, where, error, max_bytes)
+                wanted = None if keys is None else {f"{k}.npy" for k in keys}
+                _check_npz(f, size, where, error, max_bytes, wanted)
                 f.seek(0)
                 with np.load(f, allow_pickle=False) as z:
-                    return {k: np.asarray(z[k]) for k in z.files}
+                    return {k: np.asarray(z[k]) for k in z.files if wanted is None or f"{k}.npy" in wanted}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # what numpy and zipfile raise on bad bytes
         if isinstance(e, JaxeditError):
             raise
@@ -82,14 +84,17 @@ def _check_npy(f: IO[bytes], size: int, where: str, error: type[JaxeditError]) -
         raise error(f"{where}: header declares {list(shape)} {dtype} ({declared} bytes), the file holds {data}")
 
 
-def _check_npz(f: IO[bytes], size: int, where: str, error: type[JaxeditError], max_bytes: int) -> None:
+def _check_npz(f: IO[bytes], size: int, where: str, error: type[JaxeditError], max_bytes: int,
+               wanted: set[str] | None) -> None:
     with zipfile.ZipFile(f) as z:
         members = z.infolist()
         if len(members) > MAX_MEMBERS:
             raise error(f"{where}: {len(members)} arrays (at most {MAX_MEMBERS})")
+        members = [m for m in members if wanted is None or m.filename in wanted]
         inflated = sum(m.file_size for m in members)
         if inflated > max(max_bytes, size):
-            raise error(f"{where}: inflates to {inflated} bytes (at most {max_bytes} for a compressed archive)")
+            raise error(f"{where}: a compressed archive inflating to {inflated} bytes (at most {max_bytes}; "
+                        "store it uncompressed, np.savez, to read more)")
         for m in members:
             if not m.filename.endswith(".npy"):
                 raise error(f"{where}: member {m.filename[:80]!r} is not an .npy array")

@@ -1,9 +1,11 @@
 """Writing files so that nothing is torn and nothing the user owns is replaced; reading small JSON files with bounds.
 
-Every file jaxedit writes goes through :func:`atomic_path`, which also notes it in its folder's ledger
-(``.jaxedit-written``: name -> size, modification time and inode). ``--force`` replaces only files the ledger
-lists unchanged (:func:`check_replaceable`): a file the user wrote, or changed after jaxedit wrote it, is
-never replaced.
+Every file jaxedit writes goes through :func:`atomic_path`. The files a command writes for the user are
+also noted in their folder's ledger (``.jaxedit-written``: name -> size, modification time and inode; by
+``atomic_path`` unless ``note=False``, or in one update by :func:`note_written`); ``--force`` replaces only
+files the ledger lists unchanged (:func:`check_replaceable`). jaxedit's own bookkeeping (checkpoint folders,
+whose ``jaxedit.json`` lists their files; run folders; the batch engine's ``job.json`` and manifests) is
+owned by those records instead.
 
 A file is written to a temporary sibling (``.NAME.tmp-XXXX`` in the same folder), flushed to disk
 and renamed over ``NAME`` in one step, so a process killed at any point leaves the old file or the
@@ -19,6 +21,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -81,17 +84,6 @@ def atomic_path(path: str | os.PathLike, *, note: bool = True) -> Iterator[Path]
 
 
 # ------------------------------------------------------------------------------ what jaxedit wrote
-@contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder`` (flock on its descriptor): one ledger update at a time, across processes."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _ledger(folder: Path) -> dict[str, list[int]]:
     """The folder's ledger; a missing or unreadable one is empty (jaxedit then replaces nothing there)."""
     try:
@@ -107,21 +99,27 @@ def _stamp(path: Path) -> list[int]:
 
 
 def note_written(*paths: str | os.PathLike) -> None:
-    """Record ``paths`` (files jaxedit just wrote) in their folders' ledgers.
+    """Record ``paths`` (files jaxedit just wrote) in their folders' ledgers, one update per folder.
 
-    An entry outlives its file harmlessly: a new file of that name has another stamp, so it is not jaxedit's."""
+    The ledger file itself is locked (``flock``, also across processes) and rewritten in place. An entry
+    outlives its file harmlessly (a new file of that name has another stamp); a ledger that cannot be read
+    or written only makes jaxedit replace less, so that is a warning, never an error after the write.
+    """
     by_folder: dict[Path, list[Path]] = {}
     for p in map(Path, paths):
         by_folder.setdefault(p.parent, []).append(p)
     for folder, written in by_folder.items():
-        with _folder_lock(folder):
-            entries = _ledger(folder)
-            entries.update({p.name: _stamp(p) for p in written})
-            fd, tmp = tempfile.mkstemp(prefix=f"{LEDGER}.tmp-", dir=folder)
-            with os.fdopen(fd, "w") as f:
+        try:
+            with open(os.open(folder / LEDGER, os.O_RDWR | os.O_CREAT, file_mode()), "r+") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                entries = _ledger(folder)
+                entries.update({p.name: _stamp(p) for p in written})
+                f.seek(0)
+                f.truncate()
                 json.dump(entries, f, separators=(",", ":"))
-            os.chmod(tmp, file_mode())
-            os.replace(tmp, folder / LEDGER)
+        except OSError as e:
+            warnings.warn(f"{folder / LEDGER}: cannot record the files jaxedit wrote ({e.strerror or e}); "
+                          "--force will not replace them", stacklevel=2)
 
 
 def wrote(path: str | os.PathLike) -> bool:
@@ -130,21 +128,40 @@ def wrote(path: str | os.PathLike) -> bool:
     return path.is_file() and _ledger(path.parent).get(path.name) == _stamp(path)
 
 
-def check_replaceable(paths: Iterable[str | os.PathLike], force: bool, flag: str) -> None:
-    """Refuse, before any work, to write over an existing file unless ``force`` and jaxedit wrote it.
+def _is_temporary(path: Path) -> bool:
+    """A write in progress (or killed): ``atomic_path``'s ``.NAME.tmp-XXXX``."""
+    return path.name.startswith(".") and ".tmp-" in path.name
 
-    ``paths`` are the files a command will write (a folder among them stands for every file inside it);
-    ``flag`` names the option they come from in the one-line :class:`~jaxedit.errors.UsageError`.
+
+def check_replaceable(paths: Iterable[str | os.PathLike], force: bool, flag: str,
+                      folders: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse, before any work, to write over an existing file unless ``force`` and jaxedit wrote it unchanged.
+
+    ``paths`` are the files a command will write (an existing folder there is an error); ``folders`` are
+    folders it writes files into, every file already inside counting as one it may replace. ``flag`` names
+    the option in the one-line :class:`~jaxedit.errors.UsageError`.
     """
+    found: list[Path] = []
     for path in map(Path, paths):
-        found = sorted(p for p in path.rglob("*") if p.is_file() and p.name != LEDGER) if path.is_dir() else \
-            [path] if path.exists() else []
-        for p in found:
-            if not force:
-                raise UsageError(f"{flag} {p}: exists (add --force to replace it)")
-            if not wrote(p):
-                raise UsageError(f"{flag} {p}: exists and jaxedit did not write it (or it changed since); "
-                                 "--force replaces only files jaxedit wrote: move it away first")
+        if path.is_dir():
+            raise UsageError(f"{flag} {path}: is a folder, expected a file name")
+        if path.exists():
+            found.append(path)
+    for folder in map(Path, folders):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{flag} {folder}: exists and is not a folder")
+        if folder.is_dir():
+            found += sorted(p for p in folder.rglob("*") if p.is_file() and p.name != LEDGER and not _is_temporary(p))
+    ledgers: dict[Path, dict[str, list[int]]] = {}
+    for p in found:
+        if not force:
+            raise UsageError(f"{flag} {p}: exists (add --force to replace it)")
+        if p.parent not in ledgers:
+            ledgers[p.parent] = _ledger(p.parent)
+        if ledgers[p.parent].get(p.name) != _stamp(p):
+            raise UsageError(f"{flag} {p}: exists and jaxedit did not write it here unchanged (yours, changed or "
+                             "copied since, or written before jaxedit kept a ledger); --force replaces only "
+                             "jaxedit's files: move it away first")
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, *, note: bool = True) -> Path:
@@ -204,7 +221,7 @@ def read_json(path: str | os.PathLike, error: type[InputError] = InputError, *,
         raise error(f"{path}: larger than {max_bytes >> 20} MiB, not a metadata file")
     try:
         obj = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, an int of > 4300 digits
         what = "nested too deeply" if isinstance(e, RecursionError) else f"invalid JSON ({e})"
         raise error(f"{path}: {what}") from None
     if not isinstance(obj, dict):

@@ -118,14 +118,15 @@ def grid(images: np.ndarray, cols: int | None = None, pad: int = 2, pad_value: i
     return np.pad(tiled, ((pad, 0), (pad, 0), (0, 0)), constant_values=pad_value)
 
 
-def save_png(array: np.ndarray, path: str | Path, upscale: int = 1) -> Path:
-    """Write a uint8 ``[H, W, C]`` array (C = 1 or 3) as PNG (atomically), optionally nearest-upscaled."""
+def save_png(array: np.ndarray, path: str | Path, upscale: int = 1, *, note: bool = True) -> Path:
+    """Write a uint8 ``[H, W, C]`` array (C = 1 or 3) as PNG (atomically), optionally nearest-upscaled; ``note``:
+    :func:`jaxedit.io.files.atomic_path`'s (``False`` when a loop notes its files at once)."""
     a = np.asarray(array)
     if upscale > 1:
         a = a.repeat(upscale, axis=0).repeat(upscale, axis=1)
     if a.shape[-1] == 1:
         a = a[..., 0]
-    with atomic_path(path) as tmp:
+    with atomic_path(path, note=note) as tmp:
         Image.fromarray(a).save(tmp, format="PNG")
     return Path(path)
 
@@ -195,7 +196,7 @@ LABEL_PALETTE = np.array([[0, 0, 0], [128, 128, 128], [230, 25, 75], [60, 180, 7
                           [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]], np.uint8)
 
 
-def save_labels(labels: np.ndarray, path: str | Path) -> Path:
+def save_labels(labels: np.ndarray, path: str | Path, *, note: bool = True) -> Path:
     """A label map ``[H, W]`` of class indices 0..255 as a palette PNG (pixel value = class; colours for looking)."""
     a = np.asarray(labels)
     if a.ndim != 2 or a.min(initial=0) < 0 or a.max(initial=0) > 255:
@@ -203,7 +204,7 @@ def save_labels(labels: np.ndarray, path: str | Path) -> Path:
     im = Image.fromarray(a.astype(np.uint8), mode="P")
     pal = np.resize(LABEL_PALETTE, (256, 3))
     im.putpalette(pal.reshape(-1).tolist())
-    with atomic_path(path) as tmp:
+    with atomic_path(path, note=note) as tmp:
         im.save(tmp, format="PNG")
     return Path(path)
 

@@ -68,7 +68,7 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """``(mu [D], sigma [D, D])`` (D = 2048 for pool3) from an ``.npz`` with keys ``mu`` and ``sigma``
     (:func:`save_stats`, pytorch-fid's ``--save-stats``); no pickles are loaded."""
     path = Path(path)
-    z = arrays.load(path, "FID statistics")
+    z = arrays.load(path, "FID statistics", keys=("mu", "sigma"))
     missing = [k for k in ("mu", "sigma") if k not in z]
     if missing:
         raise InputError(f"{path}: FID statistics need keys 'mu' and 'sigma', missing {missing} "
