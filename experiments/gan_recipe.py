@@ -53,6 +53,7 @@ VARIANTS = {  # name -> the shipped config with one change
     "shipped (c64), seed 1": BASE.replace(seed=1),  # the seed's own spread, for the rows above
     "wider 16/32 px layers (c64w), seed 1": gan.shapes32_config("c64w").replace(seed=1),
     "batch 64, seed 1": BASE.replace(batch=64, seed=1),
+    "mbstd group 32": BASE.replace(D=dataclasses.replace(BASE.D, mbstd_group_size=32)),  # stylegan2-ada's `cifar`
 }
 CONTINUABLE = ("shipped (c64)", "R1 gamma 0.5", "R1 gamma 0.02", "lr 0.001", "no style mixing", "EMA 40 kimg")
 RESULTS = Path(__file__).resolve().parent / "results"
