@@ -84,28 +84,13 @@ def sniff_torch(obj: Any) -> str | None:
 # ------------------------------------------------------------------------------ numpy formats
 def npy_shape(path: str | Path) -> tuple[int, ...]:
     """The shape in a ``.npy`` header (nothing else read), else an error naming the file."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            read = {(1, 0): np.lib.format.read_array_header_1_0,
-                    (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
-            if read is None:
-                raise ValueError("unsupported .npy version")
-            shape, _, _ = read(f, max_header_size=10_000)
-    except (OSError, ValueError) as e:
-        raise _err(path, f"not a readable .npy file ({e})") from e
-    return tuple(shape)
-
-
-def _numeric_npy(path: Path, what: str) -> np.ndarray:
-    """A ``.npy`` file holding a plain numeric array (headers checked first), else an error naming the file."""
-    return arrays.load_one(path, what, EditFileError)
+    return arrays.npy_header(path, "directions", EditFileError)[0]
 
 
 def load_interfacegan(path: str | Path, normalize: bool = True) -> np.ndarray:
     """InterFaceGAN boundary ``.npy`` ``(1, d)`` (float64 in the releases) -> unit normal ``[d]`` float32."""
     path = Path(path)
-    a = _numeric_npy(path, "boundary")
+    a = arrays.load_one(path, "boundary", EditFileError)
     if a.ndim == 2 and a.shape[0] == 1:
         a = a[0]
     if a.ndim != 1 or a.size == 0:
@@ -122,7 +107,7 @@ def load_interfacegan(path: str | Path, normalize: bool = True) -> np.ndarray:
 def load_directions(path: str | Path) -> np.ndarray:
     """Plain directions ``.npy`` ``[K, d]`` (or ``[d]``) -> float32 ``[K, d]``, rows as given."""
     path = Path(path)
-    a = _numeric_npy(path, "array")
+    a = arrays.load_one(path, "array", EditFileError)
     a = a[None] if a.ndim == 1 else a
     if a.ndim != 2 or a.size == 0:
         raise _err(path, f"linear directions must be [K, d], got {a.shape}")
@@ -133,7 +118,7 @@ def load_editing_vectors(path: str | Path) -> np.ndarray:
     """EditGAN editing vectors ``.npy`` ``(K, num_ws, w_dim)`` (the releases: ``(1, 16, 512)`` float32, ``dw =
     w_edited - w``) -> float32 ``[K, num_ws, w_dim]``."""
     path = Path(path)
-    a = _numeric_npy(path, "editing vector")
+    a = arrays.load_one(path, "editing vector", EditFileError)
     if a.ndim != 3 or a.size == 0:
         raise _err(path, f"editing vectors must be (K, num_ws, w_dim), got {a.shape}")
     return _finite(path, "editing vectors", a.astype(np.float32))

@@ -68,14 +68,31 @@ def load_one(path: str | os.PathLike, what: str, error: type[JaxeditError] = Inp
     return a
 
 
-def _check_npy(f: IO[bytes], size: int, where: str, error: type[JaxeditError]) -> None:
-    """The header of the ``.npy`` stream at ``f``'s position, which holds ``size`` bytes from there."""
-    start = f.tell()
+def npy_header(path: str | os.PathLike, what: str, error: type[JaxeditError] = InputError) -> tuple[tuple, np.dtype]:
+    """``(shape, dtype)`` from an ``.npy`` file's header alone (no data read)."""
+    where = f"{what} {path}"
+    try:
+        with open(path, "rb") as f:
+            return _read_header(f, where, error)
+    except (OSError, ValueError, EOFError) as e:
+        if isinstance(e, JaxeditError):
+            raise
+        raise error(f"{where}: not a readable .npy file ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _read_header(f: IO[bytes], where: str, error: type[JaxeditError]) -> tuple[tuple, np.dtype]:
     version = np.lib.format.read_magic(f)
     read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
     if read is None:
         raise error(f"{where}: unsupported .npy version {version}")
     shape, _, dtype = read(f, max_header_size=MAX_HEADER)
+    return tuple(shape), dtype
+
+
+def _check_npy(f: IO[bytes], size: int, where: str, error: type[JaxeditError]) -> None:
+    """The header of the ``.npy`` stream at ``f``'s position, which holds ``size`` bytes from there."""
+    start = f.tell()
+    shape, dtype = _read_header(f, where, error)
     if dtype.kind not in KINDS or dtype.hasobject or dtype.fields is not None:
         raise error(f"{where}: holds {dtype} data (plain numbers, booleans or text only)")
     data = size - (f.tell() - start)
